@@ -1,0 +1,1 @@
+//! keyrealm-filter (under construction).

@@ -1,0 +1,1 @@
+//! abi-test-filter (under construction).

@@ -1,0 +1,1 @@
+//! keyrealm-host (under construction).

@@ -1,0 +1,1 @@
+//! realm-service (under construction).

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what it needs (the wasm target, Envoy in
+# ./.venv), builds the filters for wasm32-wasip1, checks formatting and lints, validates envoy.yaml
+# with real Envoy, then runs every test of the workspace (unit, integration, end to end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== installing the wasm target and Envoy"
+rustup target add wasm32-wasip1
+ENVOY_BIN="$(scripts/install-envoy.sh)"
+export ENVOY_BIN
+"$ENVOY_BIN" --version
+
+echo "== building the wasm filters"
+scripts/build-wasm.sh
+
+echo "== cargo fmt / clippy"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+if [ -f envoy.yaml ]; then
+  echo "== envoy --mode validate -c envoy.yaml"
+  "$ENVOY_BIN" --mode validate -c envoy.yaml --disable-hot-restart -l warning
+fi
+
+echo "== cargo test --workspace"
+cargo test --workspace --no-fail-fast

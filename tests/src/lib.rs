@@ -1,0 +1,1 @@
+//! keyrealm-tests (under construction).
