@@ -1,1 +1,29 @@
-//! keyrealm-tests (under construction).
+//! keyrealm-tests: the end-to-end suite of keyrealm and the tools it runs on.
+//!
+//! The suite (under `tests/`) starts the real realm service in-process, an echo upstream
+//! in-process, and a real gateway (Envoy, as a child process, with the `keyrealm_filter.wasm`
+//! built by `scripts/build-wasm.sh`) from a generated configuration, then plays the seed's story
+//! and Kong's key-auth cases through it and asserts what the client and the upstream saw.
+//!
+//! - [`echo`]: the echo upstream (also the `echo-upstream` binary used by `scripts/demo.sh`);
+//! - [`gateway`]: the gateway under test behind [`gateway::GatewayKind`], and the config renderer;
+//! - [`realm`]: the in-process realm service and its admin API client;
+//! - [`client`], [`checks`], [`hang`]: request helpers, an expectation collector, a hanging server.
+//!
+//! Needs `ENVOY_BIN` (see `scripts/install-envoy.sh`) and the built filter; either missing is a
+//! test failure with a message saying what to run.
+
+pub mod checks;
+pub mod client;
+pub mod echo;
+pub mod fixtures;
+pub mod gateway;
+pub mod hang;
+pub mod realm;
+
+pub use checks::Checks;
+pub use client::{http_client, multipart, Reply, Upstream};
+pub use echo::EchoUpstream;
+pub use gateway::{Gateway, GatewayKind, GatewaySpec, TOKEN_ENV};
+pub use hang::HangingServer;
+pub use realm::{RealmConsumer, RealmService};

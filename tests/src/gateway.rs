@@ -1,0 +1,545 @@
+//! The gateway under test, behind one small abstraction so that the same scenarios run against
+//! every gateway that can host the filter.
+//!
+//! A scenario describes what it needs as a [`GatewaySpec`] (one listener per filter
+//! configuration, the upstream, the realm clusters, the process environment) and starts it with
+//! [`GatewayKind::start`]. The spec is rendered to one Envoy configuration file
+//! ([`render_config`]); every gateway kind is started from that same file.
+//!
+//! Today there is one kind, [`GatewayKind::Envoy`]: the real Envoy binary named by `ENVOY_BIN`,
+//! started as a child process. To add keyrealm-host: add a `Host` variant to [`GatewayKind`] and to
+//! `Process`, render the spec with port 0 everywhere, call `keyrealm_host::start(&config_path)`,
+//! take the bound addresses from `listener_addrs()` / `admin_addr()`, and make `log()` return what
+//! the host logged (for example by having it write to a file). Then add the variant to
+//! [`GatewayKind::ALL`]: every scenario written with [`gateway_test!`](crate::gateway_test) runs
+//! on it too.
+
+use std::fmt;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::{json, Value};
+
+/// How long a gateway may take to become ready (V8 compiles the module; 2 shared cores).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a gateway with a bad configuration may take to give up.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A gateway implementation the scenarios can run against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatewayKind {
+    /// Real Envoy (`ENVOY_BIN`) with the filter loaded in V8.
+    Envoy,
+}
+
+impl GatewayKind {
+    /// Every kind the suite runs each scenario against.
+    pub const ALL: &'static [GatewayKind] = &[GatewayKind::Envoy];
+
+    /// Starts a gateway serving `spec`; waits until it is ready.
+    pub async fn start(self, spec: &GatewaySpec) -> anyhow::Result<Gateway> {
+        match self {
+            GatewayKind::Envoy => start_envoy(spec).await,
+        }
+    }
+
+    /// Starts a gateway with `spec`, which is expected to be refused; returns what it logged.
+    pub async fn start_expecting_refusal(self, spec: &GatewaySpec) -> anyhow::Result<Refusal> {
+        match self {
+            GatewayKind::Envoy => start_envoy_expecting_refusal(spec).await,
+        }
+    }
+}
+
+impl fmt::Display for GatewayKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GatewayKind::Envoy => f.write_str("envoy"),
+        }
+    }
+}
+
+/// What a scenario needs from the gateway.
+#[derive(Clone, Debug, Default)]
+pub struct GatewaySpec {
+    /// One listener per entry, in order; each runs the keyrealm filter with this configuration
+    /// (`None`: a listener without the filter).
+    pub listeners: Vec<Option<Value>>,
+    /// Where the `upstream` cluster points.
+    pub upstream: Option<SocketAddr>,
+    /// Extra clusters (name, address) the filter calls, e.g. `("realm_us", addr)`.
+    pub clusters: Vec<(String, SocketAddr)>,
+    /// Environment of the gateway process (e.g. `KEYREALM_DP_TOKEN`).
+    pub env: Vec<(String, String)>,
+}
+
+impl GatewaySpec {
+    pub fn new(upstream: SocketAddr) -> Self {
+        Self {
+            upstream: Some(upstream),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a listener running the filter with `filter_config`; returns its index.
+    pub fn listener(&mut self, filter_config: Value) -> usize {
+        self.listeners.push(Some(filter_config));
+        self.listeners.len() - 1
+    }
+
+    pub fn cluster(&mut self, name: &str, addr: SocketAddr) -> &mut Self {
+        self.clusters.push((name.to_string(), addr));
+        self
+    }
+
+    pub fn env(&mut self, name: &str, value: &str) -> &mut Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// The name of the env var that carries the data-plane token to the filter (`token_env`).
+pub const TOKEN_ENV: &str = "KEYREALM_DP_TOKEN";
+
+/// The wasm filter as Envoy's `envoy.filters.http.wasm` with the project's conventions: plugin
+/// name and root id `keyrealm`, V8, the token env var passed through `host_env_keys`.
+pub fn wasm_filter(filter_config: &Value, wasm_path: &Path) -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "keyrealm",
+                "root_id": "keyrealm",
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": filter_config.to_string(),
+                },
+                "vm_config": {
+                    "vm_id": "keyrealm",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm_path.display().to_string()}},
+                    "environment_variables": {"host_env_keys": [TOKEN_ENV]},
+                },
+            },
+        },
+    })
+}
+
+fn socket_address(addr: SocketAddr) -> Value {
+    json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}})
+}
+
+fn static_cluster(name: &str, addr: SocketAddr) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(addr)}}]}],
+        },
+    })
+}
+
+/// Renders `spec` as an Envoy bootstrap (JSON, which is valid YAML). `listener_addrs` are the
+/// addresses to bind, one per listener of the spec (port 0 where the gateway supports it).
+pub fn render_config(
+    spec: &GatewaySpec,
+    listener_addrs: &[SocketAddr],
+    admin_addr: SocketAddr,
+    wasm_path: &Path,
+) -> Value {
+    let listeners: Vec<Value> = spec
+        .listeners
+        .iter()
+        .zip(listener_addrs)
+        .enumerate()
+        .map(|(index, (filter_config, addr))| {
+            let mut http_filters = Vec::new();
+            if let Some(filter_config) = filter_config {
+                http_filters.push(wasm_filter(filter_config, wasm_path));
+            }
+            http_filters.push(json!({
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            }));
+            json!({
+                "name": format!("listener_{index}"),
+                "address": socket_address(*addr),
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": format!("listener_{index}"),
+                        "route_config": {
+                            "name": "local_route",
+                            "virtual_hosts": [{
+                                "name": "all",
+                                "domains": ["*"],
+                                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
+                            }],
+                        },
+                        "http_filters": http_filters,
+                    },
+                }]}],
+            })
+        })
+        .collect();
+    let mut clusters = Vec::new();
+    if let Some(upstream) = spec.upstream {
+        clusters.push(static_cluster("upstream", upstream));
+    }
+    for (name, addr) in &spec.clusters {
+        clusters.push(static_cluster(name, *addr));
+    }
+    json!({
+        "admin": {"address": socket_address(admin_addr)},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    })
+}
+
+/// A running gateway. Stopped (killed) when dropped.
+pub struct Gateway {
+    kind: GatewayKind,
+    listeners: Vec<SocketAddr>,
+    admin: SocketAddr,
+    log_path: PathBuf,
+    process: Process,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+enum Process {
+    Envoy(Child),
+}
+
+impl Gateway {
+    pub fn kind(&self) -> GatewayKind {
+        self.kind
+    }
+
+    /// The address of listener `index` (in the order of [`GatewaySpec::listeners`]).
+    pub fn addr(&self, index: usize) -> SocketAddr {
+        self.listeners[index]
+    }
+
+    /// `http://<listener index>/<path>`; `path_and_query` starts with `/`.
+    pub fn url(&self, index: usize, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr(index), path_and_query)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// Everything the gateway logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits (bounded) for a log line that satisfies `pred`; returns it, or `None` after `within`.
+    pub async fn wait_for_log_line(
+        &self,
+        within: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(line) = self.log().lines().find(|line| pred(line)) {
+                return Some(line.to_string());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The admin address's Prometheus text (`/stats/prometheus`).
+    pub async fn prometheus_stats(&self) -> anyhow::Result<String> {
+        let url = format!("http://{}/stats/prometheus", self.admin);
+        let res = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        Ok(res.text().await?)
+    }
+
+    fn stop(&mut self) {
+        match &mut self.process {
+            Process::Envoy(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} log ({}) ----\n{}\n---- end of log ----",
+                self.kind,
+                self.log_path.display(),
+                tail(&self.log(), 60)
+            );
+        }
+    }
+}
+
+/// What a gateway that refused its configuration said.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: ExitStatus,
+    pub log: String,
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The Envoy binary: `ENVOY_BIN`, which must be set and exist. A missing Envoy fails the test.
+pub fn envoy_bin() -> anyhow::Result<PathBuf> {
+    let bin = std::env::var_os("ENVOY_BIN").ok_or_else(|| {
+        anyhow!(
+            "ENVOY_BIN is not set. The end-to-end suite needs real Envoy: run \
+             `export ENVOY_BIN=$(scripts/install-envoy.sh)` (or scripts/test.sh, which does it)"
+        )
+    })?;
+    let bin = PathBuf::from(bin);
+    if !bin.is_file() {
+        bail!(
+            "ENVOY_BIN={} does not exist: run scripts/install-envoy.sh",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The built filter: `$KEYREALM_WASM`, else `$CARGO_TARGET_DIR/wasm32-wasip1/release/`, else the
+/// workspace's `target/wasm32-wasip1/release/`. Missing = an error that says how to build it.
+pub fn wasm_path() -> anyhow::Result<PathBuf> {
+    const REL: &str = "wasm32-wasip1/release/keyrealm_filter.wasm";
+    let mut candidates = Vec::new();
+    if let Some(explicit) = std::env::var_os("KEYREALM_WASM") {
+        candidates.push(PathBuf::from(explicit));
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(target).join(REL));
+    }
+    candidates.push(workspace_root().join("target").join(REL));
+    for candidate in &candidates {
+        if candidate.is_file() {
+            return Ok(candidate.canonicalize()?);
+        }
+    }
+    bail!(
+        "the filter is not built (looked at {}): run scripts/build-wasm.sh first",
+        candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A free loopback port (bound then released; Envoy cannot take port 0 and tell us).
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A base id no other Envoy of this machine's concurrent test runs uses.
+fn unique_base_id() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    (std::process::id() % 1_000_000) * 100 + (n % 100) + 1
+}
+
+struct Prepared {
+    dir: tempfile::TempDir,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    listeners: Vec<SocketAddr>,
+    admin: SocketAddr,
+}
+
+fn prepare_envoy(spec: &GatewaySpec) -> anyhow::Result<Prepared> {
+    let wasm = wasm_path()?;
+    let dir = tempfile::Builder::new().prefix("keyrealm-e2e-").tempdir()?;
+    let listeners = spec
+        .listeners
+        .iter()
+        .map(|_| free_port().map(loopback))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let admin = loopback(free_port()?);
+    let config = render_config(spec, &listeners, admin, &wasm);
+    let config_path = dir.path().join("envoy.yaml");
+    std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
+    let log_path = dir.path().join("envoy.log");
+    Ok(Prepared {
+        dir,
+        config_path,
+        log_path,
+        listeners,
+        admin,
+    })
+}
+
+fn spawn_envoy(spec: &GatewaySpec, prepared: &Prepared) -> anyhow::Result<Child> {
+    let envoy = envoy_bin()?;
+    let log = File::create(&prepared.log_path)?;
+    let mut command = Command::new(&envoy);
+    command
+        .arg("-c")
+        .arg(&prepared.config_path)
+        .args([
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "-l",
+            "warning",
+        ])
+        .arg("--base-id")
+        .arg(unique_base_id().to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    for (name, value) in &spec.env {
+        command.env(name, value);
+    }
+    command
+        .spawn()
+        .with_context(|| format!("starting {}", envoy.display()))
+}
+
+fn port_clash(log: &str) -> bool {
+    log.contains("Address already in use") || log.contains("cannot bind")
+}
+
+async fn start_envoy(spec: &GatewaySpec) -> anyhow::Result<Gateway> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    // A port picked as free may be taken by a parallel test before Envoy binds it: retry then.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let prepared = prepare_envoy(spec)?;
+        let child = spawn_envoy(spec, &prepared)?;
+        let mut gateway = Gateway {
+            kind: GatewayKind::Envoy,
+            listeners: prepared.listeners.clone(),
+            admin: prepared.admin,
+            log_path: prepared.log_path.clone(),
+            process: Process::Envoy(child),
+            http: http.clone(),
+            _dir: prepared.dir,
+        };
+        match wait_ready(&mut gateway).await {
+            Ok(()) => return Ok(gateway),
+            Err(err) => {
+                let log = gateway.log();
+                gateway.stop();
+                if attempt < 3 && port_clash(&log) {
+                    continue;
+                }
+                bail!(
+                    "Envoy did not become ready: {err}\n---- Envoy log ----\n{}",
+                    tail(&log, 60)
+                );
+            }
+        }
+    }
+}
+
+async fn wait_ready(gateway: &mut Gateway) -> anyhow::Result<()> {
+    let url = format!("http://{}/ready", gateway.admin);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let Process::Envoy(child) = &mut gateway.process;
+        if let Some(status) = child.try_wait()? {
+            bail!("Envoy exited with {status} before it was ready");
+        }
+        if let Ok(res) = gateway.http.get(&url).send().await {
+            if res.status().as_u16() == 200 {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("not ready after {READY_TIMEOUT:?} (GET {url})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn start_envoy_expecting_refusal(spec: &GatewaySpec) -> anyhow::Result<Refusal> {
+    let prepared = prepare_envoy(spec)?;
+    let mut child = spawn_envoy(spec, &prepared)?;
+    let deadline = Instant::now() + REFUSAL_TIMEOUT;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let ready_url = format!("http://{}/ready", prepared.admin);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&prepared.log_path).unwrap_or_default();
+            return Ok(Refusal { status, log });
+        }
+        let ready =
+            matches!(http.get(&ready_url).send().await, Ok(res) if res.status().as_u16() == 200);
+        if ready || Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(&prepared.log_path).unwrap_or_default();
+            bail!(
+                "Envoy {} instead of refusing the configuration\n---- Envoy log ----\n{}",
+                if ready {
+                    "started and became ready"
+                } else {
+                    "neither exited nor became ready"
+                },
+                tail(&log, 60)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Declares one `#[tokio::test]` per [`GatewayKind`] for a scenario `async fn(GatewayKind)`:
+/// `gateway_test!(seed_story);` makes `seed_story::envoy` (and, once added, `seed_story::host`).
+#[macro_export]
+macro_rules! gateway_test {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn envoy() {
+                super::$scenario($crate::gateway::GatewayKind::Envoy).await
+            }
+        }
+    };
+}

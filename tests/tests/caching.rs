@@ -1,0 +1,123 @@
+//! Caching of realm answers, measured where it matters: the number of authenticate calls the
+//! realm service answered (`realm_service_authenticate_total`).
+
+use keyrealm_tests::fixtures::{cp_entry, realm_entry, RealmWorld};
+use keyrealm_tests::{
+    gateway_test, http_client, Checks, EchoUpstream, GatewayKind, GatewaySpec, Reply,
+};
+use serde_json::json;
+
+const REQUESTS: usize = 20;
+
+async fn realm_answers_are_cached(kind: GatewayKind) {
+    let world = RealmWorld::start().await.expect("realm world");
+    let svc = &world.service;
+    let sequential_key = svc
+        .consumer_with_key(&world.realm_id, "steady")
+        .await
+        .expect("consumer");
+    let concurrent_key = svc
+        .consumer_with_key(&world.realm_id, "crowd")
+        .await
+        .expect("consumer");
+    let echo = EchoUpstream::start().await.expect("echo upstream");
+    let mut spec = GatewaySpec::new(echo.addr());
+    spec.cluster("realm_us", svc.addr());
+    let realm_service = world.realm_service_config(json!({"us": "realm_us"}));
+    let realm_only = spec.listener(json!({
+        "identity_realms": [realm_entry(&world.realm_id, Some("us"))],
+        "realm_service": realm_service,
+    }));
+    let realm_then_cp = spec.listener(json!({
+        "identity_realms": [realm_entry(&world.realm_id, Some("us")), cp_entry()],
+        "realm_service": realm_service,
+        "consumers": [{"id": "cace0000-0000-4000-8000-000000000001", "username": "cp-user",
+                       "keyauth_credentials": [{"id": "cace0000-0000-4000-8000-0000000000c1", "key": "cp-only-key"}]}],
+    }));
+    let gateway = kind.start(&spec).await.expect("gateway");
+    let http = http_client();
+    let mut c = Checks::new();
+    let calls = || async { svc.authenticate_calls().await.expect("realm metrics") };
+    let send = |listener: usize, key: String| {
+        Reply::send(
+            "cached key",
+            http.get(gateway.url(listener, "/request"))
+                .header("apikey", key),
+        )
+    };
+
+    let before = calls().await;
+    let mut statuses = Vec::new();
+    for _ in 0..REQUESTS {
+        statuses.push(send(realm_only, sequential_key.secret.clone()).await.status);
+    }
+    c.eq(
+        "20 requests with one realm key: all 200",
+        statuses,
+        vec![200; REQUESTS],
+    );
+    c.eq(
+        "20 requests with one realm key → 1 realm call",
+        calls().await - before,
+        1,
+    );
+
+    let before = calls().await;
+    let mut statuses = Vec::new();
+    for _ in 0..REQUESTS {
+        statuses.push(
+            send(realm_only, "no-such-key-anywhere".to_string())
+                .await
+                .status,
+        );
+    }
+    c.eq(
+        "20 requests with one unknown key: all 401",
+        statuses,
+        vec![401; REQUESTS],
+    );
+    c.eq(
+        "20 requests with one unknown key → 1 realm call",
+        calls().await - before,
+        1,
+    );
+
+    let before = calls().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..REQUESTS {
+        let request = http
+            .get(gateway.url(realm_only, "/request"))
+            .header("apikey", concurrent_key.secret.clone());
+        tasks.spawn(async move { Reply::send("concurrent", request).await.status });
+    }
+    let statuses = tasks.join_all().await;
+    c.eq(
+        "20 concurrent requests with one new key: all 200",
+        statuses,
+        vec![200; REQUESTS],
+    );
+    c.eq(
+        "20 concurrent requests with one new key → 1 realm call",
+        calls().await - before,
+        1,
+    );
+
+    let before = calls().await;
+    let mut statuses = Vec::new();
+    for _ in 0..REQUESTS {
+        statuses.push(send(realm_then_cp, "cp-only-key".to_string()).await.status);
+    }
+    c.eq(
+        "20 requests with a cp key after a realm: all 200",
+        statuses,
+        vec![200; REQUESTS],
+    );
+    c.eq(
+        "20 requests with a cp key after a realm → 1 realm call (the miss is cached)",
+        calls().await - before,
+        1,
+    );
+    c.finish();
+}
+
+gateway_test!(realm_answers_are_cached);

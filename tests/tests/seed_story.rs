@@ -1,0 +1,118 @@
+//! The seed's story, end to end: a realm, a consumer and a key created through the realm
+//! service's API; key-auth switched on with `identity_realms` [realm, cp] and the data-plane token
+//! from the environment; the key works at the gateway, `another_key` does not.
+
+use keyrealm_tests::fixtures::{cp_entry, realm_entry};
+use keyrealm_tests::{
+    gateway_test, http_client, Checks, EchoUpstream, GatewayKind, GatewaySpec, RealmService, Reply,
+    TOKEN_ENV,
+};
+use serde_json::json;
+
+async fn seed_story(kind: GatewayKind) {
+    // The seed's API calls, against the real realm service over HTTP.
+    let realm = RealmService::start().await.expect("realm service");
+    let cp_id = realm
+        .create_control_plane("cp")
+        .await
+        .expect("control plane");
+    let token = realm
+        .create_data_plane_token(&cp_id)
+        .await
+        .expect("data-plane token");
+    let realm_id = realm
+        .create_realm(json!({"name": "prod", "allowed_control_planes": [cp_id]}))
+        .await
+        .expect("realm");
+    let ariel = realm
+        .consumer_with_key(&realm_id, "Ariel")
+        .await
+        .expect("consumer Ariel with a new key");
+
+    // The seed's plugin configuration; the token comes from the gateway's environment.
+    let echo = EchoUpstream::start().await.expect("echo upstream");
+    let mut spec = GatewaySpec::new(echo.addr());
+    spec.listener(json!({
+        "key_names": ["apikey"],
+        "identity_realms": [realm_entry(&realm_id, Some("us")), cp_entry()],
+        "realm_service": {"clusters": {"us": "realm_us"}, "token_env": TOKEN_ENV},
+    }));
+    spec.cluster("realm_us", realm.addr())
+        .env(TOKEN_ENV, &token);
+    let gateway = kind.start(&spec).await.expect("gateway");
+    let http = http_client();
+    let mut checks = Checks::new();
+
+    let ok = Reply::send(
+        "GET /anything with Ariel's key",
+        http.get(gateway.url(0, "/anything"))
+            .header("apikey", &ariel.secret),
+    )
+    .await;
+    checks.status("Ariel's key → 200", &ok, 200);
+    let up = ok.upstream();
+    checks.eq("upstream path", up.path(), "/anything".to_string());
+    checks.eq(
+        "X-Consumer-ID reaching upstream",
+        up.header("x-consumer-id"),
+        Some(ariel.id.clone()),
+    );
+    checks.eq(
+        "X-Consumer-Username reaching upstream",
+        up.header("x-consumer-username"),
+        Some("Ariel".to_string()),
+    );
+    checks.eq(
+        "X-Credential-Identifier reaching upstream (the key's id)",
+        up.header("x-credential-identifier"),
+        Some(ariel.key_id.clone()),
+    );
+    checks.eq(
+        "no X-Consumer-Custom-ID (Ariel has none)",
+        up.header("x-consumer-custom-id"),
+        None,
+    );
+    checks.eq(
+        "no X-Anonymous-Consumer",
+        up.header("x-anonymous-consumer"),
+        None,
+    );
+    checks.eq(
+        "the key is hidden from the upstream (hide_credentials defaults to true)",
+        up.header("apikey"),
+        None,
+    );
+
+    let wrong = Reply::send(
+        "GET /anything with another_key",
+        http.get(gateway.url(0, "/anything"))
+            .header("apikey", "another_key"),
+    )
+    .await;
+    checks.error("another_key → 401", &wrong, 401, "Unauthorized");
+    checks.eq(
+        "another_key → WWW-Authenticate: Key",
+        wrong.header("www-authenticate"),
+        Some("Key"),
+    );
+
+    let none = Reply::send(
+        "GET /anything without a key",
+        http.get(gateway.url(0, "/anything")),
+    )
+    .await;
+    checks.error("no key → 401", &none, 401, "No API key found in request");
+
+    // The filter's counters are visible in the gateway's Prometheus stats.
+    let stats = gateway.prometheus_stats().await.expect("stats");
+    checks.check(
+        "the filter's metrics appear in /stats/prometheus",
+        stats
+            .lines()
+            .any(|line| !line.starts_with('#') && line.contains("keyrealm")),
+        || "no metric containing `keyrealm`".to_string(),
+    );
+    checks.finish();
+}
+
+gateway_test!(seed_story);
