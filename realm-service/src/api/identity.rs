@@ -1,0 +1,262 @@
+//! The identity endpoint data planes call: `POST /{realmId}/v0/authenticate`.
+//!
+//! Reads only. Look-ups go through [`AuthCache`](crate::cache::AuthCache): a warm key costs a
+//! SHA-256 and two hash-map probes, no SQLite and no blocking thread.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rusqlite::Connection;
+use uuid::Uuid;
+
+use super::{bearer, optional, strings_at, uuid_at};
+use crate::cache::{KeyAnswer, RealmPolicy};
+use crate::clock;
+use crate::error::{ApiError, Problem};
+use crate::extract::{parse_id, parse_json};
+use crate::metrics::AuthOutcome;
+use crate::model::{AuthenticateRequest, Credential, Identity};
+use crate::secrets::{self, SecretHash};
+use crate::state::AppState;
+use crate::validate::{dedup, MIN_REALM_TTL};
+
+/// Look up a key for a data plane.
+#[utoipa::path(post, path = "/{realmId}/v0/authenticate", tag = "identity",
+    params(("realmId" = Uuid, Path)),
+    request_body = AuthenticateRequest,
+    responses(
+        (status = 201, body = Identity, description = "the key belongs to this consumer"),
+        (status = 400, body = Problem, description = "malformed body or realm id"),
+        (status = 401, body = Problem, description = "no or unknown data-plane token"),
+        (status = 403, body = Problem, description = "the token's control plane is not allowed by the realm"),
+        (status = 404, body = Problem, description = "no such key in this realm (or it expired); `negative_ttl` says how long to cache that"),
+        (status = 413, body = Problem)),
+    security(("data_plane_token" = [])))]
+pub async fn authenticate(
+    State(state): State<AppState>,
+    realm_id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let (outcome, response) = match answer(&state, realm_id, &headers, body).await {
+        Ok(body) => (
+            AuthOutcome::Found,
+            (
+                StatusCode::CREATED,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                Body::from(body),
+            )
+                .into_response(),
+        ),
+        Err(error) => {
+            let outcome = match error.status {
+                StatusCode::UNAUTHORIZED => AuthOutcome::Unauthorized,
+                StatusCode::FORBIDDEN => AuthOutcome::Forbidden,
+                StatusCode::NOT_FOUND => AuthOutcome::NotFound,
+                _ => AuthOutcome::BadRequest,
+            };
+            (outcome, error.into_response())
+        }
+    };
+    state.metrics().authenticate(outcome);
+    response
+}
+
+async fn answer(
+    state: &AppState,
+    realm_id: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    let Some(token) = bearer(headers) else {
+        return Err(ApiError::unauthorized(
+            "a data-plane token is required: Authorization: Bearer <token>",
+        ));
+    };
+    let control_plane = control_plane_of(state, secrets::hash(token)).await?;
+
+    let realm = match realm_id {
+        Ok(Path(text)) => parse_id("realmId", &text)?,
+        Err(rejection) => {
+            return Err(ApiError::invalid_field(
+                "realmId",
+                "path",
+                rejection.body_text(),
+            ))
+        }
+    };
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body is larger than 1 MiB",
+            )
+        } else {
+            ApiError::invalid_field("body", "readable", rejection.body_text())
+        }
+    })?;
+    let request: AuthenticateRequest = parse_json(&body)?;
+    if request.secret.is_empty() {
+        return Err(ApiError::invalid_field(
+            "secret",
+            "min_length",
+            "must not be empty",
+        ));
+    }
+    let secret = secrets::hash(&request.secret);
+
+    let cache = state.cache();
+    let generation = cache.generation();
+    let cached_policy = cache.realm(&realm);
+    let cached_key = cache.key(&realm, &secret);
+    state.metrics().cache(cached_key.is_some());
+
+    let (policy, key) = match (cached_policy, cached_key) {
+        (Some(policy), Some(key)) => (policy, key),
+        (cached_policy, cached_key) => {
+            let (policy, key) = state
+                .read(move |conn| {
+                    let policy = match cached_policy {
+                        Some(p) => p,
+                        None => load_policy(conn, &realm)?,
+                    };
+                    let key = match (&policy, cached_key) {
+                        (_, Some(k)) => Some(k),
+                        (Some(p), None) => Some(load_key(conn, &realm, &secret, p)?),
+                        (None, None) => None,
+                    };
+                    Ok((policy, key))
+                })
+                .await?;
+            cache.store_realm(generation, realm, policy.clone());
+            if let Some(key) = &key {
+                cache.store_key(generation, realm, secret, key.clone());
+            }
+            (policy, key.unwrap_or(KeyAnswer::NotFound))
+        }
+    };
+
+    let Some(policy) = policy else {
+        let mut error = ApiError::not_found(format!("realm {realm} not found"));
+        error.negative_ttl = Some(MIN_REALM_TTL);
+        return Err(error);
+    };
+    if !policy.allows(&control_plane) {
+        return Err(ApiError::forbidden(format!(
+            "realm {realm} does not allow this data plane's control plane"
+        )));
+    }
+    let not_found = || {
+        let mut error = ApiError::not_found("no such key in this realm");
+        error.negative_ttl = Some(policy.negative_ttl);
+        error
+    };
+    match key {
+        KeyAnswer::Found { expires_at, .. } if expires_at.is_some_and(|t| t <= clock::now()) => {
+            Err(not_found())
+        }
+        KeyAnswer::Found { body, .. } => Ok(body),
+        KeyAnswer::NotFound => Err(not_found()),
+    }
+}
+
+/// The control plane a data-plane token belongs to (401 for an unknown token).
+async fn control_plane_of(state: &AppState, hash: SecretHash) -> Result<Uuid, ApiError> {
+    if let Some(cp) = state.cache().token(&hash) {
+        return Ok(cp);
+    }
+    let generation = state.cache().generation();
+    let found = state
+        .read(move |conn| {
+            let row = optional(
+                conn.prepare_cached(
+                    "SELECT control_plane_id, token_hash FROM data_plane_tokens WHERE token_hash = ?1",
+                )?
+                .query_row([&hash[..]], |r| {
+                    Ok((uuid_at(r, 0)?, r.get::<_, Vec<u8>>(1)?))
+                }),
+            )?;
+            Ok(row
+                .filter(|(_, stored)| secrets::hashes_equal(stored, &hash))
+                .map(|(cp, _)| cp))
+        })
+        .await?;
+    match found {
+        Some(cp) => {
+            state.cache().store_token(generation, hash, cp);
+            Ok(cp)
+        }
+        None => Err(ApiError::unauthorized("unknown data-plane token")),
+    }
+}
+
+fn load_policy(conn: &Connection, realm: &Uuid) -> Result<Option<Arc<RealmPolicy>>, ApiError> {
+    Ok(super::realms::load(conn, realm)?.map(|r| {
+        Arc::new(RealmPolicy {
+            allow_all_control_planes: r.allow_all_control_planes,
+            allowed_control_planes: r.allowed_control_planes.into_iter().collect::<HashSet<_>>(),
+            ttl: r.ttl,
+            negative_ttl: r.negative_ttl,
+            consumer_groups: r.consumer_groups,
+        })
+    }))
+}
+
+/// One indexed probe by (realm, sha256(secret)); builds the finished 201 body.
+fn load_key(
+    conn: &Connection,
+    realm: &Uuid,
+    secret: &SecretHash,
+    policy: &RealmPolicy,
+) -> Result<KeyAnswer, ApiError> {
+    let row = optional(
+        conn.prepare_cached(
+            "SELECT k.id, k.created_at, k.tags, k.expires_at, k.secret_hash,
+                    c.id, c.username, c.custom_id, c.type, c.tags, c.consumer_groups
+             FROM keys k JOIN consumers c ON c.id = k.consumer_id
+             WHERE k.realm_id = ?1 AND k.secret_hash = ?2",
+        )?
+        .query_row(rusqlite::params![realm.to_string(), &secret[..]], |r| {
+            let stored: Vec<u8> = r.get(4)?;
+            let expires_at: Option<i64> = r.get(3)?;
+            let own_groups = strings_at(r, 10)?;
+            let mut groups = policy.consumer_groups.clone();
+            groups.extend(own_groups);
+            let identity = Identity {
+                id: uuid_at(r, 5)?,
+                username: r.get(6)?,
+                custom_id: r.get(7)?,
+                kind: r.get(8)?,
+                tags: strings_at(r, 9)?,
+                consumer_group_names: dedup(&groups),
+                ttl: policy.ttl,
+                negative_ttl: policy.negative_ttl,
+                credential: Credential {
+                    id: uuid_at(r, 0)?,
+                    created_at: clock::rfc3339(r.get(1)?),
+                    tags: strings_at(r, 2)?,
+                    expires_at: expires_at.map(clock::rfc3339),
+                },
+            };
+            Ok((stored, identity, expires_at))
+        }),
+    )?;
+    Ok(match row {
+        Some((stored, identity, expires_at)) if secrets::hashes_equal(&stored, secret) => {
+            let body = serde_json::to_vec(&identity).map_err(ApiError::internal)?;
+            KeyAnswer::Found {
+                body: Bytes::from(body),
+                expires_at,
+            }
+        }
+        _ => KeyAnswer::NotFound,
+    })
+}

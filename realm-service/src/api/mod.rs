@@ -1,0 +1,201 @@
+//! The HTTP API: the router, admin authentication, request metrics, and one module per resource.
+
+pub mod consumers;
+pub mod control_planes;
+pub mod identity;
+pub mod keys;
+pub mod ops;
+pub mod realms;
+
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use axum::middleware::{from_fn, from_fn_with_state, Next};
+use axum::response::Response;
+use axum::routing::{get, post, MethodRouter};
+use axum::Router;
+use rusqlite::Row;
+use tower_http::limit::RequestBodyLimitLayer;
+use uuid::Uuid;
+
+use crate::error::{problem_middleware, ApiError};
+use crate::secrets;
+use crate::state::AppState;
+
+/// Largest accepted request body: 1 MiB (larger → 413).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Every route of the service: (path template, handlers). The OpenAPI test walks this table.
+pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/health", get(ops::health)),
+        ("/metrics", get(ops::metrics)),
+        ("/openapi.json", get(ops::openapi)),
+        (
+            "/v2/control-planes",
+            post(control_planes::create).get(control_planes::list),
+        ),
+        (
+            "/v2/control-planes/{cpId}",
+            get(control_planes::get).delete(control_planes::delete),
+        ),
+        (
+            "/v2/control-planes/{cpId}/data-plane-tokens",
+            post(control_planes::create_token).get(control_planes::list_tokens),
+        ),
+        (
+            "/v2/control-planes/{cpId}/data-plane-tokens/{tokenId}",
+            axum::routing::delete(control_planes::delete_token),
+        ),
+        ("/v1/realms", post(realms::create).get(realms::list)),
+        (
+            "/v1/realms/{realmId}",
+            get(realms::get)
+                .patch(realms::update)
+                .delete(realms::delete),
+        ),
+        (
+            "/v1/realms/{realmId}/consumers",
+            post(consumers::create).get(consumers::list),
+        ),
+        (
+            "/v1/realms/{realmId}/consumers/{consumerId}",
+            get(consumers::get)
+                .patch(consumers::update)
+                .delete(consumers::delete),
+        ),
+        (
+            "/v1/realms/{realmId}/consumers/{consumerId}/move",
+            post(consumers::move_consumer),
+        ),
+        (
+            "/v1/realms/{realmId}/consumers/{consumerId}/keys",
+            post(keys::create).get(keys::list),
+        ),
+        (
+            "/v1/realms/{realmId}/consumers/{consumerId}/keys/{keyId}",
+            get(keys::get).delete(keys::delete),
+        ),
+        ("/{realmId}/v0/authenticate", post(identity::authenticate)),
+    ]
+}
+
+/// The service's router, ready to serve or to drive with `oneshot` in tests.
+pub fn app(state: AppState) -> Router {
+    let mut router = Router::new();
+    for (path, handlers) in routes() {
+        router = router.route(path, handlers);
+    }
+    router
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(from_fn_with_state(state.clone(), observe))
+        .layer(from_fn(problem_middleware))
+        .with_state(state)
+}
+
+/// Counts every request by route template and status, and logs it (never headers or bodies:
+/// they may hold keys and tokens).
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let response = next.run(request).await;
+    let route = route
+        .as_ref()
+        .map(MatchedPath::as_str)
+        .unwrap_or("unmatched");
+    let status = response.status().as_u16();
+    state.metrics().request(route, status);
+    tracing::debug!(%method, route, status, elapsed_us = started.elapsed().as_micros() as u64, "request");
+    response
+}
+
+/// The bearer token of a request, if it has one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Proof that the request carries a valid admin token. Every admin handler takes it first.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Admin, ApiError> {
+        let Some(token) = bearer(&parts.headers) else {
+            return Err(ApiError::unauthorized(
+                "an admin token is required: Authorization: Bearer <token>",
+            ));
+        };
+        let hash = secrets::hash(token);
+        if state.cache().is_admin(&hash) {
+            return Ok(Admin);
+        }
+        let generation = state.cache().generation();
+        let known = state
+            .read(move |conn| {
+                let stored: Option<Vec<u8>> = conn
+                    .prepare_cached("SELECT token_hash FROM admin_tokens WHERE token_hash = ?1")?
+                    .query_row([&hash[..]], |r| r.get(0))
+                    .map(Some)
+                    .or_else(|e| match e {
+                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                        e => Err(e),
+                    })?;
+                Ok(stored.is_some_and(|s| secrets::hashes_equal(&s, &hash)))
+            })
+            .await?;
+        if known {
+            state.cache().store_admin(generation, hash);
+            Ok(Admin)
+        } else {
+            Err(ApiError::unauthorized("unknown admin token"))
+        }
+    }
+}
+
+/// `Ok(None)` for no row.
+pub fn optional<T>(result: rusqlite::Result<T>) -> rusqlite::Result<Option<T>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A UUID stored as text.
+pub fn uuid_at(row: &Row, index: usize) -> rusqlite::Result<Uuid> {
+    let text: String = row.get(index)?;
+    Uuid::parse_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// A list of strings stored as JSON text.
+pub fn strings_at(row: &Row, index: usize) -> rusqlite::Result<Vec<String>> {
+    let text: String = row.get(index)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+pub fn to_json(values: &[String]) -> String {
+    serde_json::to_string(values).unwrap_or_else(|_| "[]".to_string())
+}
+
+/// Is this a UNIQUE constraint failure?
+pub fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}

@@ -1,0 +1,166 @@
+//! The in-process cache that lets the authenticate path answer without touching SQLite.
+//!
+//! It holds four maps: data-plane token hash → control plane, admin token hashes, realm id →
+//! the realm's policy, and (realm id, sha256(secret)) → the finished 201 body (or "not found").
+//! None holds a plaintext secret.
+//!
+//! Invalidation is deliberately blunt: every committed write clears all of it and bumps a
+//! generation number. A look-up that missed remembers the generation it started under and may
+//! store its answer only if no write committed meanwhile, so an answer read before a delete can
+//! never be stored after it. Writes are admin operations, rare next to look-ups, so a cold cache
+//! after each one costs little, and no write path can forget to invalidate.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use parking_lot::RwLock;
+use uuid::Uuid;
+
+use crate::secrets::SecretHash;
+
+/// Most entries each map keeps; when full, it is emptied (a flood of random keys cannot grow
+/// memory without bound, and the next look-ups refill it).
+const MAX_ENTRIES: usize = 200_000;
+
+/// What the authenticate path needs to know about a realm.
+#[derive(Debug, Clone)]
+pub struct RealmPolicy {
+    pub allow_all_control_planes: bool,
+    pub allowed_control_planes: HashSet<Uuid>,
+    pub ttl: i64,
+    pub negative_ttl: i64,
+    pub consumer_groups: Vec<String>,
+}
+
+impl RealmPolicy {
+    pub fn allows(&self, control_plane: &Uuid) -> bool {
+        self.allow_all_control_planes || self.allowed_control_planes.contains(control_plane)
+    }
+}
+
+/// A cached answer for (realm, secret).
+#[derive(Debug, Clone)]
+pub enum KeyAnswer {
+    /// The serialized 201 body, and the key's expiry (Unix seconds) if it has one.
+    Found {
+        body: Bytes,
+        expires_at: Option<i64>,
+    },
+    NotFound,
+}
+
+#[derive(Default)]
+struct Maps {
+    tokens: HashMap<SecretHash, Uuid>,
+    admin: HashSet<SecretHash>,
+    realms: HashMap<Uuid, Option<Arc<RealmPolicy>>>,
+    keys: HashMap<(Uuid, SecretHash), KeyAnswer>,
+}
+
+#[derive(Default)]
+pub struct AuthCache {
+    generation: AtomicU64,
+    maps: RwLock<Maps>,
+}
+
+/// The generation a look-up started under.
+#[derive(Debug, Clone, Copy)]
+pub struct Generation(u64);
+
+fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, value: V) {
+    if map.len() >= MAX_ENTRIES {
+        map.clear();
+    }
+    map.insert(key, value);
+}
+
+impl AuthCache {
+    pub fn generation(&self) -> Generation {
+        Generation(self.generation.load(Ordering::Acquire))
+    }
+
+    /// Forget everything (called after every committed write).
+    pub fn invalidate(&self) {
+        let mut maps = self.maps.write();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        *maps = Maps::default();
+    }
+
+    fn store(&self, generation: Generation, f: impl FnOnce(&mut Maps)) {
+        let mut maps = self.maps.write();
+        // Checked under the write lock that `invalidate` also takes: no write committed since
+        // the look-up began, so its answer is still true.
+        if self.generation.load(Ordering::Acquire) == generation.0 {
+            f(&mut maps);
+        }
+    }
+
+    pub fn token(&self, hash: &SecretHash) -> Option<Uuid> {
+        self.maps.read().tokens.get(hash).copied()
+    }
+    pub fn store_token(&self, generation: Generation, hash: SecretHash, control_plane: Uuid) {
+        self.store(generation, |m| {
+            bounded_insert(&mut m.tokens, hash, control_plane)
+        });
+    }
+
+    pub fn is_admin(&self, hash: &SecretHash) -> bool {
+        self.maps.read().admin.contains(hash)
+    }
+    pub fn store_admin(&self, generation: Generation, hash: SecretHash) {
+        self.store(generation, |m| {
+            if m.admin.len() >= MAX_ENTRIES {
+                m.admin.clear();
+            }
+            m.admin.insert(hash);
+        });
+    }
+
+    /// `Some(None)`: known not to exist. `None`: not cached.
+    pub fn realm(&self, id: &Uuid) -> Option<Option<Arc<RealmPolicy>>> {
+        self.maps.read().realms.get(id).cloned()
+    }
+    pub fn store_realm(&self, generation: Generation, id: Uuid, policy: Option<Arc<RealmPolicy>>) {
+        self.store(generation, |m| bounded_insert(&mut m.realms, id, policy));
+    }
+
+    pub fn key(&self, realm: &Uuid, hash: &SecretHash) -> Option<KeyAnswer> {
+        self.maps.read().keys.get(&(*realm, *hash)).cloned()
+    }
+    pub fn store_key(
+        &self,
+        generation: Generation,
+        realm: Uuid,
+        hash: SecretHash,
+        answer: KeyAnswer,
+    ) {
+        self.store(generation, |m| {
+            bounded_insert(&mut m.keys, (realm, hash), answer)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_read_before_a_write_is_not_stored_after_it() {
+        let cache = AuthCache::default();
+        let realm = Uuid::new_v4();
+        let before = cache.generation();
+        cache.invalidate();
+        cache.store_key(before, realm, [1; 32], KeyAnswer::NotFound);
+        assert!(cache.key(&realm, &[1; 32]).is_none());
+        let now = cache.generation();
+        cache.store_key(now, realm, [1; 32], KeyAnswer::NotFound);
+        assert!(matches!(
+            cache.key(&realm, &[1; 32]),
+            Some(KeyAnswer::NotFound)
+        ));
+        cache.invalidate();
+        assert!(cache.key(&realm, &[1; 32]).is_none());
+    }
+}

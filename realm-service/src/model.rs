@@ -1,0 +1,272 @@
+//! The JSON shapes of the API: what clients send and what they get back.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// A control plane: the thing whose data planes call the identity endpoint.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ControlPlane {
+    pub id: Uuid,
+    pub name: String,
+    /// RFC 3339.
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateControlPlane {
+    /// 1 to 255 characters.
+    pub name: String,
+}
+
+/// A data-plane token as listed (the token itself is never shown again).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DataPlaneToken {
+    pub id: Uuid,
+    pub name: Option<String>,
+    pub control_plane_id: Uuid,
+    pub created_at: String,
+}
+
+/// The answer to creating a data-plane token: the only time `token` is shown.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CreatedDataPlaneToken {
+    pub id: Uuid,
+    pub name: Option<String>,
+    pub control_plane_id: Uuid,
+    /// `krdp_` followed by 43 base62 characters. Store it now: it cannot be read again.
+    pub token: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDataPlaneToken {
+    pub name: Option<String>,
+}
+
+/// A realm: a home for consumers, shared by the control planes it allows.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Realm {
+    pub id: Uuid,
+    pub name: String,
+    /// Minutes a data plane may cache a found key.
+    pub ttl: i64,
+    /// Minutes a data plane may cache a key that was not found.
+    pub negative_ttl: i64,
+    /// Group names every consumer of the realm belongs to.
+    pub consumer_groups: Vec<String>,
+    pub allowed_control_planes: Vec<Uuid>,
+    pub allow_all_control_planes: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRealm {
+    pub name: String,
+    pub allowed_control_planes: Option<Vec<Uuid>>,
+    pub allow_all_control_planes: Option<bool>,
+    /// Minutes, default 10, minimum 5.
+    pub ttl: Option<i64>,
+    /// Minutes, default 10, minimum 5.
+    pub negative_ttl: Option<i64>,
+    pub consumer_groups: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRealm {
+    pub name: Option<String>,
+    pub allowed_control_planes: Option<Vec<Uuid>>,
+    pub allow_all_control_planes: Option<bool>,
+    pub ttl: Option<i64>,
+    pub negative_ttl: Option<i64>,
+    pub consumer_groups: Option<Vec<String>>,
+}
+
+/// A consumer of a realm.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Consumer {
+    pub id: Uuid,
+    pub username: String,
+    pub custom_id: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub tags: Vec<String>,
+    /// The consumer's own groups (the realm's groups are added when it authenticates).
+    pub consumer_groups: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConsumer {
+    pub username: String,
+    pub custom_id: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub consumer_groups: Option<Vec<String>>,
+}
+
+/// Every field optional; `custom_id` and `type` may be set to null to clear them.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConsumer {
+    pub username: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub custom_id: Option<Option<String>>,
+    #[serde(default, rename = "type", deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub kind: Option<Option<String>>,
+    pub tags: Option<Vec<String>>,
+    pub consumer_groups: Option<Vec<String>>,
+}
+
+/// Distinguishes "absent" (None) from "null" (Some(None)).
+fn nullable<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(de).map(Some)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveConsumer {
+    pub target_realm_id: Uuid,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MovedConsumer {
+    pub realm_id: Uuid,
+}
+
+/// `new`: the service generates the secret. `legacy`: the client gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyType {
+    New,
+    Legacy,
+}
+
+impl KeyType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::New => "new",
+            KeyType::Legacy => "legacy",
+        }
+    }
+    pub fn parse(s: &str) -> KeyType {
+        if s == "legacy" {
+            KeyType::Legacy
+        } else {
+            KeyType::New
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    #[serde(rename = "type")]
+    pub kind: KeyType,
+    /// Required for `legacy`, refused for `new`. 1 to 1024 characters.
+    pub secret: Option<String>,
+    pub tags: Option<Vec<String>>,
+    /// Seconds until the key expires (1 to 315360000).
+    pub ttl: Option<i64>,
+}
+
+/// A key as listed: never the secret.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Key {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: KeyType,
+    pub tags: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    /// RFC 3339, or null for a key that does not expire.
+    pub expires_at: Option<String>,
+}
+
+/// The answer to creating a key: the only response that ever holds `secret`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CreatedKey {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: KeyType,
+    pub secret: String,
+    pub tags: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub expires_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthenticateRequest {
+    /// The key the client presented to the gateway.
+    pub secret: String,
+}
+
+/// The authenticated consumer, as a data plane needs it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Identity {
+    pub id: Uuid,
+    pub username: String,
+    pub custom_id: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub tags: Vec<String>,
+    /// The realm's groups followed by the consumer's own, without repeats.
+    pub consumer_group_names: Vec<String>,
+    /// Minutes the data plane may cache this answer.
+    pub ttl: i64,
+    /// Minutes the data plane may cache a miss in this realm.
+    pub negative_ttl: i64,
+    pub credential: Credential,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Credential {
+    pub id: Uuid,
+    pub created_at: String,
+    pub tags: Vec<String>,
+    pub expires_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+}
+
+/// Every list answer: Konnect's cursor paging.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub meta: PageMeta,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PageMeta {
+    pub page: PageInfo,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PageInfo {
+    /// Path and query of the next page, or null on the last page.
+    pub next: Option<String>,
+    /// Path and query of the previous page, or null on the first page.
+    pub previous: Option<String>,
+    /// The page size used.
+    pub size: u32,
+}

@@ -1,0 +1,163 @@
+//! Konnect-style cursor paging, the same on every list.
+//!
+//! A cursor is the (opaque to clients) position of a row: the table's monotonically increasing
+//! `seq`. `page[after]` continues after it, `page[before]` goes back before it. Rows created or
+//! deleted between two pages never make a walk return a row twice.
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, Row};
+
+use crate::error::ApiError;
+use crate::extract::QueryParams;
+use crate::model::{Page, PageInfo, PageMeta};
+
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// Query parameters every list accepts.
+pub const PAGE_PARAMS: [&str; 3] = ["page[size]", "page[after]", "page[before]"];
+
+#[derive(Debug, Clone)]
+pub struct PageRequest {
+    pub size: u32,
+    pub after: Option<i64>,
+    pub before: Option<i64>,
+}
+
+impl PageRequest {
+    pub fn from_query(query: &QueryParams) -> Result<PageRequest, ApiError> {
+        let size = match query.get("page[size]") {
+            None => DEFAULT_PAGE_SIZE,
+            Some(text) => match text.parse::<u32>() {
+                Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::invalid_field(
+                        "page[size]",
+                        "range",
+                        format!("must be an integer from 1 to {MAX_PAGE_SIZE}"),
+                    ))
+                }
+            },
+        };
+        let cursor = |name: &str| -> Result<Option<i64>, ApiError> {
+            match query.get(name) {
+                None => Ok(None),
+                Some(text) => decode_cursor(text)
+                    .map(Some)
+                    .ok_or_else(|| ApiError::invalid_field(name, "cursor", "not a valid cursor")),
+            }
+        };
+        let after = cursor("page[after]")?;
+        let before = cursor("page[before]")?;
+        if after.is_some() && before.is_some() {
+            return Err(ApiError::invalid_field(
+                "page[before]",
+                "exclusive",
+                "page[after] and page[before] cannot be combined",
+            ));
+        }
+        Ok(PageRequest {
+            size,
+            after,
+            before,
+        })
+    }
+}
+
+fn encode_cursor(seq: i64) -> String {
+    format!("{seq:x}")
+}
+
+fn decode_cursor(text: &str) -> Option<i64> {
+    if text.is_empty() || text.len() > 16 {
+        return None;
+    }
+    i64::from_str_radix(text, 16).ok().filter(|n| *n >= 0)
+}
+
+/// Runs `select` (which must select `seq` first and end in a WHERE clause) for one page.
+/// Returns the rows in ascending order and whether more exist beyond the page in the walk's
+/// direction.
+pub fn fetch<T>(
+    conn: &Connection,
+    select: &str,
+    mut params: Vec<Value>,
+    page: &PageRequest,
+    map: impl Fn(&Row) -> rusqlite::Result<T>,
+) -> Result<(Vec<(i64, T)>, bool), ApiError> {
+    let n = params.len();
+    let sql = match page.before {
+        Some(before) => {
+            params.push(Value::Integer(before));
+            format!(
+                "{select} AND seq < ?{} ORDER BY seq DESC LIMIT ?{}",
+                n + 1,
+                n + 2
+            )
+        }
+        None => {
+            params.push(Value::Integer(page.after.unwrap_or(0)));
+            format!(
+                "{select} AND seq > ?{} ORDER BY seq ASC LIMIT ?{}",
+                n + 1,
+                n + 2
+            )
+        }
+    };
+    params.push(Value::Integer(i64::from(page.size) + 1));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows: Vec<(i64, T)> = stmt
+        .query_map(rusqlite::params_from_iter(params), |row| {
+            Ok((row.get::<_, i64>(0)?, map(row)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let more = rows.len() > page.size as usize;
+    rows.truncate(page.size as usize);
+    if page.before.is_some() {
+        rows.reverse();
+    }
+    Ok((rows, more))
+}
+
+/// Builds the answer with `next`/`previous` links (`path` plus the list's other query
+/// parameters, `filters`).
+pub fn page<T>(
+    rows: Vec<(i64, T)>,
+    more: bool,
+    request: &PageRequest,
+    path: &str,
+    filters: &[(&str, &str)],
+) -> Page<T> {
+    let link = |cursor_name: &str, seq: i64| {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (name, value) in filters {
+            query.append_pair(name, value);
+        }
+        query.append_pair("page[size]", &request.size.to_string());
+        query.append_pair(cursor_name, &encode_cursor(seq));
+        format!("{path}?{}", query.finish())
+    };
+    let first = rows.first().map(|(seq, _)| *seq);
+    let last = rows.last().map(|(seq, _)| *seq);
+    let going_back = request.before.is_some();
+    let next = match last {
+        Some(seq) if going_back || more => Some(link("page[after]", seq)),
+        _ => None,
+    };
+    let previous = match first {
+        Some(seq) if (going_back && more) || (!going_back && request.after.is_some()) => {
+            Some(link("page[before]", seq))
+        }
+        _ => None,
+    };
+    Page {
+        data: rows.into_iter().map(|(_, item)| item).collect(),
+        meta: PageMeta {
+            page: PageInfo {
+                next,
+                previous,
+                size: request.size,
+            },
+        },
+    }
+}

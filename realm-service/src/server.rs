@@ -1,0 +1,148 @@
+//! Serving the router over TCP, with a shutdown that also drops idle keep-alive connections.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::api::app;
+use crate::error::Error;
+use crate::state::AppState;
+
+/// How the service is started.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Address to listen on; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// SQLite file, created and migrated on start.
+    pub database: PathBuf,
+    /// Accepted as an admin token (like `REALM_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+}
+
+impl ServiceConfig {
+    /// Listens on 127.0.0.1:0, no admin token.
+    pub fn new(database: PathBuf) -> Self {
+        ServiceConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database,
+            admin_token: None,
+        }
+    }
+}
+
+/// A service serving on a tokio task. Dropping it leaves the service running until the runtime
+/// ends; [`RunningService::shutdown`] stops it.
+pub struct RunningService {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// How long in-flight requests get to finish at shutdown before their connections are dropped.
+const DRAIN: Duration = Duration::from_millis(800);
+/// A client must send its request headers within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl RunningService {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, closes idle keep-alive connections at once and drops the rest after a
+    /// short drain (within about a second).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Opens the database, binds and serves on a tokio task.
+pub async fn spawn(config: ServiceConfig) -> Result<RunningService, Error> {
+    let database = config.database.clone();
+    let admin_token = config.admin_token.clone();
+    let state =
+        tokio::task::spawn_blocking(move || AppState::open(&database, admin_token.as_deref()))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(serve(listener, app(state), stopped));
+    Ok(RunningService { addr, stop, task })
+}
+
+/// Resolves when shutdown is asked for; never if the handle was dropped without asking.
+async fn stop_requested(mut stopped: watch::Receiver<bool>) {
+    loop {
+        if *stopped.borrow_and_update() {
+            return;
+        }
+        if stopped.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, router: Router, stopped: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    let stop = stop_requested(stopped.clone());
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a little, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(router.clone());
+                let stopped = stopped.clone();
+                connections.spawn(async move {
+                    let connection = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        _ = connection.as_mut() => {}
+                        _ = stop_requested(stopped) => {
+                            connection.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(DRAIN, connection).await;
+                        }
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(DRAIN + Duration::from_millis(100), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.abort_all();
+    }
+}
