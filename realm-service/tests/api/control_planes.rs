@@ -1,0 +1,253 @@
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn create_get_list_and_delete_a_control_plane() {
+    let app = TestApp::new();
+    let created = app
+        .admin("POST", "/v2/control-planes", Some(json!({"name": "eu"})))
+        .await
+        .ok(201);
+    assert_eq!(created["name"], "eu");
+    assert!(created["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(created["created_at"], created["updated_at"]);
+    let cp = id(&created);
+
+    let got = app
+        .admin("GET", &format!("/v2/control-planes/{cp}"), None)
+        .await
+        .ok(200);
+    assert_eq!(got, created);
+
+    let list = app.admin("GET", "/v2/control-planes", None).await.ok(200);
+    assert_eq!(list["data"], json!([created]));
+    assert_eq!(
+        list["meta"]["page"],
+        json!({"next": null, "previous": null, "size": 100})
+    );
+
+    app.admin("DELETE", &format!("/v2/control-planes/{cp}"), None)
+        .await
+        .ok(204);
+    app.admin("GET", &format!("/v2/control-planes/{cp}"), None)
+        .await
+        .problem(404);
+    app.admin("DELETE", &format!("/v2/control-planes/{cp}"), None)
+        .await
+        .problem(404);
+}
+
+#[tokio::test]
+async fn control_plane_input_errors_name_the_field() {
+    let app = TestApp::new();
+    app.admin("POST", "/v2/control-planes", Some(json!({})))
+        .await
+        .invalid("name");
+    app.admin("POST", "/v2/control-planes", Some(json!({"name": ""})))
+        .await
+        .invalid("name");
+    app.admin("POST", "/v2/control-planes", Some(json!({"name": 7})))
+        .await
+        .invalid("name");
+    app.admin(
+        "POST",
+        "/v2/control-planes",
+        Some(json!({"name": "x".repeat(256)})),
+    )
+    .await
+    .invalid("name");
+    app.admin(
+        "POST",
+        "/v2/control-planes",
+        Some(json!({"name": "a", "region": "us"})),
+    )
+    .await
+    .invalid("region");
+    app.admin("GET", "/v2/control-planes/not-a-uuid", None)
+        .await
+        .invalid("cpId");
+    app.admin(
+        "GET",
+        &format!("/v2/control-planes/{}", uuid::Uuid::new_v4()),
+        None,
+    )
+    .await
+    .problem(404);
+}
+
+#[tokio::test]
+async fn admin_calls_need_a_valid_admin_token() {
+    let app = TestApp::new();
+    for (method, path) in [
+        ("POST", "/v2/control-planes"),
+        ("GET", "/v2/control-planes"),
+        ("GET", "/v1/realms"),
+        ("POST", "/v1/realms"),
+    ] {
+        let none = app
+            .call(method, path, None, Some(json!({"name": "x"})))
+            .await;
+        none.problem(401);
+        let wrong = app
+            .call(
+                method,
+                path,
+                Some("not-the-token"),
+                Some(json!({"name": "x"})),
+            )
+            .await;
+        wrong.problem(401);
+    }
+    // Not a bearer scheme.
+    let request = axum::http::Request::builder()
+        .uri("/v1/realms")
+        .header("authorization", format!("Basic {ADMIN}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    app.send(request).await.problem(401);
+    // Nothing was created by the refused calls.
+    let list = app.admin("GET", "/v1/realms", None).await.ok(200);
+    assert_eq!(list["data"], json!([]));
+}
+
+#[tokio::test]
+async fn data_plane_tokens_are_shown_once_and_can_be_revoked() {
+    let app = TestApp::new();
+    let cp = app.control_plane("cp").await;
+    let created = app
+        .admin(
+            "POST",
+            &format!("/v2/control-planes/{cp}/data-plane-tokens"),
+            Some(json!({"name": "edge-1"})),
+        )
+        .await
+        .ok(201);
+    let token = created["token"].as_str().unwrap().to_string();
+    assert!(
+        token.starts_with("krdp_") && token.len() >= 5 + 22,
+        "{token}"
+    );
+    assert_eq!(created["name"], "edge-1");
+    assert_eq!(created["control_plane_id"], cp.as_str());
+
+    // Without a body at all: a name is optional.
+    let unnamed = app
+        .admin(
+            "POST",
+            &format!("/v2/control-planes/{cp}/data-plane-tokens"),
+            Some(json!({})),
+        )
+        .await
+        .ok(201);
+    assert_eq!(unnamed["name"], serde_json::Value::Null);
+
+    let listed = app
+        .admin(
+            "GET",
+            &format!("/v2/control-planes/{cp}/data-plane-tokens"),
+            None,
+        )
+        .await;
+    assert!(!listed.text.contains(&token), "list shows the token");
+    let listed = listed.ok(200);
+    assert_eq!(listed["data"].as_array().unwrap().len(), 2);
+    assert!(listed["data"][0].get("token").is_none());
+    assert_eq!(listed["data"][0]["id"], created["id"]);
+
+    let token_id = id(&created);
+    app.admin(
+        "DELETE",
+        &format!("/v2/control-planes/{cp}/data-plane-tokens/{token_id}"),
+        None,
+    )
+    .await
+    .ok(204);
+    app.admin(
+        "DELETE",
+        &format!("/v2/control-planes/{cp}/data-plane-tokens/{token_id}"),
+        None,
+    )
+    .await
+    .problem(404);
+}
+
+#[tokio::test]
+async fn data_plane_token_errors() {
+    let app = TestApp::new();
+    let cp = app.control_plane("a").await;
+    let other = app.control_plane("b").await;
+    let missing = uuid::Uuid::new_v4();
+    app.admin(
+        "POST",
+        &format!("/v2/control-planes/{missing}/data-plane-tokens"),
+        Some(json!({})),
+    )
+    .await
+    .problem(404);
+    app.admin(
+        "GET",
+        &format!("/v2/control-planes/{missing}/data-plane-tokens"),
+        None,
+    )
+    .await
+    .problem(404);
+    app.admin(
+        "POST",
+        &format!("/v2/control-planes/{cp}/data-plane-tokens"),
+        Some(json!({"name": 1})),
+    )
+    .await
+    .invalid("name");
+    app.admin(
+        "POST",
+        &format!("/v2/control-planes/{cp}/data-plane-tokens"),
+        Some(json!({"token": "mine"})),
+    )
+    .await
+    .invalid("token");
+    // A token is deleted only through its own control plane.
+    let created = app
+        .admin(
+            "POST",
+            &format!("/v2/control-planes/{cp}/data-plane-tokens"),
+            Some(json!({})),
+        )
+        .await
+        .ok(201);
+    let token_id = id(&created);
+    app.admin(
+        "DELETE",
+        &format!("/v2/control-planes/{other}/data-plane-tokens/{token_id}"),
+        None,
+    )
+    .await
+    .problem(404);
+    app.admin(
+        "DELETE",
+        &format!("/v2/control-planes/{cp}/data-plane-tokens/nope"),
+        None,
+    )
+    .await
+    .invalid("tokenId");
+}
+
+#[tokio::test]
+async fn deleting_a_control_plane_revokes_its_tokens_and_leaves_realms() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    app.authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .ok(201);
+    app.admin("DELETE", &format!("/v2/control-planes/{}", w.cp), None)
+        .await
+        .ok(204);
+    app.authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .problem(401);
+    let realm = app
+        .admin("GET", &format!("/v1/realms/{}", w.realm), None)
+        .await
+        .ok(200);
+    assert_eq!(realm["allowed_control_planes"], json!([]));
+}

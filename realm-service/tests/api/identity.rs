@@ -1,0 +1,344 @@
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn authenticate_returns_the_consumer_with_effective_groups() {
+    let app = TestApp::new();
+    let cp = app.control_plane("cp").await;
+    let token = app.dp_token(&cp).await;
+    let realm = app
+        .realm(
+            json!({"name": "prod", "allowed_control_planes": [cp], "ttl": 15,
+                      "negative_ttl": 7, "consumer_groups": ["gold", "all"]}),
+        )
+        .await;
+    let consumer = app
+        .admin(
+            "POST",
+            &format!("/v1/realms/{realm}/consumers"),
+            Some(
+                json!({"username": "Ariel", "custom_id": "A1", "type": "developer",
+                        "tags": ["vip"], "consumer_groups": ["beta", "gold"]}),
+            ),
+        )
+        .await
+        .ok(201);
+    let consumer_id = id(&consumer);
+    let key = app
+        .admin(
+            "POST",
+            &format!("/v1/realms/{realm}/consumers/{consumer_id}/keys"),
+            Some(json!({"type": "new", "tags": ["k"]})),
+        )
+        .await
+        .ok(201);
+    let answer = app
+        .authenticate(&realm, &token, key["secret"].as_str().unwrap())
+        .await;
+    assert_eq!(answer.content_type(), "application/json");
+    let body = answer.ok(201);
+    assert_eq!(
+        body,
+        json!({
+            "id": consumer_id, "username": "Ariel", "custom_id": "A1", "type": "developer",
+            "tags": ["vip"], "consumer_group_names": ["gold", "all", "beta"],
+            "ttl": 15, "negative_ttl": 7,
+            "credential": {"id": key["id"], "created_at": key["created_at"], "tags": ["k"],
+                           "expires_at": null}
+        })
+    );
+    assert!(!answer.text.contains(key["secret"].as_str().unwrap()));
+}
+
+#[tokio::test]
+async fn an_unknown_key_is_404_with_negative_ttl() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    app.admin(
+        "PATCH",
+        &format!("/v1/realms/{}", w.realm),
+        Some(json!({"negative_ttl": 42})),
+    )
+    .await
+    .ok(200);
+    let miss = app.authenticate(&w.realm, &w.token, "another_key").await;
+    let body = miss.problem(404);
+    assert_eq!(body["negative_ttl"], 42);
+    assert!(
+        !miss.text.contains("another_key"),
+        "the answer repeats the key"
+    );
+    // An unknown realm is a miss too.
+    let body = app
+        .authenticate(&uuid::Uuid::new_v4().to_string(), &w.token, &w.secret)
+        .await
+        .problem(404);
+    assert!(body["negative_ttl"].is_number());
+}
+
+#[tokio::test]
+async fn a_key_of_realm_a_is_never_found_through_realm_b() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    let b = app
+        .realm(json!({"name": "b", "allowed_control_planes": [w.cp]}))
+        .await;
+    app.authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .ok(201);
+    app.authenticate(&b, &w.token, &w.secret).await.problem(404);
+}
+
+#[tokio::test]
+async fn data_plane_tokens_are_required_and_checked() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    let path = format!("/{}/v0/authenticate", w.realm);
+    app.call("POST", &path, None, Some(json!({"secret": w.secret})))
+        .await
+        .problem(401);
+    app.call(
+        "POST",
+        &path,
+        Some("krdp_unknown"),
+        Some(json!({"secret": w.secret})),
+    )
+    .await
+    .problem(401);
+    // An admin token is not a data-plane token.
+    app.call(
+        "POST",
+        &path,
+        Some(ADMIN),
+        Some(json!({"secret": w.secret})),
+    )
+    .await
+    .problem(401);
+    // A missing token wins over a bad body.
+    app.call("POST", &path, None, Some(json!({"nope": 1})))
+        .await
+        .problem(401);
+}
+
+#[tokio::test]
+async fn a_control_plane_the_realm_does_not_allow_gets_403() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    let stranger = app.control_plane("stranger").await;
+    let stranger_token = app.dp_token(&stranger).await;
+    let body = app
+        .authenticate(&w.realm, &stranger_token, &w.secret)
+        .await
+        .problem(403);
+    assert!(body.get("negative_ttl").is_none());
+    // ... also for keys that do not exist (the realm's contents are not its business).
+    app.authenticate(&w.realm, &stranger_token, "another_key")
+        .await
+        .problem(403);
+    // allow_all_control_planes lets every control plane in.
+    app.admin(
+        "PATCH",
+        &format!("/v1/realms/{}", w.realm),
+        Some(json!({"allow_all_control_planes": true})),
+    )
+    .await
+    .ok(200);
+    app.authenticate(&w.realm, &stranger_token, &w.secret)
+        .await
+        .ok(201);
+    // And removing a control plane from the list locks it out at once.
+    app.admin(
+        "PATCH",
+        &format!("/v1/realms/{}", w.realm),
+        Some(json!({"allow_all_control_planes": false, "allowed_control_planes": []})),
+    )
+    .await
+    .ok(200);
+    app.authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .problem(403);
+}
+
+#[tokio::test]
+async fn malformed_authenticate_bodies_are_400() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    let path = format!("/{}/v0/authenticate", w.realm);
+    let raw = |body: &'static str| {
+        axum::http::Request::builder()
+            .method("POST")
+            .uri(path.clone())
+            .header("authorization", format!("Bearer {}", w.token))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body))
+            .unwrap()
+    };
+    app.send(raw("")).await.invalid("body");
+    app.send(raw("{\"secret\":")).await.invalid("body");
+    app.send(raw("[]")).await.invalid("body");
+    app.send(raw("{}")).await.invalid("secret");
+    app.send(raw("{\"secret\": 5}")).await.invalid("secret");
+    app.send(raw("{\"secret\": \"\"}")).await.invalid("secret");
+    app.send(raw("{\"secret\": \"a\", \"key\": \"b\"}"))
+        .await
+        .invalid("key");
+    app.call(
+        "POST",
+        "/not-a-uuid/v0/authenticate",
+        Some(&w.token),
+        Some(json!({"secret": "a"})),
+    )
+    .await
+    .invalid("realmId");
+}
+
+#[tokio::test]
+async fn repeated_lookups_are_cache_hits_and_counted() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    for _ in 0..3 {
+        app.authenticate(&w.realm, &w.token, &w.secret)
+            .await
+            .ok(201);
+    }
+    app.authenticate(&w.realm, &w.token, "another_key")
+        .await
+        .problem(404);
+    app.authenticate(&w.realm, &w.token, "another_key")
+        .await
+        .problem(404);
+    app.authenticate(&w.realm, "bad-token", &w.secret)
+        .await
+        .problem(401);
+    assert_eq!(
+        app.metric("realm_service_authenticate_total{result=\"found\"}")
+            .await,
+        3
+    );
+    assert_eq!(
+        app.metric("realm_service_authenticate_total{result=\"not_found\"}")
+            .await,
+        2
+    );
+    assert_eq!(
+        app.metric("realm_service_authenticate_total{result=\"unauthorized\"}")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.metric("realm_service_authenticate_cache_total{result=\"miss\"}")
+            .await,
+        2
+    );
+    assert_eq!(
+        app.metric("realm_service_authenticate_cache_total{result=\"hit\"}")
+            .await,
+        3
+    );
+    assert_eq!(
+        app.metric("realm_service_http_requests_total{route=\"/{realmId}/v0/authenticate\",status=\"201\"}")
+            .await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn revocation_after_a_cached_authenticate_is_immediate() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    app.authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .ok(201);
+    app.authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .ok(201);
+    assert!(
+        app.metric("realm_service_authenticate_cache_total{result=\"hit\"}")
+            .await
+            >= 1
+    );
+    app.admin(
+        "DELETE",
+        &format!(
+            "/v1/realms/{}/consumers/{}/keys/{}",
+            w.realm, w.consumer, w.key
+        ),
+        None,
+    )
+    .await
+    .ok(204);
+    app.authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .problem(404);
+}
+
+#[tokio::test]
+async fn every_write_path_is_seen_at_once_by_cached_lookups() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    app.authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .ok(201);
+    // Consumer patch.
+    app.admin(
+        "PATCH",
+        &format!("/v1/realms/{}/consumers/{}", w.realm, w.consumer),
+        Some(json!({"username": "Ariel-renamed", "consumer_groups": ["new"]})),
+    )
+    .await
+    .ok(200);
+    let found = app
+        .authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .ok(201);
+    assert_eq!(found["username"], "Ariel-renamed");
+    assert_eq!(found["consumer_group_names"], json!(["new"]));
+    // Realm patch.
+    app.admin(
+        "PATCH",
+        &format!("/v1/realms/{}", w.realm),
+        Some(json!({"ttl": 20, "consumer_groups": ["r"]})),
+    )
+    .await
+    .ok(200);
+    let found = app
+        .authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .ok(201);
+    assert_eq!(found["ttl"], 20);
+    assert_eq!(found["consumer_group_names"], json!(["r", "new"]));
+    // A cached miss becomes a hit when the key is created.
+    app.authenticate(&w.realm, &w.token, "late-key")
+        .await
+        .problem(404);
+    app.key(
+        &w.realm,
+        &w.consumer,
+        json!({"type": "legacy", "secret": "late-key"}),
+    )
+    .await;
+    app.authenticate(&w.realm, &w.token, "late-key")
+        .await
+        .ok(201);
+    // Token delete.
+    let listed = app
+        .admin(
+            "GET",
+            &format!("/v2/control-planes/{}/data-plane-tokens", w.cp),
+            None,
+        )
+        .await
+        .ok(200);
+    let token_id = listed["data"][0]["id"].as_str().unwrap().to_string();
+    app.admin(
+        "DELETE",
+        &format!("/v2/control-planes/{}/data-plane-tokens/{token_id}", w.cp),
+        None,
+    )
+    .await
+    .ok(204);
+    app.authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .problem(401);
+}

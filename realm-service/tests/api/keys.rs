@@ -1,0 +1,219 @@
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn a_new_key_has_a_generated_secret_shown_once() {
+    let app = TestApp::new();
+    let realm = app.realm(json!({"name": "prod"})).await;
+    let consumer = app.consumer(&realm, "ariel").await;
+    let path = format!("/v1/realms/{realm}/consumers/{consumer}/keys");
+    let created = app
+        .admin("POST", &path, Some(json!({"type": "new", "tags": ["ci"]})))
+        .await
+        .ok(201);
+    let secret = created["secret"].as_str().unwrap();
+    assert!(secret.starts_with("krk_"), "{secret}");
+    assert_eq!(
+        secret.len(),
+        4 + 43,
+        "prefix + 43 base62 characters (~256 bits)"
+    );
+    assert!(secret[4..].chars().all(|c| c.is_ascii_alphanumeric()));
+    assert_eq!(created["type"], "new");
+    assert_eq!(created["tags"], json!(["ci"]));
+    assert_eq!(created["expires_at"], serde_json::Value::Null);
+    for field in ["id", "created_at", "updated_at"] {
+        assert!(created[field].is_string(), "{field}");
+    }
+    let second = app
+        .admin("POST", &path, Some(json!({"type": "new"})))
+        .await
+        .ok(201);
+    assert_ne!(second["secret"], created["secret"]);
+
+    let listed = app.admin("GET", &path, None).await;
+    assert!(!listed.text.contains(secret), "list shows a secret");
+    let listed = listed.ok(200);
+    assert_eq!(listed["data"].as_array().unwrap().len(), 2);
+    assert!(listed["data"][0].get("secret").is_none());
+    let key_path = format!("{path}/{}", id(&created));
+    let got = app.admin("GET", &key_path, None).await;
+    assert!(!got.text.contains(secret));
+    let got = got.ok(200);
+    assert_eq!(got["id"], created["id"]);
+    assert_eq!(got["tags"], json!(["ci"]));
+    assert!(got.get("secret").is_none());
+}
+
+#[tokio::test]
+async fn a_legacy_key_keeps_the_given_secret_unique_in_its_realm() {
+    let app = TestApp::new();
+    let realm = app.realm(json!({"name": "prod"})).await;
+    let other_realm = app.realm(json!({"name": "other"})).await;
+    let a = app.consumer(&realm, "a").await;
+    let b = app.consumer(&realm, "b").await;
+    let c = app.consumer(&other_realm, "c").await;
+    let created = app
+        .admin(
+            "POST",
+            &format!("/v1/realms/{realm}/consumers/{a}/keys"),
+            Some(json!({"type": "legacy", "secret": "my-old-key"})),
+        )
+        .await
+        .ok(201);
+    assert_eq!(created["secret"], "my-old-key");
+    assert_eq!(created["type"], "legacy");
+    let dup = app
+        .admin(
+            "POST",
+            &format!("/v1/realms/{realm}/consumers/{b}/keys"),
+            Some(json!({"type": "legacy", "secret": "my-old-key"})),
+        )
+        .await;
+    dup.problem(409);
+    assert!(
+        !dup.text.contains("my-old-key"),
+        "the error repeats the secret"
+    );
+    // Another realm may hold the same secret.
+    app.admin(
+        "POST",
+        &format!("/v1/realms/{other_realm}/consumers/{c}/keys"),
+        Some(json!({"type": "legacy", "secret": "my-old-key"})),
+    )
+    .await
+    .ok(201);
+}
+
+#[tokio::test]
+async fn a_key_with_a_ttl_expires() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    let created = app
+        .admin(
+            "POST",
+            &format!("/v1/realms/{}/consumers/{}/keys", w.realm, w.consumer),
+            Some(json!({"type": "new", "ttl": 1})),
+        )
+        .await
+        .ok(201);
+    let parse = |v: &serde_json::Value| {
+        time::OffsetDateTime::parse(
+            v.as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        parse(&created["expires_at"]) - parse(&created["created_at"]),
+        time::Duration::seconds(1)
+    );
+    let secret = created["secret"].as_str().unwrap();
+    let found = app.authenticate(&w.realm, &w.token, secret).await.ok(201);
+    assert_eq!(found["credential"]["expires_at"], created["expires_at"]);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let expired = app
+        .authenticate(&w.realm, &w.token, secret)
+        .await
+        .problem(404);
+    assert_eq!(expired["negative_ttl"], 10);
+    // The key without a ttl still works.
+    app.authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .ok(201);
+}
+
+#[tokio::test]
+async fn key_create_errors() {
+    let app = TestApp::new();
+    let realm = app.realm(json!({"name": "prod"})).await;
+    let consumer = app.consumer(&realm, "a").await;
+    let path = format!("/v1/realms/{realm}/consumers/{consumer}/keys");
+    app.admin("POST", &path, Some(json!({})))
+        .await
+        .invalid("type");
+    app.admin("POST", &path, Some(json!({"type": "old"})))
+        .await
+        .invalid("type");
+    app.admin("POST", &path, Some(json!({"type": "new", "secret": "x"})))
+        .await
+        .invalid("secret");
+    app.admin("POST", &path, Some(json!({"type": "legacy"})))
+        .await
+        .invalid("secret");
+    app.admin("POST", &path, Some(json!({"type": "legacy", "secret": ""})))
+        .await
+        .invalid("secret");
+    app.admin(
+        "POST",
+        &path,
+        Some(json!({"type": "legacy", "secret": "s".repeat(1025)})),
+    )
+    .await
+    .invalid("secret");
+    app.admin("POST", &path, Some(json!({"type": "new", "ttl": 0})))
+        .await
+        .invalid("ttl");
+    app.admin("POST", &path, Some(json!({"type": "new", "ttl": -5})))
+        .await
+        .invalid("ttl");
+    app.admin("POST", &path, Some(json!({"type": "new", "ttl": "60"})))
+        .await
+        .invalid("ttl");
+    app.admin("POST", &path, Some(json!({"type": "new", "expires": 1})))
+        .await
+        .invalid("expires");
+    app.admin(
+        "POST",
+        &format!("/v1/realms/{realm}/consumers/{}/keys", uuid::Uuid::new_v4()),
+        Some(json!({"type": "new"})),
+    )
+    .await
+    .problem(404);
+    let listed = app.admin("GET", &path, None).await.ok(200);
+    assert_eq!(listed["data"], json!([]), "refused creates stored nothing");
+}
+
+#[tokio::test]
+async fn get_list_and_delete_key_errors() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    let keys = format!("/v1/realms/{}/consumers/{}/keys", w.realm, w.consumer);
+    let missing = uuid::Uuid::new_v4();
+    app.admin("GET", &format!("{keys}/{missing}"), None)
+        .await
+        .problem(404);
+    app.admin("DELETE", &format!("{keys}/{missing}"), None)
+        .await
+        .problem(404);
+    app.admin("GET", &format!("{keys}/bad"), None)
+        .await
+        .invalid("keyId");
+    // A key of another consumer is not reachable through this one.
+    let other = app.consumer(&w.realm, "other").await;
+    let other_keys = format!("/v1/realms/{}/consumers/{other}/keys", w.realm);
+    app.admin("GET", &format!("{other_keys}/{}", w.key), None)
+        .await
+        .problem(404);
+    app.admin("DELETE", &format!("{other_keys}/{}", w.key), None)
+        .await
+        .problem(404);
+    app.admin(
+        "GET",
+        &format!("/v1/realms/{}/consumers/{missing}/keys", w.realm),
+        None,
+    )
+    .await
+    .problem(404);
+    app.admin("GET", &format!("{keys}?page[size]=0"), None)
+        .await
+        .invalid("page[size]");
+    // Delete, then it is gone.
+    app.admin("DELETE", &format!("{keys}/{}", w.key), None)
+        .await
+        .ok(204);
+    app.admin("GET", &format!("{keys}/{}", w.key), None)
+        .await
+        .problem(404);
+}

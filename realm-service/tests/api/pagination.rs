@@ -1,0 +1,127 @@
+use std::collections::HashSet;
+
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn walking_250_consumers_by_100_returns_each_exactly_once() {
+    let app = TestApp::new();
+    let realm = app.realm(json!({"name": "prod"})).await;
+    let mut created = HashSet::new();
+    for i in 0..250 {
+        created.insert(app.consumer(&realm, &format!("user-{i:03}")).await);
+    }
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    let mut next = Some(format!("/v1/realms/{realm}/consumers?page[size]=100"));
+    let mut pages = Vec::new();
+    while let Some(path) = next {
+        let body = app.admin("GET", &path, None).await.ok(200);
+        assert_eq!(body["meta"]["page"]["size"], 100);
+        let data = body["data"].as_array().unwrap();
+        sizes.push(data.len());
+        seen.extend(data.iter().map(id));
+        next = body["meta"]["page"]["next"].as_str().map(str::to_string);
+        pages.push(body);
+        assert!(pages.len() <= 3, "more pages than expected");
+    }
+    assert_eq!(sizes, [100, 100, 50]);
+    assert_eq!(seen.len(), 250);
+    assert_eq!(seen.iter().cloned().collect::<HashSet<_>>(), created);
+    // Creation order.
+    assert_eq!(pages[0]["data"][0]["username"], "user-000");
+    assert_eq!(pages[2]["data"][49]["username"], "user-249");
+    assert_eq!(
+        pages[0]["meta"]["page"]["previous"],
+        serde_json::Value::Null
+    );
+
+    // `previous` of the last page leads back to the second page.
+    let previous = pages[2]["meta"]["page"]["previous"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let back = app.admin("GET", &previous, None).await.ok(200);
+    assert_eq!(back["data"], pages[1]["data"]);
+}
+
+#[tokio::test]
+async fn filters_are_kept_in_next_links() {
+    let app = TestApp::new();
+    let realm = app.realm(json!({"name": "prod"})).await;
+    for i in 0..3 {
+        app.admin(
+            "POST",
+            &format!("/v1/realms/{realm}/consumers"),
+            Some(json!({"username": format!("u{i}"), "custom_id": "same"})),
+        )
+        .await
+        .ok(201);
+    }
+    app.admin(
+        "POST",
+        &format!("/v1/realms/{realm}/consumers"),
+        Some(json!({"username": "x", "custom_id": "other"})),
+    )
+    .await
+    .ok(201);
+    let first = app
+        .admin(
+            "GET",
+            &format!("/v1/realms/{realm}/consumers?filter[custom_id]=same&page[size]=2"),
+            None,
+        )
+        .await
+        .ok(200);
+    assert_eq!(first["data"].as_array().unwrap().len(), 2);
+    let next = first["meta"]["page"]["next"].as_str().unwrap();
+    assert!(
+        next.starts_with(&format!("/v1/realms/{realm}/consumers?")),
+        "{next}"
+    );
+    let second = app.admin("GET", next, None).await.ok(200);
+    assert_eq!(second["data"].as_array().unwrap().len(), 1);
+    assert_eq!(second["data"][0]["username"], "u2");
+    assert_eq!(second["meta"]["page"]["next"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn every_list_has_the_same_page_shape() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    for path in [
+        "/v2/control-planes".to_string(),
+        format!("/v2/control-planes/{}/data-plane-tokens", w.cp),
+        "/v1/realms".to_string(),
+        format!("/v1/realms/{}/consumers", w.realm),
+        format!("/v1/realms/{}/consumers/{}/keys", w.realm, w.consumer),
+    ] {
+        let body = app.admin("GET", &path, None).await.ok(200);
+        assert_eq!(body["data"].as_array().unwrap().len(), 1, "{path}");
+        assert_eq!(
+            body["meta"],
+            json!({"page": {"next": null, "previous": null, "size": 100}}),
+            "{path}"
+        );
+        let sized = app
+            .admin("GET", &format!("{path}?page[size]=1000"), None)
+            .await
+            .ok(200);
+        assert_eq!(sized["meta"]["page"]["size"], 1000);
+        for bad in ["0", "1001", "-1", "ten", ""] {
+            app.admin("GET", &format!("{path}?page[size]={bad}"), None)
+                .await
+                .invalid("page[size]");
+        }
+        app.admin("GET", &format!("{path}?page[after]=not-a-cursor"), None)
+            .await
+            .invalid("page[after]");
+        app.admin("GET", &format!("{path}?page[size]=1&page[size]=2"), None)
+            .await
+            .invalid("page[size]");
+        app.admin("GET", &format!("{path}?sort=name"), None)
+            .await
+            .invalid("sort");
+    }
+}

@@ -1,0 +1,245 @@
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn create_a_realm_with_defaults() {
+    let app = TestApp::new();
+    let realm = app
+        .admin("POST", "/v1/realms", Some(json!({"name": "prod"})))
+        .await
+        .ok(201);
+    assert_eq!(realm["name"], "prod");
+    assert_eq!(realm["ttl"], 10);
+    assert_eq!(realm["negative_ttl"], 10);
+    assert_eq!(realm["consumer_groups"], json!([]));
+    assert_eq!(realm["allowed_control_planes"], json!([]));
+    assert_eq!(realm["allow_all_control_planes"], false);
+    assert!(uuid::Uuid::parse_str(realm["id"].as_str().unwrap()).is_ok());
+    assert!(realm["created_at"].is_string() && realm["updated_at"].is_string());
+}
+
+#[tokio::test]
+async fn create_a_realm_with_every_field() {
+    let app = TestApp::new();
+    let a = app.control_plane("a").await;
+    let b = app.control_plane("b").await;
+    let realm = app
+        .admin(
+            "POST",
+            "/v1/realms",
+            Some(json!({
+                "name": "prod", "allowed_control_planes": [b, a, b], "allow_all_control_planes": true,
+                "ttl": 5, "negative_ttl": 60, "consumer_groups": ["gold", "silver"]
+            })),
+        )
+        .await
+        .ok(201);
+    assert_eq!(
+        realm["allowed_control_planes"],
+        json!([b, a]),
+        "order kept, repeats dropped"
+    );
+    assert_eq!(realm["allow_all_control_planes"], true);
+    assert_eq!(realm["ttl"], 5);
+    assert_eq!(realm["negative_ttl"], 60);
+    assert_eq!(realm["consumer_groups"], json!(["gold", "silver"]));
+    let got = app
+        .admin("GET", &format!("/v1/realms/{}", id(&realm)), None)
+        .await
+        .ok(200);
+    assert_eq!(got, realm);
+}
+
+#[tokio::test]
+async fn realm_input_errors_name_the_field() {
+    let app = TestApp::new();
+    let post = |body| async { app.admin("POST", "/v1/realms", Some(body)).await };
+    post(json!({})).await.invalid("name");
+    post(json!({"name": ""})).await.invalid("name");
+    post(json!({"name": "p", "ttl": 4})).await.invalid("ttl");
+    post(json!({"name": "p", "negative_ttl": 0}))
+        .await
+        .invalid("negative_ttl");
+    post(json!({"name": "p", "ttl": "10"})).await.invalid("ttl");
+    post(json!({"name": "p", "ttl": 10.5})).await.invalid("ttl");
+    post(json!({"name": "p", "allowed_control_planes": ["nope"]}))
+        .await
+        .invalid("allowed_control_planes[0]");
+    let unknown = uuid::Uuid::new_v4();
+    let body = post(json!({"name": "p", "allowed_control_planes": [unknown]}))
+        .await
+        .invalid("allowed_control_planes[0]");
+    assert!(body["detail"].as_str().unwrap().contains("does not exist"));
+    post(json!({"name": "p", "consumer_groups": [""]}))
+        .await
+        .invalid("consumer_groups[0]");
+    post(json!({"name": "p", "allow_all_control_planes": "yes"}))
+        .await
+        .invalid("allow_all_control_planes");
+    post(json!({"name": "p", "colour": "red"}))
+        .await
+        .invalid("colour");
+    // Several faults at once are all named.
+    let body = post(json!({"name": "", "ttl": 1})).await.problem(400);
+    assert_eq!(body["invalid_parameters"].as_array().unwrap().len(), 2);
+    // Nothing was stored.
+    let list = app.admin("GET", "/v1/realms", None).await.ok(200);
+    assert_eq!(list["data"], json!([]));
+}
+
+#[tokio::test]
+async fn get_and_patch_a_realm() {
+    let app = TestApp::new();
+    let cp = app.control_plane("a").await;
+    let realm = app
+        .realm(json!({"name": "prod", "consumer_groups": ["g"]}))
+        .await;
+    let patched = app
+        .admin(
+            "PATCH",
+            &format!("/v1/realms/{realm}"),
+            Some(json!({"ttl": 30, "allowed_control_planes": [cp]})),
+        )
+        .await
+        .ok(200);
+    assert_eq!(patched["ttl"], 30);
+    assert_eq!(patched["negative_ttl"], 10, "untouched");
+    assert_eq!(patched["name"], "prod", "untouched");
+    assert_eq!(patched["consumer_groups"], json!(["g"]), "untouched");
+    assert_eq!(patched["allowed_control_planes"], json!([cp]));
+    let renamed = app
+        .admin(
+            "PATCH",
+            &format!("/v1/realms/{realm}"),
+            Some(json!({"name": "staging"})),
+        )
+        .await
+        .ok(200);
+    assert_eq!(renamed["name"], "staging");
+    assert_eq!(renamed["allowed_control_planes"], json!([cp]), "untouched");
+    let got = app
+        .admin("GET", &format!("/v1/realms/{realm}"), None)
+        .await
+        .ok(200);
+    assert_eq!(got, renamed);
+}
+
+#[tokio::test]
+async fn realm_patch_and_get_errors() {
+    let app = TestApp::new();
+    let realm = app.realm(json!({"name": "prod"})).await;
+    let missing = uuid::Uuid::new_v4();
+    app.admin("GET", &format!("/v1/realms/{missing}"), None)
+        .await
+        .problem(404);
+    app.admin("GET", "/v1/realms/xyz", None)
+        .await
+        .invalid("realmId");
+    app.admin(
+        "PATCH",
+        &format!("/v1/realms/{missing}"),
+        Some(json!({"ttl": 6})),
+    )
+    .await
+    .problem(404);
+    app.admin(
+        "PATCH",
+        &format!("/v1/realms/{realm}"),
+        Some(json!({"ttl": 3})),
+    )
+    .await
+    .invalid("ttl");
+    app.admin(
+        "PATCH",
+        &format!("/v1/realms/{realm}"),
+        Some(json!({"id": realm})),
+    )
+    .await
+    .invalid("id");
+    app.admin(
+        "PATCH",
+        &format!("/v1/realms/{realm}"),
+        Some(json!({"allowed_control_planes": [missing]})),
+    )
+    .await
+    .invalid("allowed_control_planes[0]");
+    let unchanged = app
+        .admin("GET", &format!("/v1/realms/{realm}"), None)
+        .await
+        .ok(200);
+    assert_eq!(unchanged["ttl"], 10);
+}
+
+#[tokio::test]
+async fn deleting_a_realm_with_consumers_needs_force() {
+    let app = TestApp::new();
+    let realm = app.realm(json!({"name": "prod"})).await;
+    let consumer = app.consumer(&realm, "ariel").await;
+    let refused = app
+        .admin("DELETE", &format!("/v1/realms/{realm}"), None)
+        .await
+        .invalid("force");
+    assert!(refused["detail"].as_str().unwrap().contains("consumer"));
+    app.admin("DELETE", &format!("/v1/realms/{realm}?force=false"), None)
+        .await
+        .invalid("force");
+    app.admin("GET", &format!("/v1/realms/{realm}"), None)
+        .await
+        .ok(200);
+    app.admin("DELETE", &format!("/v1/realms/{realm}?force=maybe"), None)
+        .await
+        .invalid("force");
+    app.admin("DELETE", &format!("/v1/realms/{realm}?forced=true"), None)
+        .await
+        .invalid("forced");
+    app.admin("DELETE", &format!("/v1/realms/{realm}?force=true"), None)
+        .await
+        .ok(204);
+    app.admin("GET", &format!("/v1/realms/{realm}"), None)
+        .await
+        .problem(404);
+    app.admin(
+        "GET",
+        &format!("/v1/realms/{realm}/consumers/{consumer}"),
+        None,
+    )
+    .await
+    .problem(404);
+    app.admin("DELETE", &format!("/v1/realms/{realm}?force=true"), None)
+        .await
+        .problem(404);
+}
+
+#[tokio::test]
+async fn an_empty_realm_is_deleted_without_force() {
+    let app = TestApp::new();
+    let realm = app.realm(json!({"name": "prod"})).await;
+    app.admin("DELETE", &format!("/v1/realms/{realm}"), None)
+        .await
+        .ok(204);
+    app.admin("GET", &format!("/v1/realms/{realm}"), None)
+        .await
+        .problem(404);
+}
+
+#[tokio::test]
+async fn force_deleting_a_realm_revokes_its_keys() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    app.authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .ok(201);
+    app.admin(
+        "DELETE",
+        &format!("/v1/realms/{}?force=true", w.realm),
+        None,
+    )
+    .await
+    .ok(204);
+    let gone = app
+        .authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .problem(404);
+    assert!(gone["negative_ttl"].is_number());
+}

@@ -1,0 +1,325 @@
+//! Helpers shared by the integration tests: an in-process app driven with `oneshot`, and a small
+//! HTTP client (with timeouts) for tests over TCP.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+pub const ADMIN: &str = "test-admin-token";
+
+/// An answer, as a client sees it.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+    /// Asserts a problem+json answer with this status and returns its body.
+    pub fn problem(&self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
+        assert_eq!(
+            self.content_type(),
+            "application/problem+json",
+            "{}",
+            self.text
+        );
+        let body = self.json();
+        assert_eq!(body["status"], status);
+        for field in ["title", "type", "instance", "detail"] {
+            assert!(body[field].is_string(), "problem lacks {field}: {body}");
+        }
+        body
+    }
+    /// Asserts a 400 naming `field` among its invalid_parameters.
+    pub fn invalid(&self, field: &str) -> Value {
+        let body = self.problem(400);
+        let fields: Vec<&str> = body["invalid_parameters"]
+            .as_array()
+            .expect("invalid_parameters")
+            .iter()
+            .map(|p| p["field"].as_str().unwrap_or(""))
+            .collect();
+        assert!(fields.contains(&field), "expected {field} in {fields:?}");
+        body
+    }
+    pub fn ok(&self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
+        if self.text.is_empty() {
+            Value::Null
+        } else {
+            self.json()
+        }
+    }
+}
+
+/// The service's router over a fresh database, with admin token [`ADMIN`].
+pub struct TestApp {
+    pub router: Router,
+    pub dir: TempDir,
+}
+
+impl TestApp {
+    pub fn new() -> TestApp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = realm_service::AppState::open(&dir.path().join("realm.db"), Some(ADMIN))
+            .expect("open state");
+        TestApp {
+            router: realm_service::app(state),
+            dir,
+        }
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> Answer {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        Answer {
+            status,
+            headers,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    /// A request with an optional bearer token and optional JSON body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut builder = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).expect("method"))
+            .uri(path);
+        if let Some(token) = token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some(value) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                Body::from(value.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(builder.body(body).expect("request")).await
+    }
+
+    /// An admin call.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        self.call(method, path, Some(ADMIN), body).await
+    }
+
+    /// An admin call with a raw body and content type.
+    pub async fn admin_raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &str,
+    ) -> Answer {
+        let request = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).expect("method"))
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        self.send(request).await
+    }
+
+    pub async fn authenticate(&self, realm: &str, token: &str, secret: &str) -> Answer {
+        self.call(
+            "POST",
+            &format!("/{realm}/v0/authenticate"),
+            Some(token),
+            Some(json!({ "secret": secret })),
+        )
+        .await
+    }
+
+    pub async fn control_plane(&self, name: &str) -> String {
+        let answer = self
+            .admin("POST", "/v2/control-planes", Some(json!({ "name": name })))
+            .await;
+        id(&answer.ok(201))
+    }
+
+    /// A new data-plane token of control plane `cp`.
+    pub async fn dp_token(&self, cp: &str) -> String {
+        let answer = self
+            .admin(
+                "POST",
+                &format!("/v2/control-planes/{cp}/data-plane-tokens"),
+                Some(json!({ "name": "dp" })),
+            )
+            .await;
+        answer.ok(201)["token"].as_str().expect("token").to_string()
+    }
+
+    pub async fn realm(&self, body: Value) -> String {
+        id(&self.admin("POST", "/v1/realms", Some(body)).await.ok(201))
+    }
+
+    pub async fn consumer(&self, realm: &str, username: &str) -> String {
+        let answer = self
+            .admin(
+                "POST",
+                &format!("/v1/realms/{realm}/consumers"),
+                Some(json!({ "username": username })),
+            )
+            .await;
+        id(&answer.ok(201))
+    }
+
+    /// Creates a key; returns (key id, secret).
+    pub async fn key(&self, realm: &str, consumer: &str, body: Value) -> (String, String) {
+        let answer = self
+            .admin(
+                "POST",
+                &format!("/v1/realms/{realm}/consumers/{consumer}/keys"),
+                Some(body),
+            )
+            .await
+            .ok(201);
+        (
+            id(&answer),
+            answer["secret"].as_str().expect("secret").to_string(),
+        )
+    }
+
+    /// A control plane with a token, a realm allowing it, a consumer and a generated key.
+    pub async fn world(&self) -> World {
+        let cp = self.control_plane("cp").await;
+        let token = self.dp_token(&cp).await;
+        let realm = self
+            .realm(json!({ "name": "prod", "allowed_control_planes": [cp] }))
+            .await;
+        let consumer = self.consumer(&realm, "Ariel").await;
+        let (key, secret) = self.key(&realm, &consumer, json!({ "type": "new" })).await;
+        World {
+            cp,
+            token,
+            realm,
+            consumer,
+            key,
+            secret,
+        }
+    }
+
+    pub async fn metric(&self, line_prefix: &str) -> u64 {
+        let text = self.call("GET", "/metrics", None, None).await.text;
+        metric_value(&text, line_prefix)
+    }
+}
+
+/// The value of the metric line starting with `line_prefix` (0 when absent).
+pub fn metric_value(text: &str, line_prefix: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub struct World {
+    pub cp: String,
+    pub token: String,
+    pub realm: String,
+    pub consumer: String,
+    pub key: String,
+    pub secret: String,
+}
+
+pub fn id(body: &Value) -> String {
+    body["id"].as_str().expect("id").to_string()
+}
+
+/// A tiny HTTP/1.1 client over TCP; every call has a timeout.
+pub struct HttpClient {
+    base: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<axum::body::Bytes>>,
+}
+
+impl HttpClient {
+    pub fn new(addr: std::net::SocketAddr) -> HttpClient {
+        HttpClient {
+            base: format!("http://{addr}"),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut builder = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).expect("method"))
+            .uri(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let bytes = match body {
+            Some(value) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                value.to_string().into_bytes()
+            }
+            None => Vec::new(),
+        };
+        let request = builder
+            .body(Full::new(axum::body::Bytes::from(bytes)))
+            .expect("request");
+        let exchange = async {
+            let response = self.client.request(request).await.expect("request failed");
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            Answer {
+                status,
+                headers,
+                text: String::from_utf8_lossy(&body).into_owned(),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), exchange)
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path} timed out"))
+    }
+}
