@@ -1,1 +1,296 @@
-//! keyrealm-host (under construction).
+//! keyrealm-host: a proxy-wasm (ABI 0.2.1) host on wasmtime plus an HTTP/1.1 reverse proxy
+//! (hyper, tokio) that serves the subset of Envoy's `envoy.yaml` this project uses, with Envoy's
+//! behaviour: static listeners with an HTTP connection manager, prefix/path routes to static
+//! clusters, `envoy.filters.http.wasm` filters, and the admin address (`/ready`,
+//! `/stats/prometheus`).
+//!
+//! The module of each wasm filter is compiled once; every worker thread runs its own instance
+//! and serves each request start to end. See `docs/host.md`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), keyrealm_host::HostError> {
+//! let host = keyrealm_host::start(std::path::Path::new("envoy.yaml")).await?;
+//! println!("listening on {:?}", host.listener_addrs());
+//! host.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod admin;
+pub mod config;
+pub mod metrics;
+mod proxy;
+pub mod upstream;
+pub mod wasm;
+mod worker;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+pub use config::ConfigError;
+pub use wasm::instance::VmError;
+pub use wasm::VmLimits;
+
+use metrics::MetricsRegistry;
+use wasm::shared::{SharedData, SharedQueues};
+use wasm::Plugin;
+
+/// Errors that stop the host from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("{path}: cannot read the wasm module: {source}")]
+    ReadModule {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Knobs that are not part of `envoy.yaml`.
+#[derive(Debug, Clone, Default)]
+pub struct HostOptions {
+    /// Worker threads (default: the number of cores), like Envoy's `--concurrency`.
+    pub workers: Option<usize>,
+    /// Per-instance limits.
+    pub limits: VmLimits,
+}
+
+/// A running host.
+pub struct RunningHost {
+    listeners: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    metrics: Arc<MetricsRegistry>,
+}
+
+impl RunningHost {
+    /// The bound address of each listener, in configuration order.
+    pub fn listener_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.clone()
+    }
+
+    /// The bound admin address, if the configuration has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// The metrics registry (what `/stats/prometheus` shows).
+    pub fn metrics(&self) -> &MetricsRegistry {
+        &self.metrics
+    }
+
+    /// Stops accepting, closes open connections, and waits for the workers to end.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// Reads `config_path` (an envoy.yaml subset) and starts serving it with default options.
+pub async fn start(config_path: &Path) -> Result<RunningHost, HostError> {
+    start_with_options(config_path, HostOptions::default()).await
+}
+
+/// Like [`start`], with explicit options.
+pub async fn start_with_options(
+    config_path: &Path,
+    options: HostOptions,
+) -> Result<RunningHost, HostError> {
+    let path = config_path.to_path_buf();
+    match tokio::task::spawn_blocking(move || start_blocking(&path, options)).await {
+        Ok(r) => r,
+        Err(e) => Err(HostError::Thread(std::io::Error::other(e.to_string()))),
+    }
+}
+
+fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHost, HostError> {
+    let config = config::load(config_path)?;
+    let metrics = Arc::new(MetricsRegistry::default());
+    let shared_data = Arc::new(SharedData::default());
+    let queues = Arc::new(SharedQueues::default());
+    let clusters = Arc::new(config.clusters.clone());
+
+    // Compile each distinct module once.
+    let mut compiled: Vec<(std::path::PathBuf, wasmtime::Module)> = Vec::new();
+    let mut listeners = Vec::new();
+    for l in &config.listeners {
+        let mut plugins = Vec::new();
+        for w in &l.wasm_filters {
+            let module = match compiled.iter().find(|(p, _)| *p == w.code_path) {
+                Some((_, m)) => m.clone(),
+                None => {
+                    let display = w.code_path.display().to_string();
+                    let bytes =
+                        std::fs::read(&w.code_path).map_err(|source| HostError::ReadModule {
+                            path: display.clone(),
+                            source,
+                        })?;
+                    let m = wasm::instance::compile(&display, &bytes)?;
+                    compiled.push((w.code_path.clone(), m.clone()));
+                    m
+                }
+            };
+            let name = if w.name.is_empty() {
+                w.root_id.clone()
+            } else {
+                w.name.clone()
+            };
+            let pre = wasm::instance::prelink(&name, &module)?;
+            // Envoy's rules: host_env_keys copies the named variables of the host's
+            // environment (absent ones are skipped), key_values adds fixed ones.
+            let mut env = Vec::new();
+            for k in &w.host_env_keys {
+                if let Ok(v) = std::env::var(k) {
+                    env.push((k.clone(), v));
+                }
+            }
+            env.extend(w.key_values.iter().cloned());
+            plugins.push(Arc::new(Plugin {
+                config: w.clone(),
+                pre,
+                env,
+                clusters: clusters.clone(),
+                shared_data: shared_data.clone(),
+                queues: queues.clone(),
+                metrics: metrics.clone(),
+                limits: options.limits,
+            }));
+        }
+        listeners.push((l.clone(), plugins));
+    }
+
+    let mut sockets = Vec::new();
+    let mut bound = Vec::new();
+    for l in &config.listeners {
+        let socket = bind(l.address)?;
+        bound.push(socket.local_addr().map_err(|source| HostError::Bind {
+            addr: l.address,
+            source,
+        })?);
+        sockets.push(socket);
+    }
+    let admin_socket = match config.admin {
+        Some(addr) => Some(bind(addr)?),
+        None => None,
+    };
+    let admin = match &admin_socket {
+        Some(s) => Some(s.local_addr().map_err(|source| HostError::Bind {
+            addr: config.admin.unwrap_or(bound[0]),
+            source,
+        })?),
+        None => None,
+    };
+
+    let workers = options
+        .workers
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1);
+    let shared = Arc::new(worker::HostShared {
+        listeners,
+        clusters,
+        metrics: metrics.clone(),
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut threads = Vec::new();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let stop = |threads: Vec<std::thread::JoinHandle<()>>, tx: &watch::Sender<bool>| {
+        let _ = tx.send(true);
+        for t in threads {
+            let _ = t.join();
+        }
+    };
+    for index in 0..workers {
+        let mut worker_sockets = Vec::new();
+        for s in &sockets {
+            match s.try_clone() {
+                Ok(c) => worker_sockets.push(c),
+                Err(e) => {
+                    stop(threads, &shutdown_tx);
+                    return Err(HostError::Thread(e));
+                }
+            }
+        }
+        let shared = shared.clone();
+        let ready = ready_tx.clone();
+        let rx = shutdown_rx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("keyrealm-worker-{index}"))
+            .spawn(move || worker::run(index, shared, worker_sockets, ready, rx));
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                stop(threads, &shutdown_tx);
+                return Err(HostError::Thread(e));
+            }
+        }
+    }
+    drop(ready_tx);
+    for _ in 0..workers {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                stop(threads, &shutdown_tx);
+                return Err(HostError::Vm(e));
+            }
+            Err(_) => {
+                stop(threads, &shutdown_tx);
+                return Err(HostError::Thread(std::io::Error::other(
+                    "a worker ended during start-up",
+                )));
+            }
+        }
+    }
+    if let Some(socket) = admin_socket {
+        let m = metrics.clone();
+        let rx = shutdown_rx.clone();
+        match std::thread::Builder::new()
+            .name("keyrealm-admin".into())
+            .spawn(move || admin::run(socket, m, rx))
+        {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                stop(threads, &shutdown_tx);
+                return Err(HostError::Thread(e));
+            }
+        }
+    }
+    Ok(RunningHost {
+        listeners: bound,
+        admin,
+        shutdown: shutdown_tx,
+        threads,
+        metrics,
+    })
+}
+
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, HostError> {
+    let socket =
+        std::net::TcpListener::bind(addr).map_err(|source| HostError::Bind { addr, source })?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|source| HostError::Bind { addr, source })?;
+    Ok(socket)
+}

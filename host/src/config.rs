@@ -1,0 +1,802 @@
+//! The subset of Envoy's static configuration (`envoy.yaml`) that keyrealm-host understands.
+//!
+//! The file is read into a YAML tree and walked by hand, so that every field that is not part of
+//! the subset is rejected with its full path (`static_resources.listeners[0].foo: unsupported
+//! field`) instead of being silently ignored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_yaml::{Mapping, Value};
+
+/// `@type` of the HTTP connection manager network filter.
+pub const HCM_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+/// `@type` of the wasm HTTP filter.
+pub const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+/// `@type` of the router HTTP filter.
+pub const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
+
+/// A configuration error: the path of the offending field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the field, e.g. `static_resources.listeners[0].address`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// `admin.address`, when present.
+    pub admin: Option<SocketAddr>,
+    /// `static_resources.listeners`.
+    pub listeners: Vec<ListenerConfig>,
+    /// `static_resources.clusters`, by name.
+    pub clusters: BTreeMap<String, ClusterConfig>,
+}
+
+/// One listener with its HTTP connection manager.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub stat_prefix: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// The wasm filters, in the order of `http_filters` (the router comes last).
+    pub wasm_filters: Vec<WasmFilterConfig>,
+}
+
+/// `route_config.virtual_hosts[]`.
+#[derive(Debug, Clone)]
+pub struct VirtualHost {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+}
+
+/// How a route matches the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteMatch {
+    /// `match.prefix`
+    Prefix(String),
+    /// `match.path`
+    Path(String),
+}
+
+/// One route: a match and the cluster it sends to.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub matcher: RouteMatch,
+    pub cluster: String,
+    /// `route.timeout` (Envoy's default is 15 s; zero disables it).
+    pub timeout: Duration,
+}
+
+/// `envoy.filters.http.wasm` configuration.
+#[derive(Debug, Clone)]
+pub struct WasmFilterConfig {
+    /// `config.name` (the plugin name, property `plugin_name`).
+    pub name: String,
+    /// `config.root_id`.
+    pub root_id: String,
+    /// `config.vm_config.vm_id`.
+    pub vm_id: String,
+    /// `config.configuration` (StringValue).
+    pub configuration: Vec<u8>,
+    /// `config.vm_config.configuration` (StringValue).
+    pub vm_configuration: Vec<u8>,
+    /// `config.vm_config.code.local.filename`, as written (resolved against the cwd when loaded).
+    pub code_path: PathBuf,
+    /// `config.vm_config.environment_variables.host_env_keys`.
+    pub host_env_keys: Vec<String>,
+    /// `config.vm_config.environment_variables.key_values`.
+    pub key_values: Vec<(String, String)>,
+    /// `config.fail_open`.
+    pub fail_open: bool,
+}
+
+/// How a cluster finds its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoveryType {
+    Static,
+    StrictDns,
+    LogicalDns,
+}
+
+/// One static cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub connect_timeout: Duration,
+    pub discovery: DiscoveryType,
+    /// (host, port) of each endpoint; hosts are IP literals for STATIC clusters.
+    pub endpoints: Vec<(String, u16)>,
+}
+
+/// Reads and checks a configuration file.
+pub fn load(path: &std::path::Path) -> std::result::Result<HostConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: String::new(),
+        message: format!("cannot read {}: {e}", path.display()),
+    })?;
+    parse(&text)
+}
+
+/// Parses a configuration from YAML text.
+pub fn parse(text: &str) -> Result<HostConfig> {
+    let root: Value = serde_yaml::from_str(text).map_err(|e| ConfigError {
+        path: String::new(),
+        message: format!("not valid YAML: {e}"),
+    })?;
+    let root = Node {
+        value: &root,
+        path: String::new(),
+    };
+    let top = root.map()?;
+    top.allow(&["static_resources", "admin"])?;
+    let admin = match top.opt("admin") {
+        Some(admin) => {
+            let admin = admin.map()?;
+            admin.allow(&["address"])?;
+            Some(parse_address(&admin.req("address")?)?)
+        }
+        None => None,
+    };
+    let sr = top.req("static_resources")?.map()?;
+    sr.allow(&["listeners", "clusters"])?;
+    let mut clusters = BTreeMap::new();
+    if let Some(cs) = sr.opt("clusters") {
+        for c in cs.seq()? {
+            let cluster = parse_cluster(&c)?;
+            if clusters.contains_key(&cluster.name) {
+                return Err(c.err(format!("duplicate cluster name {:?}", cluster.name)));
+            }
+            clusters.insert(cluster.name.clone(), cluster);
+        }
+    }
+    let mut listeners = Vec::new();
+    if let Some(ls) = sr.opt("listeners") {
+        for l in ls.seq()? {
+            listeners.push(parse_listener(&l, &clusters)?);
+        }
+    }
+    if listeners.is_empty() {
+        return Err(ConfigError {
+            path: "static_resources.listeners".into(),
+            message: "at least one listener is required".into(),
+        });
+    }
+    Ok(HostConfig {
+        admin,
+        listeners,
+        clusters,
+    })
+}
+
+fn parse_address(node: &Node) -> Result<SocketAddr> {
+    let addr = node.map()?;
+    addr.allow(&["socket_address"])?;
+    let sa = addr.req("socket_address")?.map()?;
+    sa.allow(&["address", "port_value", "protocol"])?;
+    if let Some(p) = sa.opt("protocol") {
+        if p.str()? != "TCP" {
+            return Err(p.err("only TCP is supported"));
+        }
+    }
+    let host_node = sa.req("address")?;
+    let host = host_node.str()?;
+    let ip: IpAddr = match host {
+        "localhost" => IpAddr::from([127, 0, 0, 1]),
+        other => other
+            .parse()
+            .map_err(|_| host_node.err(format!("{other:?} is not an IP address")))?,
+    };
+    let port = sa
+        .opt("port_value")
+        .map(|p| p.port())
+        .transpose()?
+        .unwrap_or(0);
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn parse_cluster(node: &Node) -> Result<ClusterConfig> {
+    let c = node.map()?;
+    c.allow(&[
+        "name",
+        "connect_timeout",
+        "type",
+        "lb_policy",
+        "load_assignment",
+    ])?;
+    let name = c.req("name")?.string()?;
+    let connect_timeout = match c.opt("connect_timeout") {
+        Some(t) => t.duration()?,
+        None => Duration::from_secs(5),
+    };
+    let discovery = match c.opt("type") {
+        None => DiscoveryType::Static,
+        Some(t) => match t.str()? {
+            "STATIC" => DiscoveryType::Static,
+            "STRICT_DNS" => DiscoveryType::StrictDns,
+            "LOGICAL_DNS" => DiscoveryType::LogicalDns,
+            other => return Err(t.err(format!("cluster type {other:?} is not supported"))),
+        },
+    };
+    if let Some(lb) = c.opt("lb_policy") {
+        match lb.str()? {
+            "ROUND_ROBIN" | "RANDOM" | "LEAST_REQUEST" => {}
+            other => return Err(lb.err(format!("lb_policy {other:?} is not supported"))),
+        }
+    }
+    let la = c.req("load_assignment")?.map()?;
+    la.allow(&["cluster_name", "endpoints"])?;
+    if let Some(cn) = la.opt("cluster_name") {
+        cn.str()?;
+    }
+    let mut endpoints = Vec::new();
+    for ep in la.req("endpoints")?.seq()? {
+        let ep = ep.map()?;
+        ep.allow(&["lb_endpoints"])?;
+        for lbe in ep.req("lb_endpoints")?.seq()? {
+            let lbe = lbe.map()?;
+            lbe.allow(&["endpoint"])?;
+            let e = lbe.req("endpoint")?.map()?;
+            e.allow(&["address"])?;
+            let a = e.req("address")?.map()?;
+            a.allow(&["socket_address"])?;
+            let sa = a.req("socket_address")?.map()?;
+            sa.allow(&["address", "port_value", "protocol"])?;
+            let host_node = sa.req("address")?;
+            let host = host_node.string()?;
+            if discovery == DiscoveryType::Static && host.parse::<IpAddr>().is_err() {
+                return Err(host_node.err(format!(
+                    "{host:?} is not an IP address (a STATIC cluster needs IP addresses)"
+                )));
+            }
+            let port = sa.req("port_value")?.port()?;
+            endpoints.push((host, port));
+        }
+    }
+    if endpoints.is_empty() {
+        return Err(ConfigError {
+            path: format!("{}.load_assignment.endpoints", node.path),
+            message: "a cluster needs at least one endpoint".into(),
+        });
+    }
+    Ok(ClusterConfig {
+        name,
+        connect_timeout,
+        discovery,
+        endpoints,
+    })
+}
+
+fn parse_listener(
+    node: &Node,
+    clusters: &BTreeMap<String, ClusterConfig>,
+) -> Result<ListenerConfig> {
+    let l = node.map()?;
+    l.allow(&["name", "address", "filter_chains"])?;
+    let name = match l.opt("name") {
+        Some(n) => n.string()?,
+        None => String::new(),
+    };
+    let address = parse_address(&l.req("address")?)?;
+    let chains_node = l.req("filter_chains")?;
+    let chains = chains_node.seq()?;
+    if chains.len() != 1 {
+        return Err(chains_node.err("exactly one filter chain is supported"));
+    }
+    let chain = chains[0].map()?;
+    chain.allow(&["filters"])?;
+    let filters_node = chain.req("filters")?;
+    let filters = filters_node.seq()?;
+    if filters.len() != 1 {
+        return Err(filters_node.err(
+            "exactly one network filter (envoy.filters.network.http_connection_manager) is supported",
+        ));
+    }
+    let f = filters[0].map()?;
+    f.allow(&["name", "typed_config"])?;
+    let fname = f.req("name")?;
+    if fname.str()? != "envoy.filters.network.http_connection_manager" {
+        return Err(fname.err("only envoy.filters.network.http_connection_manager is supported"));
+    }
+    let hcm = f.req("typed_config")?.map()?;
+    hcm.allow(&[
+        "@type",
+        "stat_prefix",
+        "codec_type",
+        "route_config",
+        "http_filters",
+    ])?;
+    hcm.expect_type(HCM_TYPE)?;
+    let stat_prefix = hcm.req("stat_prefix")?.string()?;
+    if let Some(codec) = hcm.opt("codec_type") {
+        match codec.str()? {
+            "AUTO" | "HTTP1" => {}
+            other => {
+                return Err(codec.err(format!(
+                    "codec_type {other:?} is not supported (AUTO, HTTP1)"
+                )))
+            }
+        }
+    }
+    let rc = hcm.req("route_config")?.map()?;
+    rc.allow(&["name", "virtual_hosts"])?;
+    if let Some(n) = rc.opt("name") {
+        n.str()?;
+    }
+    let mut virtual_hosts = Vec::new();
+    for vh in rc.req("virtual_hosts")?.seq()? {
+        virtual_hosts.push(parse_virtual_host(&vh, clusters)?);
+    }
+    let hf_node = hcm.req("http_filters")?;
+    let hfs = hf_node.seq()?;
+    let mut wasm_filters = Vec::new();
+    let mut router_seen = false;
+    for hf in &hfs {
+        let m = hf.map()?;
+        m.allow(&["name", "typed_config"])?;
+        let n = m.req("name")?;
+        if router_seen {
+            return Err(hf.err("the router must be the last HTTP filter"));
+        }
+        match n.str()? {
+            "envoy.filters.http.router" => {
+                if let Some(tc) = m.opt("typed_config") {
+                    let tc = tc.map()?;
+                    tc.allow(&["@type"])?;
+                    tc.expect_type(ROUTER_TYPE)?;
+                }
+                router_seen = true;
+            }
+            "envoy.filters.http.wasm" => wasm_filters.push(parse_wasm(&m.req("typed_config")?, clusters)?),
+            other => {
+                return Err(n.err(format!(
+                    "HTTP filter {other:?} is not supported (envoy.filters.http.wasm, envoy.filters.http.router)"
+                )))
+            }
+        }
+    }
+    if !router_seen {
+        return Err(hf_node.err("envoy.filters.http.router must be the last HTTP filter"));
+    }
+    Ok(ListenerConfig {
+        name,
+        address,
+        stat_prefix,
+        virtual_hosts,
+        wasm_filters,
+    })
+}
+
+fn parse_virtual_host(
+    node: &Node,
+    clusters: &BTreeMap<String, ClusterConfig>,
+) -> Result<VirtualHost> {
+    let vh = node.map()?;
+    vh.allow(&["name", "domains", "routes"])?;
+    let name = vh.req("name")?.string()?;
+    let domains = vh.req("domains")?.strings()?;
+    let mut routes = Vec::new();
+    for r in vh.req("routes")?.seq()? {
+        let rm = r.map()?;
+        rm.allow(&["name", "match", "route"])?;
+        if let Some(n) = rm.opt("name") {
+            n.str()?;
+        }
+        let m = rm.req("match")?.map()?;
+        m.allow(&["prefix", "path"])?;
+        let matcher = match (m.opt("prefix"), m.opt("path")) {
+            (Some(p), None) => RouteMatch::Prefix(p.string()?),
+            (None, Some(p)) => RouteMatch::Path(p.string()?),
+            _ => {
+                return Err(ConfigError {
+                    path: format!("{}.match", r.path),
+                    message: "exactly one of prefix or path is required".into(),
+                })
+            }
+        };
+        let action = rm.req("route")?.map()?;
+        action.allow(&["cluster", "timeout"])?;
+        let cnode = action.req("cluster")?;
+        let cluster = cnode.string()?;
+        if !clusters.contains_key(&cluster) {
+            return Err(cnode.err(format!("unknown cluster {cluster:?}")));
+        }
+        let timeout = match action.opt("timeout") {
+            Some(t) => t.duration()?,
+            None => Duration::from_secs(15),
+        };
+        routes.push(Route {
+            matcher,
+            cluster,
+            timeout,
+        });
+    }
+    Ok(VirtualHost {
+        name,
+        domains,
+        routes,
+    })
+}
+
+fn parse_wasm(
+    node: &Node,
+    _clusters: &BTreeMap<String, ClusterConfig>,
+) -> Result<WasmFilterConfig> {
+    let tc = node.map()?;
+    tc.allow(&["@type", "config"])?;
+    tc.expect_type(WASM_TYPE)?;
+    let c = tc.req("config")?.map()?;
+    c.allow(&["name", "root_id", "configuration", "vm_config", "fail_open"])?;
+    let name = c
+        .opt("name")
+        .map(|n| n.string())
+        .transpose()?
+        .unwrap_or_default();
+    let root_id = c
+        .opt("root_id")
+        .map(|n| n.string())
+        .transpose()?
+        .unwrap_or_default();
+    let configuration = match c.opt("configuration") {
+        Some(v) => string_value(&v)?,
+        None => Vec::new(),
+    };
+    let fail_open = c
+        .opt("fail_open")
+        .map(|n| n.bool())
+        .transpose()?
+        .unwrap_or(false);
+    let vm = c.req("vm_config")?.map()?;
+    vm.allow(&[
+        "vm_id",
+        "runtime",
+        "code",
+        "configuration",
+        "environment_variables",
+    ])?;
+    let vm_id = vm
+        .opt("vm_id")
+        .map(|n| n.string())
+        .transpose()?
+        .unwrap_or_default();
+    let runtime = vm.req("runtime")?;
+    match runtime.str()? {
+        "envoy.wasm.runtime.v8" | "envoy.wasm.runtime.wasmtime" | "envoy.wasm.runtime.wamr" => {}
+        other => return Err(runtime.err(format!("runtime {other:?} is not supported"))),
+    }
+    let vm_configuration = match vm.opt("configuration") {
+        Some(v) => string_value(&v)?,
+        None => Vec::new(),
+    };
+    let code = vm.req("code")?.map()?;
+    code.allow(&["local"])?;
+    let local = code.req("local")?.map()?;
+    local.allow(&["filename"])?;
+    let code_path = PathBuf::from(local.req("filename")?.string()?);
+    let mut host_env_keys = Vec::new();
+    let mut key_values = Vec::new();
+    if let Some(ev) = vm.opt("environment_variables") {
+        let ev = ev.map()?;
+        ev.allow(&["host_env_keys", "key_values"])?;
+        if let Some(k) = ev.opt("host_env_keys") {
+            host_env_keys = k.strings()?;
+        }
+        if let Some(kv) = ev.opt("key_values") {
+            let kvm = kv.map()?;
+            for (k, v) in kvm.fields.iter() {
+                let key = k
+                    .as_str()
+                    .ok_or_else(|| kv.err("keys must be strings"))?
+                    .to_string();
+                let vnode = Node {
+                    value: v,
+                    path: format!("{}.{key}", kv.path),
+                };
+                key_values.push((key, vnode.string()?));
+            }
+        }
+    }
+    Ok(WasmFilterConfig {
+        name,
+        root_id,
+        vm_id,
+        configuration,
+        vm_configuration,
+        code_path,
+        host_env_keys,
+        key_values,
+        fail_open,
+    })
+}
+
+fn string_value(node: &Node) -> Result<Vec<u8>> {
+    let m = node.map()?;
+    m.allow(&["@type", "value"])?;
+    m.expect_type(STRING_VALUE_TYPE)?;
+    Ok(m.opt("value")
+        .map(|v| v.string())
+        .transpose()?
+        .unwrap_or_default()
+        .into_bytes())
+}
+
+struct Node<'a> {
+    value: &'a Value,
+    path: String,
+}
+
+struct MapNode<'a> {
+    fields: &'a Mapping,
+    path: String,
+}
+
+impl<'a> Node<'a> {
+    fn err(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: self.path.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn map(&self) -> Result<MapNode<'a>> {
+        match self.value {
+            Value::Mapping(m) => Ok(MapNode {
+                fields: m,
+                path: self.path.clone(),
+            }),
+            _ => Err(self.err("expected a mapping")),
+        }
+    }
+
+    fn seq(&self) -> Result<Vec<Node<'a>>> {
+        match self.value {
+            Value::Sequence(s) => Ok(s
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Node {
+                    value: v,
+                    path: format!("{}[{i}]", self.path),
+                })
+                .collect()),
+            _ => Err(self.err("expected a list")),
+        }
+    }
+
+    fn str(&self) -> Result<&'a str> {
+        match self.value {
+            Value::String(s) => Ok(s.as_str()),
+            _ => Err(self.err("expected a string")),
+        }
+    }
+
+    fn string(&self) -> Result<String> {
+        self.str().map(str::to_string)
+    }
+
+    fn strings(&self) -> Result<Vec<String>> {
+        self.seq()?.iter().map(|n| n.string()).collect()
+    }
+
+    fn bool(&self) -> Result<bool> {
+        match self.value {
+            Value::Bool(b) => Ok(*b),
+            _ => Err(self.err("expected true or false")),
+        }
+    }
+
+    fn port(&self) -> Result<u16> {
+        match self.value {
+            Value::Number(n) => n
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .ok_or_else(|| self.err("expected a port number (0-65535)")),
+            _ => Err(self.err("expected a port number (0-65535)")),
+        }
+    }
+
+    /// A protobuf Duration in its JSON/YAML form: `"0.25s"`, `"5s"`.
+    fn duration(&self) -> Result<Duration> {
+        let s = self
+            .str()
+            .map_err(|_| self.err("expected a duration such as \"5s\""))?;
+        let secs = s
+            .strip_suffix('s')
+            .and_then(|n| n.parse::<f64>().ok())
+            .filter(|n| n.is_finite() && *n >= 0.0)
+            .ok_or_else(|| self.err(format!("{s:?} is not a duration such as \"5s\"")))?;
+        Ok(Duration::from_secs_f64(secs))
+    }
+}
+
+impl<'a> MapNode<'a> {
+    fn child_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn err(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: self.path.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Rejects any key that is not in `allowed`.
+    fn allow(&self, allowed: &[&str]) -> Result<()> {
+        for key in self.fields.keys() {
+            match key.as_str() {
+                Some(k) if allowed.contains(&k) => {}
+                Some(k) => {
+                    return Err(ConfigError {
+                        path: self.child_path(k),
+                        message: "unsupported field".into(),
+                    })
+                }
+                None => return Err(self.err("field names must be strings")),
+            }
+        }
+        Ok(())
+    }
+
+    fn opt(&self, key: &str) -> Option<Node<'a>> {
+        self.fields.get(key).map(|v| Node {
+            value: v,
+            path: self.child_path(key),
+        })
+    }
+
+    fn req(&self, key: &str) -> Result<Node<'a>> {
+        self.opt(key).ok_or_else(|| ConfigError {
+            path: self.child_path(key),
+            message: "required field is missing".into(),
+        })
+    }
+
+    fn expect_type(&self, expected: &str) -> Result<()> {
+        let t = self.req("@type")?;
+        if t.str()? != expected {
+            return Err(t.err(format!("expected {expected}")));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+static_resources:
+  listeners:
+  - name: main
+    address: {socket_address: {address: 127.0.0.1, port_value: 10000}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          codec_type: AUTO
+          route_config:
+            name: local
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: upstream, timeout: 2.5s}
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: keyrealm
+                root_id: keyrealm
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{"a":1}'
+                vm_config:
+                  runtime: envoy.wasm.runtime.v8
+                  code: {local: {filename: f.wasm}}
+                  environment_variables:
+                    host_env_keys: [KEYREALM_DP_TOKEN]
+                    key_values: {A: b}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    connect_timeout: 0.25s
+    type: STATIC
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8080}}}
+"#;
+
+    #[test]
+    fn parses_the_supported_subset() {
+        let c = parse(GOOD).expect("valid config");
+        assert_eq!(c.admin, Some("127.0.0.1:0".parse().expect("addr")));
+        let l = &c.listeners[0];
+        assert_eq!(l.address.port(), 10000);
+        assert_eq!(l.virtual_hosts[0].routes[0].cluster, "upstream");
+        assert_eq!(
+            l.virtual_hosts[0].routes[0].timeout,
+            Duration::from_millis(2500)
+        );
+        let w = &l.wasm_filters[0];
+        assert_eq!(w.root_id, "keyrealm");
+        assert_eq!(w.configuration, b"{\"a\":1}");
+        assert_eq!(w.host_env_keys, vec!["KEYREALM_DP_TOKEN".to_string()]);
+        assert_eq!(w.key_values, vec![("A".to_string(), "b".to_string())]);
+        assert_eq!(
+            c.clusters["upstream"].connect_timeout,
+            Duration::from_millis(250)
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_path() {
+        let bad = GOOD.replace("  - name: main\n", "  - name: main\n    foo: 1\n");
+        let e = parse(&bad).expect_err("must fail");
+        assert_eq!(
+            e.to_string(),
+            "static_resources.listeners[0].foo: unsupported field"
+        );
+        let bad = GOOD.replace("fail_open", "x").replace(
+            "runtime: envoy",
+            "fail_opn: true\n                  runtime: envoy",
+        );
+        let e = parse(&bad).expect_err("must fail");
+        assert_eq!(
+            e.path,
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.config.vm_config.fail_opn"
+        );
+    }
+
+    #[test]
+    fn unknown_cluster_and_bad_types_are_rejected() {
+        let e =
+            parse(&GOOD.replace("{cluster: upstream,", "{cluster: nope,")).expect_err("must fail");
+        assert!(e.to_string().contains("unknown cluster \"nope\""), "{e}");
+        let e = parse(&GOOD.replace("port_value: 10000", "port_value: x")).expect_err("must fail");
+        assert_eq!(
+            e.path,
+            "static_resources.listeners[0].address.socket_address.port_value"
+        );
+        let e = parse(&GOOD.replace("connect_timeout: 0.25s", "connect_timeout: soon"))
+            .expect_err("fail");
+        assert_eq!(e.path, "static_resources.clusters[0].connect_timeout");
+    }
+}

@@ -1,0 +1,74 @@
+//! `keyrealm-host --config envoy.yaml`: serves an envoy.yaml subset with proxy-wasm filters.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// A proxy-wasm host on wasmtime that serves the same envoy.yaml as Envoy.
+#[derive(Parser, Debug)]
+#[command(name = "keyrealm-host", version)]
+struct Cli {
+    /// The Envoy configuration file (the subset described in docs/host.md).
+    #[arg(short = 'c', long = "config")]
+    config: PathBuf,
+    /// Worker threads (default: number of cores).
+    #[arg(long = "concurrency")]
+    concurrency: Option<usize>,
+    /// Time budget of one call into a guest, in milliseconds.
+    #[arg(long = "call-budget-ms", default_value_t = 1000)]
+    call_budget_ms: u64,
+    /// Memory limit of one instance, in MiB.
+    #[arg(long = "memory-limit-mib", default_value_t = 256)]
+    memory_limit_mib: usize,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keyrealm-host: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let limits = keyrealm_host::VmLimits {
+            call_budget: std::time::Duration::from_millis(cli.call_budget_ms.max(1)),
+            memory_bytes: cli.memory_limit_mib.max(1) << 20,
+            ..Default::default()
+        };
+        let options = keyrealm_host::HostOptions {
+            workers: cli.concurrency,
+            limits,
+        };
+        let host = match keyrealm_host::start_with_options(&cli.config, options).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("keyrealm-host: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for a in host.listener_addrs() {
+            tracing::info!("listening on {a}");
+        }
+        if let Some(a) = host.admin_addr() {
+            tracing::info!("admin on {a}");
+        }
+        let _ = tokio::signal::ctrl_c().await;
+        host.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}

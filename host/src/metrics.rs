@@ -1,0 +1,235 @@
+//! The metrics registry: metrics defined by filters (`proxy_define_metric`) and the host's own
+//! counters, rendered as Prometheus text on the admin address.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::wasm::Status;
+
+/// The three proxy-wasm metric types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Envoy's default histogram buckets.
+const BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+#[derive(Debug)]
+struct Metric {
+    name: String,
+    kind: MetricKind,
+    /// Counter/gauge value (gauges as two's complement i64), or histogram sum.
+    value: i64,
+    count: u64,
+    buckets: [u64; BUCKETS.len()],
+}
+
+/// Host counters (`keyrealm_host_*`).
+#[derive(Debug, Default)]
+pub struct HostCounters {
+    pub requests: AtomicU64,
+    pub local_replies: AtomicU64,
+    pub upstream_failures: AtomicU64,
+    pub http_calls: AtomicU64,
+    pub http_call_failures: AtomicU64,
+    pub vm_failures: AtomicU64,
+    pub vm_replacements: AtomicU64,
+}
+
+/// All metrics of one running host.
+#[derive(Debug, Default)]
+pub struct MetricsRegistry {
+    metrics: Mutex<Vec<Metric>>,
+    pub host: HostCounters,
+}
+
+impl MetricsRegistry {
+    /// Defines a metric, or returns the id of the one with the same name and type.
+    pub fn define(&self, kind: MetricKind, name: &str) -> u32 {
+        let mut metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = metrics
+            .iter()
+            .position(|m| m.name == name && m.kind == kind)
+        {
+            return i as u32 + 1;
+        }
+        metrics.push(Metric {
+            name: name.to_string(),
+            kind,
+            value: 0,
+            count: 0,
+            buckets: [0; BUCKETS.len()],
+        });
+        metrics.len() as u32
+    }
+
+    fn with<T>(
+        &self,
+        id: u32,
+        f: impl FnOnce(&mut Metric) -> Result<T, Status>,
+    ) -> Result<T, Status> {
+        let mut metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        let index = (id as usize).checked_sub(1).ok_or(Status::NotFound)?;
+        let m = metrics.get_mut(index).ok_or(Status::NotFound)?;
+        f(m)
+    }
+
+    pub fn increment(&self, id: u32, offset: i64) -> Result<(), Status> {
+        self.with(id, |m| match m.kind {
+            MetricKind::Counter if offset < 0 => Err(Status::BadArgument),
+            MetricKind::Counter | MetricKind::Gauge => {
+                m.value = m.value.wrapping_add(offset);
+                Ok(())
+            }
+            MetricKind::Histogram => Err(Status::BadArgument),
+        })
+    }
+
+    pub fn record(&self, id: u32, value: u64) -> Result<(), Status> {
+        self.with(id, |m| {
+            match m.kind {
+                MetricKind::Counter => m.value = m.value.max(value as i64),
+                MetricKind::Gauge => m.value = value as i64,
+                MetricKind::Histogram => {
+                    m.value = m.value.wrapping_add(value as i64);
+                    m.count += 1;
+                    for (i, le) in BUCKETS.iter().enumerate() {
+                        if (value as f64) <= *le {
+                            m.buckets[i] += 1;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    pub fn get(&self, id: u32) -> Result<u64, Status> {
+        self.with(id, |m| match m.kind {
+            MetricKind::Histogram => Err(Status::BadArgument),
+            _ => Ok(m.value as u64),
+        })
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        let host = &self.host;
+        for (name, help, value) in [
+            (
+                "keyrealm_host_requests_total",
+                "Downstream requests handled",
+                &host.requests,
+            ),
+            (
+                "keyrealm_host_local_replies_total",
+                "Responses sent by a filter",
+                &host.local_replies,
+            ),
+            (
+                "keyrealm_host_upstream_failures_total",
+                "Upstream connect failures and timeouts",
+                &host.upstream_failures,
+            ),
+            (
+                "keyrealm_host_http_calls_total",
+                "HTTP calls made by filters",
+                &host.http_calls,
+            ),
+            (
+                "keyrealm_host_http_call_failures_total",
+                "HTTP calls that failed or timed out",
+                &host.http_call_failures,
+            ),
+            (
+                "keyrealm_host_vm_failures_total",
+                "Guest calls that trapped or ran out of time",
+                &host.vm_failures,
+            ),
+            (
+                "keyrealm_host_vm_replacements_total",
+                "Instances replaced after a failure",
+                &host.vm_replacements,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        for m in metrics.iter() {
+            let name = prometheus_name(&m.name);
+            match m.kind {
+                MetricKind::Counter => {
+                    let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", m.value as u64);
+                }
+                MetricKind::Gauge => {
+                    let _ = writeln!(out, "# TYPE {name} gauge\n{name} {}", m.value);
+                }
+                MetricKind::Histogram => {
+                    let _ = writeln!(out, "# TYPE {name} histogram");
+                    for (i, le) in BUCKETS.iter().enumerate() {
+                        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {}", m.buckets[i]);
+                    }
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", m.count);
+                    let _ = writeln!(
+                        out,
+                        "{name}_sum{{}} {}\n{name}_count{{}} {}",
+                        m.value, m.count
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A metric name made valid for Prometheus: anything outside `[a-zA-Z0-9_:]` becomes `_`.
+pub fn prometheus_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_gauges_histograms() {
+        let r = MetricsRegistry::default();
+        let c = r.define(MetricKind::Counter, "hits.total");
+        assert_eq!(r.define(MetricKind::Counter, "hits.total"), c);
+        r.increment(c, 2).expect("increment");
+        assert_eq!(r.increment(c, -1), Err(Status::BadArgument));
+        assert_eq!(r.get(c), Ok(2));
+        let g = r.define(MetricKind::Gauge, "g");
+        r.record(g, 7).expect("record");
+        r.increment(g, -2).expect("increment");
+        assert_eq!(r.get(g), Ok(5));
+        assert_eq!(r.get(99), Err(Status::NotFound));
+        let text = r.render_prometheus();
+        assert!(text.contains("hits_total 2\n"), "{text}");
+        assert!(text.contains("\ng 5\n"), "{text}");
+    }
+}

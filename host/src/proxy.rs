@@ -1,0 +1,590 @@
+//! The HTTP request path: the wasm filters' request phase, routing, the upstream exchange, the
+//! response phase, and the end of each HTTP context — with Envoy's pause semantics.
+//!
+//! Bodies are buffered: the request body is read before the filters run (so a filter that
+//! pauses its headers sees `on_request_body` for the whole body, as Envoy does when the request
+//! arrives at once), and the upstream response is read before the response phase.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+use crate::config::{ListenerConfig, RouteMatch};
+use crate::upstream::{build_request, is_hop_by_hop, UpstreamError, MAX_BODY};
+use crate::wasm::abi::headers::{get_value, replace_value};
+use crate::wasm::instance::Action;
+use crate::wasm::{HeaderList, LocalResponse, RequestInfo};
+use crate::worker::{ContextHandle, ListenerRuntime, WorkerCtx};
+
+/// The longest a filter may keep a request or response paused.
+pub const PAUSE_LIMIT: Duration = Duration::from_secs(60);
+
+/// The error a handler returns to make hyper reset the connection (`proxy_close_stream`).
+#[derive(Debug, thiserror::Error)]
+#[error("stream reset: {0}")]
+pub struct StreamReset(String);
+
+type HttpResponse = Response<Full<Bytes>>;
+
+/// A response on its way to the client, as the response filters see it.
+struct Pending {
+    headers: HeaderList,
+    body: Vec<u8>,
+}
+
+enum Phase {
+    Request,
+    Response,
+}
+
+enum Outcome {
+    Continue,
+    Local(LocalResponse),
+    Reset,
+    Failed(String),
+}
+
+/// Ends every context when the request is over, also when the client goes away mid-request.
+struct ContextsGuard(Vec<ContextHandle>);
+
+impl Drop for ContextsGuard {
+    fn drop(&mut self) {
+        let contexts = std::mem::take(&mut self.0);
+        if contexts.is_empty() {
+            return;
+        }
+        // Not from inside drop: the instance may be borrowed by the code being unwound.
+        tokio::task::spawn_local(async move {
+            for c in contexts {
+                c.finish();
+            }
+        });
+    }
+}
+
+pub async fn handle(
+    req: Request<Incoming>,
+    rt: Rc<ListenerRuntime>,
+    ctx: Rc<WorkerCtx>,
+    remote: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+) -> Result<HttpResponse, StreamReset> {
+    ctx.metrics.host.requests.fetch_add(1, Ordering::Relaxed);
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return Ok(plain(413, "payload too large"));
+            }
+            return Err(StreamReset(format!("reading the request body: {e}")));
+        }
+    };
+    let mut headers = request_header_list(&parts);
+    let info = RequestInfo {
+        source: remote,
+        destination: local,
+        protocol: format!("{:?}", parts.version),
+        start_time: Some(std::time::SystemTime::now()),
+    };
+    let mut body = body;
+    let mut guard = ContextsGuard(Vec::new());
+    let mut local_reply: Option<LocalResponse> = None;
+
+    // Request phase, filter by filter.
+    for filter in &rt.filters {
+        let handle = match filter.create_context(info.clone()) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!("{e}");
+                if filter.plugin.config.fail_open {
+                    continue;
+                }
+                local_reply = Some(failure_reply());
+                break;
+            }
+        };
+        guard.0.push(handle.clone());
+        match request_filter(&handle, &mut headers, &mut body).await {
+            Outcome::Continue => {}
+            Outcome::Local(l) => {
+                local_reply = Some(l);
+                break;
+            }
+            Outcome::Reset => return Err(StreamReset("closed by a filter".into())),
+            Outcome::Failed(e) => {
+                tracing::error!("{e}");
+                guard.0.pop();
+                if handle.filter.plugin.config.fail_open {
+                    continue;
+                }
+                local_reply = Some(failure_reply());
+                break;
+            }
+        }
+    }
+
+    let mut pending = match local_reply {
+        Some(l) => {
+            ctx.metrics
+                .host
+                .local_replies
+                .fetch_add(1, Ordering::Relaxed);
+            local_response(l)
+        }
+        None => forward(&rt.config, &ctx, headers, body).await,
+    };
+
+    // Response phase, in reverse order.
+    for handle in guard.0.clone().iter().rev() {
+        match response_filter(handle, &mut pending).await {
+            Outcome::Continue => {}
+            Outcome::Local(l) => pending = local_response(l),
+            Outcome::Reset => return Err(StreamReset("closed by a filter".into())),
+            Outcome::Failed(e) => {
+                tracing::error!("{e}");
+                guard
+                    .0
+                    .retain(|c| c.id != handle.id || !Rc::ptr_eq(&c.filter, &handle.filter));
+                if !handle.filter.plugin.config.fail_open {
+                    pending = local_response(failure_reply());
+                }
+            }
+        }
+    }
+
+    let response = to_response(pending);
+    for c in std::mem::take(&mut guard.0) {
+        c.finish();
+    }
+    Ok(response)
+}
+
+fn failure_reply() -> LocalResponse {
+    LocalResponse {
+        status: 500,
+        details: "wasm_fail_stream".into(),
+        body: Vec::new(),
+        headers: Vec::new(),
+    }
+}
+
+fn plain(status: u16, body: &'static str) -> HttpResponse {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+/// The request as a proxy-wasm header map, with what Envoy's connection manager adds.
+fn request_header_list(parts: &hyper::http::request::Parts) -> HeaderList {
+    let authority = parts
+        .headers
+        .get(hyper::header::HOST)
+        .map(|v| v.as_bytes().to_vec())
+        .or_else(|| {
+            parts
+                .uri
+                .authority()
+                .map(|a| a.as_str().as_bytes().to_vec())
+        })
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut list: HeaderList = vec![
+        (":authority".into(), authority),
+        (":path".into(), path.as_bytes().to_vec()),
+        (":method".into(), parts.method.as_str().as_bytes().to_vec()),
+        (":scheme".into(), b"http".to_vec()),
+    ];
+    for (k, v) in &parts.headers {
+        let name = k.as_str();
+        if name == "host" || is_hop_by_hop(name) {
+            continue;
+        }
+        list.push((name.to_string(), v.as_bytes().to_vec()));
+    }
+    if get_value(&list, "x-forwarded-proto").is_none() {
+        list.push(("x-forwarded-proto".into(), b"http".to_vec()));
+    }
+    if get_value(&list, "x-request-id").is_none() {
+        list.push(("x-request-id".into(), uuid_v4().into_bytes()));
+    }
+    list
+}
+
+fn uuid_v4() -> String {
+    let mut b = [0u8; 16];
+    if getrandom::fill(&mut b).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        b = nanos.to_le_bytes();
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Runs one filter's request callbacks, waiting while it keeps the request paused.
+async fn request_filter(
+    handle: &ContextHandle,
+    headers: &mut HeaderList,
+    body: &mut Vec<u8>,
+) -> Outcome {
+    let count = headers.len();
+    let eos = body.is_empty();
+    let h = headers.clone();
+    let first = handle.with_vm(|vm, id| {
+        if let Some(s) = vm.stream_mut(id) {
+            s.request_headers = Some(h);
+            s.request_continued = false;
+        }
+        vm.on_request_headers(id, count, eos)
+    });
+    let mut action = match first {
+        Ok(a) => a,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    if let Some(o) = early_outcome(handle) {
+        return o;
+    }
+    if !body.is_empty() {
+        let b = body.clone();
+        let size = b.len();
+        let second = handle.with_vm(|vm, id| {
+            if let Some(s) = vm.stream_mut(id) {
+                s.request_body = Some(b);
+            }
+            vm.on_request_body(id, size, true)
+        });
+        // As in Envoy, a body callback that continues resumes a request paused in its headers.
+        action = match second {
+            Ok(a) => a,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        if let Some(o) = early_outcome(handle) {
+            return o;
+        }
+    }
+    if action == Action::Pause {
+        if let Some(o) = wait_resume(handle, Phase::Request).await {
+            return o;
+        }
+    }
+    let taken = handle.with_vm(|vm, id| {
+        Ok(vm
+            .stream_mut(id)
+            .map(|s| (s.request_headers.clone(), s.request_body.clone())))
+    });
+    match taken {
+        Ok(Some((h, b))) => {
+            if let Some(h) = h {
+                *headers = h;
+            }
+            if let Some(b) = b {
+                *body = b;
+            }
+            Outcome::Continue
+        }
+        Ok(None) => Outcome::Continue,
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// Runs one filter's response callbacks.
+async fn response_filter(handle: &ContextHandle, pending: &mut Pending) -> Outcome {
+    let count = pending.headers.len();
+    let eos = pending.body.is_empty();
+    let h = pending.headers.clone();
+    let first = handle.with_vm(|vm, id| {
+        if let Some(s) = vm.stream_mut(id) {
+            s.response_headers = Some(h);
+            s.response_continued = false;
+            s.local_response = None;
+        }
+        vm.on_response_headers(id, count, eos)
+    });
+    let mut action = match first {
+        Ok(a) => a,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    if let Some(o) = early_outcome(handle) {
+        return o;
+    }
+    if !pending.body.is_empty() {
+        let b = pending.body.clone();
+        let size = b.len();
+        let second = handle.with_vm(|vm, id| {
+            if let Some(s) = vm.stream_mut(id) {
+                s.response_body = Some(b);
+            }
+            vm.on_response_body(id, size, true)
+        });
+        action = match second {
+            Ok(a) => a,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        if let Some(o) = early_outcome(handle) {
+            return o;
+        }
+    }
+    if action == Action::Pause {
+        if let Some(o) = wait_resume(handle, Phase::Response).await {
+            return o;
+        }
+    }
+    let taken = handle.with_vm(|vm, id| {
+        Ok(vm
+            .stream_mut(id)
+            .map(|s| (s.response_headers.clone(), s.response_body.clone())))
+    });
+    match taken {
+        Ok(Some((h, b))) => {
+            if let Some(h) = h {
+                pending.headers = h;
+            }
+            if let Some(b) = b {
+                pending.body = b;
+            }
+            Outcome::Continue
+        }
+        Ok(None) => Outcome::Continue,
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// A local reply or reset the filter asked for during its last callback.
+fn early_outcome(handle: &ContextHandle) -> Option<Outcome> {
+    let state = handle.with_vm(|vm, id| {
+        Ok(vm
+            .stream_mut(id)
+            .map(|s| (s.local_response.take(), s.closed)))
+    });
+    match state {
+        Ok(Some((_, true))) => Some(Outcome::Reset),
+        Ok(Some((Some(l), false))) => Some(Outcome::Local(l)),
+        Ok(_) => None,
+        Err(e) => Some(Outcome::Failed(e.to_string())),
+    }
+}
+
+/// Waits until the filter continues the paused phase, answers locally, resets, or its instance
+/// fails. `None` means it continued.
+async fn wait_resume(handle: &ContextHandle, phase: Phase) -> Option<Outcome> {
+    let deadline = tokio::time::Instant::now() + PAUSE_LIMIT;
+    loop {
+        let notified = handle.filter.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let continued = handle.with_vm(|vm, id| {
+            Ok(vm.stream(id).map(|s| match phase {
+                Phase::Request => s.request_continued,
+                Phase::Response => s.response_continued,
+            }))
+        });
+        match continued {
+            Err(e) => return Some(Outcome::Failed(e.to_string())),
+            Ok(None) => return Some(Outcome::Failed("the context is gone".into())),
+            Ok(Some(_)) => {}
+        }
+        if let Some(o) = early_outcome(handle) {
+            return Some(o);
+        }
+        if continued.ok().flatten() == Some(true) {
+            return None;
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                return Some(Outcome::Failed(format!("a filter kept the stream paused for more than {PAUSE_LIMIT:?}")));
+            }
+        }
+    }
+}
+
+/// A local reply as a response: Envoy sets `content-type: text/plain` when there is a body,
+/// then applies the filter's headers (replacing).
+fn local_response(l: LocalResponse) -> Pending {
+    let mut headers: HeaderList = vec![(":status".into(), l.status.to_string().into_bytes())];
+    if !l.body.is_empty() {
+        headers.push(("content-type".into(), b"text/plain".to_vec()));
+    }
+    for (k, v) in l.headers {
+        replace_value(&mut headers, &k, v);
+    }
+    Pending {
+        headers,
+        body: l.body,
+    }
+}
+
+fn router_reply(status: u16, body: &str) -> Pending {
+    local_response(LocalResponse {
+        status,
+        details: String::new(),
+        body: body.as_bytes().to_vec(),
+        headers: Vec::new(),
+    })
+}
+
+/// Routes the request and sends it upstream.
+async fn forward(
+    listener: &ListenerConfig,
+    ctx: &WorkerCtx,
+    headers: HeaderList,
+    body: Vec<u8>,
+) -> Pending {
+    let authority = get_value(&headers, ":authority")
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    let path = get_value(&headers, ":path")
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    let Some(route) = find_route(listener, &authority, &path) else {
+        return router_reply(404, "");
+    };
+    let Some(cluster) = ctx.clusters.get(&route.cluster) else {
+        return router_reply(503, "no healthy upstream");
+    };
+    let mut headers = headers;
+    if !route.timeout.is_zero() {
+        replace_value(
+            &mut headers,
+            "x-envoy-expected-rq-timeout-ms",
+            route.timeout.as_millis().to_string().into_bytes(),
+        );
+    }
+    let request = match build_request(&headers, Bytes::from(body)) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!("bad request after filters: {e}");
+            return router_reply(400, "");
+        }
+    };
+    let started = Instant::now();
+    match ctx.pool.exchange(cluster, request, route.timeout).await {
+        Ok(r) => {
+            let mut headers: HeaderList =
+                vec![(":status".into(), r.status.to_string().into_bytes())];
+            for (k, v) in r.headers {
+                if !is_hop_by_hop(&k) {
+                    headers.push((k, v));
+                }
+            }
+            headers.push((
+                "x-envoy-upstream-service-time".into(),
+                started.elapsed().as_millis().to_string().into_bytes(),
+            ));
+            Pending {
+                headers,
+                body: r.body.to_vec(),
+            }
+        }
+        Err(UpstreamError::Timeout) => {
+            ctx.metrics
+                .host
+                .upstream_failures
+                .fetch_add(1, Ordering::Relaxed);
+            router_reply(504, "upstream request timeout")
+        }
+        Err(e) => {
+            ctx.metrics
+                .host
+                .upstream_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(cluster = %route.cluster, "upstream: {e}");
+            router_reply(
+                503,
+                &format!(
+                    "upstream connect error or disconnect/reset before headers. reset reason: {e}"
+                ),
+            )
+        }
+    }
+}
+
+fn find_route<'a>(
+    listener: &'a ListenerConfig,
+    authority: &str,
+    path: &str,
+) -> Option<&'a crate::config::Route> {
+    let host = authority.rsplit_once(':').map_or(authority, |(h, p)| {
+        if p.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            authority
+        }
+    });
+    let host = host.to_ascii_lowercase();
+    let domain_matches = |d: &str| {
+        let d = d.to_ascii_lowercase();
+        d == "*"
+            || d == host
+            || d == authority
+            || d.strip_prefix('*')
+                .is_some_and(|suffix| host.ends_with(suffix))
+            || d.strip_suffix('*')
+                .is_some_and(|prefix| host.starts_with(prefix))
+    };
+    let vh = listener
+        .virtual_hosts
+        .iter()
+        .find(|vh| vh.domains.iter().any(|d| d != "*" && domain_matches(d)))
+        .or_else(|| {
+            listener
+                .virtual_hosts
+                .iter()
+                .find(|vh| vh.domains.iter().any(|d| d == "*"))
+        })?;
+    vh.routes.iter().find(|r| match &r.matcher {
+        RouteMatch::Prefix(p) => path.starts_with(p.as_str()),
+        RouteMatch::Path(p) => path.split('?').next() == Some(p.as_str()),
+    })
+}
+
+fn to_response(pending: Pending) -> HttpResponse {
+    let status = get_value(&pending.headers, ":status")
+        .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u16>().ok())
+        .and_then(|s| hyper::StatusCode::from_u16(s).ok())
+        .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = Response::new(Full::new(Bytes::from(pending.body)));
+    *response.status_mut() = status;
+    let map = response.headers_mut();
+    for (k, v) in &pending.headers {
+        if k.starts_with(':') || k == "content-length" || is_hop_by_hop(k) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(k.as_bytes()),
+            hyper::header::HeaderValue::from_bytes(v),
+        ) {
+            map.append(name, value);
+        }
+    }
+    response
+}

@@ -1,0 +1,50 @@
+//! Logging: `proxy_log`, `proxy_get_log_level`.
+
+use wasmtime::{Caller, Linker};
+
+use super::{finish, read_bytes, write_u32, AbiResult};
+use crate::wasm::{HostState, Status};
+
+/// The proxy-wasm level that matches the current tracing filter.
+fn current_level() -> u32 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::TRACE => 0,
+        LevelFilter::DEBUG => 1,
+        LevelFilter::INFO => 2,
+        LevelFilter::WARN => 3,
+        LevelFilter::ERROR => 4,
+        _ => 5,
+    }
+}
+
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_log",
+        |mut caller: Caller<'_, HostState>, level: i32, ptr: i32, size: i32| {
+            finish((|| -> AbiResult<()> {
+                let bytes = read_bytes(&mut caller, ptr, size)?;
+                let message = String::from_utf8_lossy(&bytes);
+                let plugin = caller.data().plugin.log_name().to_string();
+                match level {
+                    0 => tracing::trace!(target: "wasm", plugin = %plugin, "{message}"),
+                    1 => tracing::debug!(target: "wasm", plugin = %plugin, "{message}"),
+                    2 => tracing::info!(target: "wasm", plugin = %plugin, "{message}"),
+                    3 => tracing::warn!(target: "wasm", plugin = %plugin, "{message}"),
+                    4 | 5 => tracing::error!(target: "wasm", plugin = %plugin, "{message}"),
+                    _ => return Err(Status::BadArgument.into()),
+                }
+                Ok(())
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_log_level",
+        |mut caller: Caller<'_, HostState>, ret: i32| {
+            finish(write_u32(&mut caller, ret, current_level()))
+        },
+    )?;
+    Ok(())
+}

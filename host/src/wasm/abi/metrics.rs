@@ -1,0 +1,68 @@
+//! Metrics: define, increment, record, get. Values live in the process-wide registry and are
+//! exposed on the admin address as Prometheus text.
+
+use wasmtime::{Caller, Linker};
+
+use super::{finish, read_string, write_u32, write_u64, AbiResult};
+use crate::metrics::MetricKind;
+use crate::wasm::{HostState, Status};
+
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_define_metric",
+        |mut caller: Caller<'_, HostState>, kind: i32, name: i32, name_size: i32, ret_id: i32| {
+            finish((|| -> AbiResult<()> {
+                let kind = match kind {
+                    0 => MetricKind::Counter,
+                    1 => MetricKind::Gauge,
+                    2 => MetricKind::Histogram,
+                    _ => return Err(Status::BadArgument.into()),
+                };
+                let name = read_string(&mut caller, name, name_size)?;
+                super::check_range(&mut caller, ret_id, 4)?;
+                let id = caller.data().plugin.metrics.define(kind, &name);
+                write_u32(&mut caller, ret_id, id)
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_increment_metric",
+        |caller: Caller<'_, HostState>, id: i32, offset: i64| {
+            finish(
+                caller
+                    .data()
+                    .plugin
+                    .metrics
+                    .increment(id as u32, offset)
+                    .map_err(Into::into),
+            )
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_record_metric",
+        |caller: Caller<'_, HostState>, id: i32, value: i64| {
+            finish(
+                caller
+                    .data()
+                    .plugin
+                    .metrics
+                    .record(id as u32, value as u64)
+                    .map_err(Into::into),
+            )
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_metric",
+        |mut caller: Caller<'_, HostState>, id: i32, ret: i32| {
+            finish((|| -> AbiResult<()> {
+                let value = caller.data().plugin.metrics.get(id as u32)?;
+                write_u64(&mut caller, ret, value)
+            })())
+        },
+    )?;
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! Shared data (with CAS) and shared queues, shared by every instance with the same VM id.
+
+use wasmtime::{Caller, Linker};
+
+use super::{finish, read_bytes, read_string, return_bytes, write_u32, AbiResult};
+use crate::wasm::{HostState, Status};
+
+fn vm_id(caller: &Caller<'_, HostState>) -> String {
+    caller.data().plugin.config.vm_id.clone()
+}
+
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_get_shared_data",
+        |mut caller: Caller<'_, HostState>,
+         key: i32,
+         key_size: i32,
+         ret_ptr: i32,
+         ret_size: i32,
+         ret_cas: i32| {
+            finish((|| -> AbiResult<()> {
+                let key = read_string(&mut caller, key, key_size)?;
+                let vm = vm_id(&caller);
+                let (value, cas) = caller
+                    .data()
+                    .plugin
+                    .shared_data
+                    .get(&vm, &key)
+                    .ok_or(Status::NotFound)?;
+                super::check_range(&mut caller, ret_cas, 4)?;
+                return_bytes(&mut caller, &value, ret_ptr, ret_size)?;
+                write_u32(&mut caller, ret_cas, cas)
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_shared_data",
+        |mut caller: Caller<'_, HostState>,
+         key: i32,
+         key_size: i32,
+         value: i32,
+         value_size: i32,
+         cas: i32| {
+            finish((|| -> AbiResult<()> {
+                let key = read_string(&mut caller, key, key_size)?;
+                let value = read_bytes(&mut caller, value, value_size)?;
+                let vm = vm_id(&caller);
+                match caller
+                    .data()
+                    .plugin
+                    .shared_data
+                    .set(&vm, &key, value, cas as u32)
+                {
+                    Status::Ok => Ok(()),
+                    other => Err(other.into()),
+                }
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_register_shared_queue",
+        |mut caller: Caller<'_, HostState>, name: i32, name_size: i32, ret_id: i32| {
+            finish((|| -> AbiResult<()> {
+                let name = read_string(&mut caller, name, name_size)?;
+                let vm = vm_id(&caller);
+                let id = caller.data().plugin.queues.register(&vm, &name);
+                write_u32(&mut caller, ret_id, id)
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_resolve_shared_queue",
+        |mut caller: Caller<'_, HostState>,
+         vm: i32,
+         vm_size: i32,
+         name: i32,
+         name_size: i32,
+         ret_id: i32| {
+            finish((|| -> AbiResult<()> {
+                let mut vm = read_string(&mut caller, vm, vm_size)?;
+                if vm.is_empty() {
+                    vm = vm_id(&caller);
+                }
+                let name = read_string(&mut caller, name, name_size)?;
+                let id = caller
+                    .data()
+                    .plugin
+                    .queues
+                    .resolve(&vm, &name)
+                    .ok_or(Status::NotFound)?;
+                write_u32(&mut caller, ret_id, id)
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_enqueue_shared_queue",
+        |mut caller: Caller<'_, HostState>, id: i32, value: i32, value_size: i32| {
+            finish((|| -> AbiResult<()> {
+                let value = read_bytes(&mut caller, value, value_size)?;
+                match caller.data().plugin.queues.enqueue(id as u32, value) {
+                    Status::Ok => Ok(()),
+                    other => Err(other.into()),
+                }
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_dequeue_shared_queue",
+        |mut caller: Caller<'_, HostState>, id: i32, ret_ptr: i32, ret_size: i32| {
+            finish((|| -> AbiResult<()> {
+                let value = caller.data().plugin.queues.dequeue(id as u32)?;
+                return_bytes(&mut caller, &value, ret_ptr, ret_size)
+            })())
+        },
+    )?;
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! Stream control: continue, close, local responses, effective context, `proxy_done`.
+
+use wasmtime::{Caller, Linker};
+
+use super::{deserialize_map, finish, read_bytes, AbiResult};
+use crate::wasm::{HostState, LocalResponse, Status};
+
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_continue_stream",
+        |mut caller: Caller<'_, HostState>, stream_type: i32| {
+            if let Some(s) = caller.data_mut().stream_mut() {
+                match stream_type {
+                    0 => s.request_continued = true,
+                    1 => s.response_continued = true,
+                    _ => {}
+                }
+            }
+            Ok(0i32)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_close_stream",
+        |mut caller: Caller<'_, HostState>, _stream_type: i32| {
+            if let Some(s) = caller.data_mut().stream_mut() {
+                s.closed = true;
+            }
+            Ok(0i32)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_send_local_response",
+        |mut caller: Caller<'_, HostState>,
+         status: i32,
+         details: i32,
+         details_size: i32,
+         body: i32,
+         body_size: i32,
+         headers: i32,
+         headers_size: i32,
+         _grpc_status: i32| {
+            finish((|| -> AbiResult<()> {
+                let details = read_bytes(&mut caller, details, details_size)?;
+                let body = read_bytes(&mut caller, body, body_size)?;
+                let header_bytes = read_bytes(&mut caller, headers, headers_size)?;
+                let headers = deserialize_map(&header_bytes).ok_or(Status::BadArgument)?;
+                let status = u16::try_from(status)
+                    .ok()
+                    .filter(|s| (100..=599).contains(s))
+                    .unwrap_or(500);
+                if let Some(s) = caller.data_mut().stream_mut() {
+                    s.local_response = Some(LocalResponse {
+                        status,
+                        details: String::from_utf8_lossy(&details).into_owned(),
+                        body,
+                        headers,
+                    });
+                }
+                Ok(())
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        |mut caller: Caller<'_, HostState>, context_id: i32| {
+            let state = caller.data_mut();
+            let id = context_id as u32;
+            if id == state.root_context_id || state.streams.contains_key(&id) {
+                state.effective_context = id;
+                Ok(Status::Ok as i32)
+            } else {
+                Ok(Status::BadArgument as i32)
+            }
+        },
+    )?;
+    linker.func_wrap("env", "proxy_done", |_caller: Caller<'_, HostState>| {
+        Ok(0i32)
+    })?;
+    Ok(())
+}

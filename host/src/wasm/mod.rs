@@ -1,0 +1,226 @@
+//! The proxy-wasm side of the host: the shared engine, per-plugin compiled modules, the state a
+//! store carries, and the instances that run on each worker.
+
+pub mod abi;
+pub mod instance;
+pub mod shared;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, StoreLimits};
+
+use crate::config::{ClusterConfig, WasmFilterConfig};
+use crate::metrics::MetricsRegistry;
+use shared::{SharedData, SharedQueues};
+
+/// How often the epoch ticker advances the engine's epoch (the granularity of time budgets).
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// The process-wide engine: epoch interruption on, a ticker thread advancing the epoch.
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        // Guests run on the worker's own stack budget; keep it modest and explicit.
+        config.max_wasm_stack(1 << 20);
+        let engine = match Engine::new(&config) {
+            Ok(engine) => engine,
+            Err(e) => {
+                tracing::error!("wasmtime engine with the requested settings failed ({e}); using defaults with epochs");
+                let mut fallback = Config::new();
+                fallback.epoch_interruption(true);
+                Engine::new(&fallback).unwrap_or_default()
+            }
+        };
+        let ticker = engine.clone();
+        let spawned = std::thread::Builder::new()
+            .name("keyrealm-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(EPOCH_TICK);
+                ticker.increment_epoch();
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the epoch ticker thread: {e}; time budgets are not enforced");
+        }
+        engine
+    })
+}
+
+/// proxy-wasm ABI status codes (the values the SDKs compare against).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Status {
+    Ok = 0,
+    NotFound = 1,
+    BadArgument = 2,
+    SerializationFailure = 3,
+    ParseFailure = 4,
+    InvalidMemoryAccess = 6,
+    Empty = 7,
+    CasMismatch = 8,
+    InternalFailure = 10,
+    Unimplemented = 12,
+}
+
+/// Limits applied to every instance.
+#[derive(Debug, Clone, Copy)]
+pub struct VmLimits {
+    /// Wall-clock budget of one call into the guest (epoch interruption).
+    pub call_budget: Duration,
+    /// Budget of start-up calls (`_initialize`, `on_vm_start`, `on_configure`).
+    pub start_budget: Duration,
+    /// Maximum linear memory of one instance, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Default for VmLimits {
+    fn default() -> Self {
+        VmLimits {
+            call_budget: Duration::from_millis(1000),
+            start_budget: Duration::from_secs(10),
+            memory_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Everything about one wasm filter that all workers share: the compiled module, its
+/// configuration, the resolved environment, and the process-wide shared state.
+pub struct Plugin {
+    pub config: WasmFilterConfig,
+    /// The module, compiled once and pre-linked against the ABI.
+    pub pre: wasmtime::InstancePre<HostState>,
+    pub env: Vec<(String, String)>,
+    pub clusters: Arc<std::collections::BTreeMap<String, ClusterConfig>>,
+    pub shared_data: Arc<SharedData>,
+    pub queues: Arc<SharedQueues>,
+    pub metrics: Arc<MetricsRegistry>,
+    pub limits: VmLimits,
+}
+
+impl Plugin {
+    /// A name for log lines: the plugin name, else the root id.
+    pub fn log_name(&self) -> &str {
+        if self.config.name.is_empty() {
+            &self.config.root_id
+        } else {
+            &self.config.name
+        }
+    }
+}
+
+/// A header map as the ABI sees it: lower-case names (pseudo-headers included), byte values,
+/// in order.
+pub type HeaderList = Vec<(String, Vec<u8>)>;
+
+/// A local response requested by the guest with `proxy_send_local_response`.
+#[derive(Debug, Clone)]
+pub struct LocalResponse {
+    pub status: u16,
+    pub details: String,
+    pub body: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Facts about the downstream connection and request, for properties.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    pub source: Option<std::net::SocketAddr>,
+    pub destination: Option<std::net::SocketAddr>,
+    pub protocol: String,
+    pub start_time: Option<std::time::SystemTime>,
+}
+
+/// The per-request state of one HTTP context.
+#[derive(Debug, Default)]
+pub struct StreamState {
+    pub request_headers: Option<HeaderList>,
+    pub request_body: Option<Vec<u8>>,
+    pub request_trailers: Option<HeaderList>,
+    pub response_headers: Option<HeaderList>,
+    pub response_body: Option<Vec<u8>>,
+    pub response_trailers: Option<HeaderList>,
+    pub local_response: Option<LocalResponse>,
+    /// `proxy_continue_stream(HttpRequest)` was called.
+    pub request_continued: bool,
+    /// `proxy_continue_stream(HttpResponse)` was called.
+    pub response_continued: bool,
+    /// `proxy_close_stream` was called: the stream is reset.
+    pub closed: bool,
+    pub info: RequestInfo,
+    /// Values stored with `proxy_set_property`.
+    pub properties: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+/// An HTTP call the guest asked for; started by the worker after the guest call returns.
+#[derive(Debug, Clone)]
+pub struct PendingHttpCall {
+    pub token: u32,
+    /// The context that made the call (its answer is dropped if it is gone).
+    pub context_id: u32,
+    pub cluster: String,
+    pub headers: HeaderList,
+    pub body: Vec<u8>,
+    pub trailers: HeaderList,
+    pub timeout: Duration,
+}
+
+/// The answer of an HTTP call while `proxy_on_http_call_response` runs.
+#[derive(Debug, Clone, Default)]
+pub struct CallResponse {
+    pub headers: HeaderList,
+    pub body: Vec<u8>,
+    pub trailers: HeaderList,
+}
+
+/// The data a wasmtime `Store` carries for one instance.
+pub struct HostState {
+    pub plugin: Arc<Plugin>,
+    pub limits: StoreLimits,
+    pub root_context_id: u32,
+    /// The context host calls act on: the context of the current callback, or what the guest
+    /// chose with `proxy_set_effective_context`.
+    pub effective_context: u32,
+    pub streams: HashMap<u32, StreamState>,
+    pub pending_calls: Vec<PendingHttpCall>,
+    pub next_token: u32,
+    pub call_response: Option<CallResponse>,
+    /// Tick period set with `proxy_set_tick_period_milliseconds` (zero: off).
+    pub tick_period: Duration,
+    /// Set when the tick period changed, so the worker re-arms its timer.
+    pub tick_changed: bool,
+}
+
+impl HostState {
+    pub fn new(plugin: Arc<Plugin>) -> Self {
+        let limits = wasmtime::StoreLimitsBuilder::new()
+            .memory_size(plugin.limits.memory_bytes)
+            .instances(4)
+            .tables(8)
+            .memories(2)
+            .build();
+        HostState {
+            plugin,
+            limits,
+            root_context_id: 0,
+            effective_context: 0,
+            streams: HashMap::new(),
+            pending_calls: Vec::new(),
+            next_token: 1,
+            call_response: None,
+            tick_period: Duration::ZERO,
+            tick_changed: false,
+        }
+    }
+
+    /// The stream the effective context designates, if it is an HTTP context.
+    pub fn stream(&self) -> Option<&StreamState> {
+        self.streams.get(&self.effective_context)
+    }
+
+    pub fn stream_mut(&mut self) -> Option<&mut StreamState> {
+        self.streams.get_mut(&self.effective_context)
+    }
+}

@@ -1,0 +1,108 @@
+//! Process-wide state that proxy-wasm shares between instances: shared data (key/value with
+//! compare-and-swap, per VM id, like Envoy) and shared queues.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use super::Status;
+
+/// Shared key/value data with CAS.
+#[derive(Default)]
+pub struct SharedData {
+    inner: Mutex<SharedDataInner>,
+}
+
+#[derive(Default)]
+struct SharedDataInner {
+    entries: HashMap<(String, String), (Vec<u8>, u32)>,
+    next_cas: u32,
+}
+
+impl SharedData {
+    /// The value and its CAS, if the key exists.
+    pub fn get(&self, vm_id: &str, key: &str) -> Option<(Vec<u8>, u32)> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .entries
+            .get(&(vm_id.to_string(), key.to_string()))
+            .cloned()
+    }
+
+    /// Stores a value; a non-zero `cas` must match the current one (Envoy's rules).
+    pub fn set(&self, vm_id: &str, key: &str, value: Vec<u8>, cas: u32) -> Status {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.next_cas = inner.next_cas.wrapping_add(1);
+        if inner.next_cas == 0 {
+            inner.next_cas = 1;
+        }
+        let next = inner.next_cas;
+        let k = (vm_id.to_string(), key.to_string());
+        match inner.entries.get_mut(&k) {
+            Some(entry) => {
+                if cas != 0 && cas != entry.1 {
+                    return Status::CasMismatch;
+                }
+                *entry = (value, next);
+            }
+            None => {
+                inner.entries.insert(k, (value, next));
+            }
+        }
+        Status::Ok
+    }
+}
+
+/// Shared queues (no `on_queue_ready` notifications; see docs/host.md).
+#[derive(Default)]
+pub struct SharedQueues {
+    inner: Mutex<QueuesInner>,
+}
+
+#[derive(Default)]
+struct QueuesInner {
+    by_name: HashMap<(String, String), u32>,
+    queues: HashMap<u32, VecDeque<Vec<u8>>>,
+    next_id: u32,
+}
+
+impl SharedQueues {
+    pub fn register(&self, vm_id: &str, name: &str) -> u32 {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (vm_id.to_string(), name.to_string());
+        if let Some(id) = inner.by_name.get(&key) {
+            return *id;
+        }
+        inner.next_id += 1;
+        let id = inner.next_id;
+        inner.by_name.insert(key, id);
+        inner.queues.insert(id, VecDeque::new());
+        id
+    }
+
+    pub fn resolve(&self, vm_id: &str, name: &str) -> Option<u32> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .by_name
+            .get(&(vm_id.to_string(), name.to_string()))
+            .copied()
+    }
+
+    pub fn enqueue(&self, id: u32, value: Vec<u8>) -> Status {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match inner.queues.get_mut(&id) {
+            Some(q) => {
+                q.push_back(value);
+                Status::Ok
+            }
+            None => Status::NotFound,
+        }
+    }
+
+    pub fn dequeue(&self, id: u32) -> Result<Vec<u8>, Status> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match inner.queues.get_mut(&id) {
+            Some(q) => q.pop_front().ok_or(Status::Empty),
+            None => Err(Status::NotFound),
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! Worker threads. Each worker is an OS thread with a current-thread tokio runtime and a
+//! `LocalSet`; it owns one instance of every plugin, accepts connections from the shared
+//! listeners, and serves each request start to end on that thread.
+//!
+//! Callouts (`proxy_http_call`) and ticks run as local tasks of the worker and call back into
+//! the instance only between other guest calls, never from inside a host function.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{watch, Notify};
+
+use crate::config::{ClusterConfig, ListenerConfig};
+use crate::metrics::MetricsRegistry;
+use crate::upstream::Pool;
+use crate::wasm::instance::{VmError, VmInstance};
+use crate::wasm::{CallResponse, PendingHttpCall, Plugin, RequestInfo};
+
+/// What every worker of one host shares.
+pub struct HostShared {
+    pub listeners: Vec<(ListenerConfig, Vec<Arc<Plugin>>)>,
+    pub clusters: Arc<BTreeMap<String, ClusterConfig>>,
+    pub metrics: Arc<MetricsRegistry>,
+}
+
+/// Per-worker context.
+pub struct WorkerCtx {
+    pub pool: Pool,
+    pub clusters: Arc<BTreeMap<String, ClusterConfig>>,
+    pub metrics: Arc<MetricsRegistry>,
+}
+
+/// One listener as a worker runs it.
+pub struct ListenerRuntime {
+    pub config: ListenerConfig,
+    pub filters: Vec<Rc<WorkerFilter>>,
+}
+
+struct Slot {
+    vm: Option<VmInstance>,
+    generation: u64,
+}
+
+/// A plugin's instance on one worker, replaced when it fails.
+pub struct WorkerFilter {
+    pub plugin: Arc<Plugin>,
+    slot: RefCell<Slot>,
+    /// Woken after callouts and ticks, so paused requests look at their state again.
+    pub notify: Notify,
+    ctx: Rc<WorkerCtx>,
+    tick_epoch: Cell<u64>,
+}
+
+/// A handle to an HTTP context: which filter, which instance generation, which context id.
+#[derive(Clone)]
+pub struct ContextHandle {
+    pub filter: Rc<WorkerFilter>,
+    pub generation: u64,
+    pub id: u32,
+}
+
+impl WorkerFilter {
+    /// Starts the plugin's instance on this worker.
+    pub fn start(plugin: Arc<Plugin>, ctx: Rc<WorkerCtx>) -> Result<Rc<Self>, VmError> {
+        let vm = VmInstance::start(plugin.clone(), &plugin.pre)?;
+        let filter = Rc::new(WorkerFilter {
+            plugin,
+            slot: RefCell::new(Slot {
+                vm: Some(vm),
+                generation: 1,
+            }),
+            notify: Notify::new(),
+            ctx,
+            tick_epoch: Cell::new(0),
+        });
+        filter.after_call();
+        Ok(filter)
+    }
+
+    /// The current instance generation.
+    pub fn generation(&self) -> u64 {
+        self.slot.borrow().generation
+    }
+
+    /// Runs `f` on the instance. With `generation`, fails if the instance was replaced since
+    /// (the context it refers to is gone). A failed instance is replaced at once.
+    pub fn with_vm<R>(
+        self: &Rc<Self>,
+        generation: Option<u64>,
+        f: impl FnOnce(&mut VmInstance) -> Result<R, VmError>,
+    ) -> Result<R, VmError> {
+        let result = {
+            let mut slot = self.slot.borrow_mut();
+            if slot.vm.is_none() {
+                self.replace(&mut slot);
+            }
+            if generation.is_some_and(|g| g != slot.generation) {
+                return Err(VmError::Broken {
+                    plugin: self.plugin.log_name().to_string(),
+                });
+            }
+            match slot.vm.as_mut() {
+                Some(vm) => {
+                    let result = f(vm);
+                    if vm.is_broken() {
+                        if let Err(e) = &result {
+                            tracing::error!("{e}; replacing the instance");
+                        }
+                        self.ctx
+                            .metrics
+                            .host
+                            .vm_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.replace(&mut slot);
+                        self.notify.notify_waiters();
+                    }
+                    result
+                }
+                None => Err(VmError::Broken {
+                    plugin: self.plugin.log_name().to_string(),
+                }),
+            }
+        };
+        self.after_call();
+        result
+    }
+
+    fn replace(&self, slot: &mut Slot) {
+        slot.generation += 1;
+        slot.vm = None;
+        self.tick_epoch.set(self.tick_epoch.get() + 1);
+        match VmInstance::start(self.plugin.clone(), &self.plugin.pre) {
+            Ok(vm) => {
+                self.ctx
+                    .metrics
+                    .host
+                    .vm_replacements
+                    .fetch_add(1, Ordering::Relaxed);
+                slot.vm = Some(vm);
+            }
+            Err(e) => tracing::error!("cannot replace the failed instance: {e}"),
+        }
+    }
+
+    /// Starts the HTTP calls the guest recorded and re-arms the tick timer if it changed.
+    fn after_call(self: &Rc<Self>) {
+        let (calls, tick, generation) = {
+            let mut slot = self.slot.borrow_mut();
+            let generation = slot.generation;
+            match slot.vm.as_mut() {
+                Some(vm) => (vm.take_pending_calls(), vm.take_tick_change(), generation),
+                None => return,
+            }
+        };
+        for call in calls {
+            let me = self.clone();
+            tokio::task::spawn_local(async move { me.run_call(call, generation).await });
+        }
+        if let Some(period) = tick {
+            self.arm_tick(period);
+        }
+    }
+
+    fn arm_tick(self: &Rc<Self>, period: Duration) {
+        let epoch = self.tick_epoch.get() + 1;
+        self.tick_epoch.set(epoch);
+        if period.is_zero() {
+            return;
+        }
+        let me = self.clone();
+        tokio::task::spawn_local(async move {
+            let mut interval =
+                tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                if me.tick_epoch.get() != epoch {
+                    return;
+                }
+                if let Err(e) = me.with_vm(None, |vm| vm.on_tick()) {
+                    tracing::warn!("on_tick: {e}");
+                }
+                me.notify.notify_waiters();
+            }
+        });
+    }
+
+    async fn run_call(self: Rc<Self>, call: PendingHttpCall, generation: u64) {
+        let metrics = &self.ctx.metrics.host;
+        metrics.http_calls.fetch_add(1, Ordering::Relaxed);
+        let response = match self.ctx.clusters.get(&call.cluster) {
+            Some(cluster) => {
+                let request =
+                    crate::upstream::build_request(&call.headers, Bytes::from(call.body.clone()));
+                match request {
+                    Ok(request) => {
+                        match self.ctx.pool.exchange(cluster, request, call.timeout).await {
+                            Ok(r) => {
+                                let mut headers = vec![(
+                                    ":status".to_string(),
+                                    r.status.to_string().into_bytes(),
+                                )];
+                                headers.extend(r.headers);
+                                Some(CallResponse {
+                                    headers,
+                                    body: r.body.to_vec(),
+                                    trailers: Vec::new(),
+                                })
+                            }
+                            Err(e) => {
+                                tracing::debug!(cluster = %call.cluster, "http call failed: {e}");
+                                None
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(cluster = %call.cluster, "http call has a bad request: {e}");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        if response.is_none() {
+            metrics.http_call_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let delivered = self.with_vm(Some(generation), |vm| {
+            if !vm.context_alive(call.context_id) {
+                return Ok(());
+            }
+            vm.on_http_call_response(call.token, response)
+        });
+        if let Err(e) = delivered {
+            tracing::debug!("http call answer not delivered: {e}");
+        }
+        self.notify.notify_waiters();
+    }
+
+    /// Creates an HTTP context on the current instance.
+    pub fn create_context(self: &Rc<Self>, info: RequestInfo) -> Result<ContextHandle, VmError> {
+        let generation = self.generation();
+        let id = self.with_vm(Some(generation), |vm| vm.create_http_context(info))?;
+        Ok(ContextHandle {
+            filter: self.clone(),
+            generation,
+            id,
+        })
+    }
+}
+
+impl ContextHandle {
+    /// Runs `f` on the instance that owns this context.
+    pub fn with_vm<R>(
+        &self,
+        f: impl FnOnce(&mut VmInstance, u32) -> Result<R, VmError>,
+    ) -> Result<R, VmError> {
+        let id = self.id;
+        self.filter.with_vm(Some(self.generation), |vm| f(vm, id))
+    }
+
+    /// Ends the context (`on_done`, `on_log`, `on_delete`), if its instance still lives.
+    pub fn finish(&self) {
+        if let Err(e) = self.with_vm(|vm, id| vm.finish_http_context(id)) {
+            tracing::debug!("finishing context {}: {e}", self.id);
+        }
+    }
+}
+
+/// Runs one worker until `shutdown` turns true. `ready` receives the start-up result.
+pub fn run(
+    index: usize,
+    shared: Arc<HostShared>,
+    sockets: Vec<std::net::TcpListener>,
+    ready: std::sync::mpsc::Sender<Result<(), VmError>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(VmError::Instantiate {
+                plugin: String::new(),
+                message: format!("worker {index}: cannot build a runtime: {e}"),
+            }));
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let ctx = Rc::new(WorkerCtx {
+            pool: Pool::default(),
+            clusters: shared.clusters.clone(),
+            metrics: shared.metrics.clone(),
+        });
+        let mut runtimes = Vec::new();
+        for (config, plugins) in &shared.listeners {
+            let mut filters = Vec::new();
+            for plugin in plugins {
+                match WorkerFilter::start(plugin.clone(), ctx.clone()) {
+                    Ok(f) => filters.push(f),
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            runtimes.push(Rc::new(ListenerRuntime {
+                config: config.clone(),
+                filters,
+            }));
+        }
+        let mut listeners = Vec::new();
+        for socket in sockets {
+            match tokio::net::TcpListener::from_std(socket) {
+                Ok(l) => listeners.push(l),
+                Err(e) => {
+                    let _ = ready.send(Err(VmError::Instantiate {
+                        plugin: String::new(),
+                        message: format!("worker {index}: listener: {e}"),
+                    }));
+                    return;
+                }
+            }
+        }
+        let _ = ready.send(Ok(()));
+        for (listener, rt) in listeners.into_iter().zip(runtimes) {
+            let ctx = ctx.clone();
+            tokio::task::spawn_local(accept_loop(listener, rt, ctx));
+        }
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    });
+    // Dropping the runtime drops every connection task: open connections close.
+    drop(local);
+    drop(runtime);
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    rt: Rc<ListenerRuntime>,
+    ctx: Rc<WorkerCtx>,
+) {
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let local_addr = stream.local_addr().ok();
+        let rt = rt.clone();
+        let ctx = ctx.clone();
+        tokio::task::spawn_local(async move {
+            let service = hyper::service::service_fn(move |req| {
+                crate::proxy::handle(req, rt.clone(), ctx.clone(), Some(remote), local_addr)
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!("connection from {remote}: {e}");
+            }
+        });
+    }
+}
