@@ -105,14 +105,35 @@ async fn seed_story(kind: GatewayKind) {
 
     // The filter's counters are visible in the gateway's Prometheus stats.
     let stats = gateway.prometheus_stats().await.expect("stats");
-    checks.check(
-        "the filter's metrics appear in /stats/prometheus",
-        stats
-            .lines()
-            .any(|line| !line.starts_with('#') && line.contains("keyrealm")),
-        || "no metric containing `keyrealm`".to_string(),
-    );
+    for (counter, why) in [
+        ("keyrealm_requests_authenticated_realm", "Ariel's request"),
+        ("keyrealm_requests_unauthorized", "another_key"),
+        ("keyrealm_requests_no_key", "the request without a key"),
+        ("keyrealm_realm_calls_found", "the look-up of Ariel's key"),
+    ] {
+        let value = counter_value(&stats, counter);
+        checks.check(
+            &format!("/stats/prometheus has {counter} ≥ 1 ({why})"),
+            value.is_some_and(|v| v >= 1.0),
+            || format!("found {value:?}"),
+        );
+    }
     checks.finish();
 }
 
 gateway_test!(seed_story);
+
+/// The value of the first sample whose metric name ends with `name` (Envoy prefixes the filter's
+/// metrics, e.g. `envoy_wasmcustom_`).
+fn counter_value(stats: &str, name: &str) -> Option<f64> {
+    stats
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            line.split(['{', ' '])
+                .next()
+                .is_some_and(|metric| metric.ends_with(name))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
