@@ -1,0 +1,422 @@
+//! Tests over real TCP against the built `realm-service` binary: the seed's calls, durability
+//! across `kill -9`, no plaintext secrets on disk, and `token create`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{metric_value, HttpClient};
+use serde_json::json;
+use sha2::Digest;
+
+const BIN: &str = env!("CARGO_BIN_EXE_realm-service");
+
+/// The binary, serving; killed with SIGKILL when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(database: &Path, admin_token: Option<&str>) -> Server {
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+            .arg(database)
+            .env_remove("REALM_LISTEN")
+            .env_remove("REALM_DATABASE")
+            .env_remove("REALM_ADMIN_TOKEN")
+            .env("REALM_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(token) = admin_token {
+            command.env("REALM_ADMIN_TOKEN", token);
+        }
+        let mut child = command.spawn().expect("start realm-service");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        // Reads the log until the listening line, then keeps draining it.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr.parse().expect("listening address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("realm-service did not print 'listening on' within 30 s");
+            }
+        };
+        Server { child, addr }
+    }
+
+    fn client(&self) -> HttpClient {
+        HttpClient::new(self.addr)
+    }
+
+    /// SIGKILL: no shutdown code runs, nothing is flushed by the process.
+    fn kill_9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("wait");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn db_in(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("realm.db")
+}
+
+#[tokio::test]
+async fn the_seed_calls_work_over_tcp_against_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&db_in(&dir), Some("seed-admin"));
+    let http = server.client();
+    let admin = Some("seed-admin");
+    assert_eq!(http.call("GET", "/health", None, None).await.status, 200);
+
+    // The control plane whose data planes will call, and its data-plane token.
+    let cp = http
+        .call(
+            "POST",
+            "/v2/control-planes",
+            admin,
+            Some(json!({"name": "quickstart"})),
+        )
+        .await
+        .ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = http
+        .call(
+            "POST",
+            &format!("/v2/control-planes/{cp}/data-plane-tokens"),
+            admin,
+            Some(json!({})),
+        )
+        .await
+        .ok(201)["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Seed step 1: create a realm.
+    let realm = http
+        .call(
+            "POST",
+            "/v1/realms",
+            admin,
+            Some(json!({"name": "prod", "allowed_control_planes": [cp]})),
+        )
+        .await
+        .ok(201);
+    let realm_id = realm["id"].as_str().unwrap().to_string();
+    // Step 2: the centrally-managed consumer.
+    let consumer = http
+        .call(
+            "POST",
+            &format!("/v1/realms/{realm_id}/consumers"),
+            admin,
+            Some(json!({"username": "Ariel"})),
+        )
+        .await
+        .ok(201);
+    let consumer_id = consumer["id"].as_str().unwrap();
+    // Step 3: a key.
+    let key = http
+        .call(
+            "POST",
+            &format!("/v1/realms/{realm_id}/consumers/{consumer_id}/keys"),
+            admin,
+            Some(json!({"type": "new"})),
+        )
+        .await
+        .ok(201);
+    let secret = key["secret"].as_str().unwrap();
+
+    // What the data plane then asks.
+    let found = http
+        .call(
+            "POST",
+            &format!("/{realm_id}/v0/authenticate"),
+            Some(&token),
+            Some(json!({"secret": secret})),
+        )
+        .await
+        .ok(201);
+    assert_eq!(found["username"], "Ariel");
+    assert_eq!(found["id"], consumer_id);
+    assert_eq!(found["credential"]["id"], key["id"]);
+    let missing = http
+        .call(
+            "POST",
+            &format!("/{realm_id}/v0/authenticate"),
+            Some(&token),
+            Some(json!({"secret": "another_key"})),
+        )
+        .await;
+    assert_eq!(missing.problem(404)["negative_ttl"], 10);
+    let metrics = http.call("GET", "/metrics", None, None).await.text;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "realm_service_authenticate_total{result=\"found\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "realm_service_authenticate_total{result=\"not_found\"}"
+        ),
+        1
+    );
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = db_in(&dir);
+    let server = Server::start(&database, Some("adm"));
+    let http = std::sync::Arc::new(server.client());
+    let realm = http
+        .call(
+            "POST",
+            "/v1/realms",
+            Some("adm"),
+            Some(json!({"name": "durable"})),
+        )
+        .await
+        .ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let http = http.clone();
+        let realm = realm.clone();
+        tasks.spawn(async move {
+            let answer = http
+                .call(
+                    "POST",
+                    &format!("/v1/realms/{realm}/consumers"),
+                    Some("adm"),
+                    Some(json!({"username": format!("user-{i}")})),
+                )
+                .await;
+            answer.ok(201)["id"].as_str().unwrap().to_string()
+        });
+    }
+    let mut acknowledged = std::collections::HashSet::new();
+    while let Some(id) = tasks.join_next().await {
+        acknowledged.insert(id.expect("create task"));
+    }
+    // Right after the last 201.
+    server.kill_9();
+    assert_eq!(acknowledged.len(), 200);
+
+    let restarted = Server::start(&database, Some("adm"));
+    let list = restarted
+        .client()
+        .call(
+            "GET",
+            &format!("/v1/realms/{realm}/consumers?page[size]=1000"),
+            Some("adm"),
+            None,
+        )
+        .await
+        .ok(200);
+    let stored: std::collections::HashSet<String> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(stored, acknowledged);
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn the_database_and_its_wal_hold_no_plaintext_secret_or_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = db_in(&dir);
+    let admin = "kradm_plaintext-check-admin-token-0123456789";
+    let server = Server::start(&database, Some(admin));
+    let http = server.client();
+    let cp = http
+        .call(
+            "POST",
+            "/v2/control-planes",
+            Some(admin),
+            Some(json!({"name": "cp"})),
+        )
+        .await
+        .ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dp_token = http
+        .call(
+            "POST",
+            &format!("/v2/control-planes/{cp}/data-plane-tokens"),
+            Some(admin),
+            Some(json!({})),
+        )
+        .await
+        .ok(201)["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let realm = http
+        .call(
+            "POST",
+            "/v1/realms",
+            Some(admin),
+            Some(json!({"name": "prod", "allowed_control_planes": [cp]})),
+        )
+        .await
+        .ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let consumer = http
+        .call(
+            "POST",
+            &format!("/v1/realms/{realm}/consumers"),
+            Some(admin),
+            Some(json!({"username": "a"})),
+        )
+        .await
+        .ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let keys = format!("/v1/realms/{realm}/consumers/{consumer}/keys");
+    let generated = http
+        .call("POST", &keys, Some(admin), Some(json!({"type": "new"})))
+        .await
+        .ok(201)["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let legacy = "legacy-plaintext-secret-4567890";
+    http.call(
+        "POST",
+        &keys,
+        Some(admin),
+        Some(json!({"type": "legacy", "secret": legacy})),
+    )
+    .await
+    .ok(201);
+    for secret in [generated.as_str(), legacy] {
+        http.call(
+            "POST",
+            &format!("/{realm}/v0/authenticate"),
+            Some(&dp_token),
+            Some(json!({"secret": secret})),
+        )
+        .await
+        .ok(201);
+    }
+    // kill -9 leaves the WAL as it is (no checkpoint at close).
+    server.kill_9();
+
+    let mut files = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{suffix}", database.display()));
+        if let Ok(bytes) = std::fs::read(&path) {
+            files.push((path, bytes));
+        }
+    }
+    assert!(files.len() >= 2, "expected the database and its WAL");
+    for (path, bytes) in &files {
+        for plaintext in [admin, dp_token.as_str(), generated.as_str(), legacy] {
+            assert!(
+                !contains(bytes, plaintext.as_bytes()),
+                "{} holds a plaintext secret",
+                path.display()
+            );
+        }
+    }
+    // What is stored is the SHA-256 (so the files searched are the ones that hold the keys).
+    for secret in [generated.as_str(), legacy, dp_token.as_str(), admin] {
+        let hash = sha2::Sha256::digest(secret.as_bytes());
+        assert!(
+            files.iter().any(|(_, bytes)| contains(bytes, &hash)),
+            "the hash of a secret is in neither file"
+        );
+    }
+}
+
+#[tokio::test]
+async fn token_create_prints_an_admin_token_that_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = db_in(&dir);
+    let output = Command::new(BIN)
+        .args(["token", "create", "--name", "ci", "--database"])
+        .arg(&database)
+        .env_remove("REALM_DATABASE")
+        .output()
+        .expect("run token create");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("kradm_"), "{token}");
+    assert!(!contains(
+        &std::fs::read(&database).unwrap(),
+        token.as_bytes()
+    ));
+
+    // The service started without REALM_ADMIN_TOKEN accepts the minted token.
+    let server = Server::start(&database, None);
+    let http = server.client();
+    http.call("GET", "/v1/realms", Some(&token), None)
+        .await
+        .ok(200);
+    http.call("GET", "/v1/realms", Some("guess"), None)
+        .await
+        .problem(401);
+    drop(server);
+
+    // A REALM_ADMIN_TOKEN works while it is configured, and not after a restart without it.
+    let server = Server::start(&database, Some("from-env"));
+    server
+        .client()
+        .call("GET", "/v1/realms", Some("from-env"), None)
+        .await
+        .ok(200);
+    drop(server);
+    let server = Server::start(&database, Some("rotated"));
+    let http = server.client();
+    http.call("GET", "/v1/realms", Some("from-env"), None)
+        .await
+        .problem(401);
+    http.call("GET", "/v1/realms", Some("rotated"), None)
+        .await
+        .ok(200);
+    http.call("GET", "/v1/realms", Some(&token), None)
+        .await
+        .ok(200);
+}
