@@ -93,7 +93,7 @@ pub struct Route {
 }
 
 /// `envoy.filters.http.wasm` configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct WasmFilterConfig {
     /// `config.name` (the plugin name, property `plugin_name`).
     pub name: String,

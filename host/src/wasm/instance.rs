@@ -111,6 +111,7 @@ struct Exports {
 /// A live instance.
 pub struct VmInstance {
     store: Store<HostState>,
+    instance: wasmtime::Instance,
     exports: Exports,
     next_context_id: u32,
     broken: bool,
@@ -187,6 +188,7 @@ impl VmInstance {
         };
         let mut vm = VmInstance {
             store,
+            instance,
             exports,
             next_context_id: 1,
             broken: false,
@@ -432,6 +434,64 @@ impl VmInstance {
     /// The engine (for tests).
     pub fn engine(&self) -> &Engine {
         self.store.engine()
+    }
+
+    /// Calls any exported function with i32 arguments, with `context` as the effective
+    /// context and the call budget; returns its i32 results. For tests and diagnostics.
+    pub fn call_export(
+        &mut self,
+        name: &str,
+        context: u32,
+        args: &[i32],
+    ) -> Result<Vec<i32>, VmError> {
+        let plugin = self.plugin_name();
+        let Some(export) = self.instance_func(name) else {
+            return Err(VmError::Instantiate {
+                plugin,
+                message: format!("no export {name}"),
+            });
+        };
+        let params: Vec<wasmtime::Val> = args.iter().map(|a| wasmtime::Val::I32(*a)).collect();
+        let ty = export.ty(&self.store);
+        if ty.params().len() != params.len() {
+            return Err(VmError::Instantiate {
+                plugin,
+                message: format!("{name} takes {} arguments", ty.params().len()),
+            });
+        }
+        let n = ty.results().len();
+        let mut results = vec![wasmtime::Val::I32(0); n];
+        let budget = self.budget();
+        self.run("export", context, budget, |s| {
+            export.call(s, &params, &mut results)
+        })?;
+        Ok(results.iter().filter_map(wasmtime::Val::i32).collect())
+    }
+
+    fn instance_func(&mut self, name: &str) -> Option<wasmtime::Func> {
+        self.instance.get_func(&mut self.store, name)
+    }
+
+    /// A copy of guest memory (`len` bytes at `ptr`), if in bounds. For tests and diagnostics.
+    pub fn read_memory(&mut self, ptr: u32, len: u32) -> Option<Vec<u8>> {
+        let mem = self.instance.get_memory(&mut self.store, "memory")?;
+        let start = ptr as usize;
+        mem.data(&self.store)
+            .get(start..start.checked_add(len as usize)?)
+            .map(<[u8]>::to_vec)
+    }
+
+    /// Current size of the guest's linear memory in bytes.
+    pub fn memory_size(&mut self) -> usize {
+        match self.instance.get_memory(&mut self.store, "memory") {
+            Some(m) => m.data_size(&self.store),
+            None => 0,
+        }
+    }
+
+    /// The HTTP contexts alive in this instance.
+    pub fn http_context_count(&self) -> usize {
+        self.store.data().streams.len()
     }
 }
 

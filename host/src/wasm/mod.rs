@@ -101,6 +101,34 @@ pub struct Plugin {
 }
 
 impl Plugin {
+    /// A plugin from module bytes (binary or WAT text) with fresh shared state and no
+    /// clusters but `clusters`; for embedding and tests.
+    pub fn from_module_bytes(
+        config: WasmFilterConfig,
+        bytes: &[u8],
+        clusters: std::collections::BTreeMap<String, ClusterConfig>,
+        limits: VmLimits,
+    ) -> Result<Arc<Plugin>, instance::VmError> {
+        let module = instance::compile("<bytes>", bytes)?;
+        let pre = instance::prelink(&config.name, &module)?;
+        let mut env: Vec<(String, String)> = config
+            .host_env_keys
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
+            .collect();
+        env.extend(config.key_values.iter().cloned());
+        Ok(Arc::new(Plugin {
+            config,
+            pre,
+            env,
+            clusters: Arc::new(clusters),
+            shared_data: Arc::default(),
+            queues: Arc::default(),
+            metrics: Arc::default(),
+            limits,
+        }))
+    }
+
     /// A name for log lines: the plugin name, else the root id.
     pub fn log_name(&self) -> &str {
         if self.config.name.is_empty() {

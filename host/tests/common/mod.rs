@@ -1,0 +1,387 @@
+//! Test helpers shared by the host's integration tests: an echo upstream, a small HTTP client,
+//! configuration writers, and a real-Envoy runner.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+/// What a test sees of a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The echo upstream's view of the request (`None` if the reply is not from the echo).
+    pub fn echoed(&self) -> Option<serde_json::Value> {
+        if self.header("x-echo-upstream").is_none() {
+            return None;
+        }
+        serde_json::from_str(&self.body).ok()
+    }
+}
+
+/// The echo's JSON: the value of a request header the upstream received.
+pub fn echoed_header(echo: &serde_json::Value, name: &str) -> Option<String> {
+    echo["headers"].as_array()?.iter().find_map(|pair| {
+        let k = pair[0].as_str()?;
+        (k.eq_ignore_ascii_case(name)).then(|| pair[1].as_str().unwrap_or_default().to_string())
+    })
+}
+
+/// An upstream that answers 200 with a JSON echo of the request (method, path, headers, body)
+/// and `x-echo-upstream: 1`. `/status/NNN` answers NNN; `/slow` waits 3 s.
+pub async fn spawn_echo() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind echo");
+    let addr = listener.local_addr().expect("echo addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let path = parts
+                            .uri
+                            .path_and_query()
+                            .map(|p| p.as_str().to_string())
+                            .unwrap_or_default();
+                        let headers: Vec<(String, String)> = parts
+                            .headers
+                            .iter()
+                            .map(|(k, v)| {
+                                (
+                                    k.as_str().to_string(),
+                                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                )
+                            })
+                            .collect();
+                        if path == "/slow" {
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                        }
+                        let status = path
+                            .strip_prefix("/status/")
+                            .and_then(|s| s.parse::<u16>().ok())
+                            .unwrap_or(200);
+                        let json = serde_json::json!({
+                            "method": parts.method.as_str(),
+                            "path": path,
+                            "headers": headers,
+                            "body": String::from_utf8_lossy(&body),
+                        });
+                        let mut resp =
+                            hyper::Response::new(Full::new(Bytes::from(json.to_string())));
+                        *resp.status_mut() =
+                            hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+                        resp.headers_mut().insert(
+                            "x-echo-upstream",
+                            hyper::header::HeaderValue::from_static("1"),
+                        );
+                        resp.headers_mut().insert(
+                            "content-type",
+                            hyper::header::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// One HTTP/1.1 request on a fresh connection, with a 10 s limit.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let mut builder = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "example.test");
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let req = builder
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("send");
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    })
+    .await
+    .expect("request timed out")
+}
+
+/// A GET that returns the raw status and body (for admin endpoints).
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    http(addr, "GET", path, &[], "").await
+}
+
+/// The repository root (two levels above this crate's manifest... one level: host/).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// One wasm filter entry for [`envoy_yaml`].
+pub struct FilterSpec<'a> {
+    pub name: &'a str,
+    pub root_id: &'a str,
+    pub wasm: &'a Path,
+    pub configuration: &'a str,
+    pub fail_open: bool,
+    pub env: &'a [(&'a str, &'a str)],
+}
+
+fn yaml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("json string")
+}
+
+/// An envoy.yaml with one listener on 127.0.0.1:0, the admin on 127.0.0.1:0, the given wasm
+/// filters, a route `/` to cluster `upstream`, and extra clusters (name, address).
+pub fn envoy_yaml(
+    upstream: SocketAddr,
+    filters: &[FilterSpec],
+    extra_clusters: &[(&str, SocketAddr)],
+) -> String {
+    let mut http_filters = String::new();
+    for f in filters {
+        let mut env = String::new();
+        if !f.env.is_empty() {
+            env.push_str(
+                "                  environment_variables:\n                    key_values:\n",
+            );
+            for (k, v) in f.env {
+                env.push_str(&format!("                      {k}: {}\n", yaml_string(v)));
+            }
+        }
+        http_filters.push_str(&format!(
+            r#"          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: {name}
+                root_id: {root}
+                fail_open: {fail_open}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {config}
+                vm_config:
+                  vm_id: {name}
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: {path}}}}}
+{env}"#,
+            name = f.name,
+            root = f.root_id,
+            fail_open = f.fail_open,
+            config = yaml_string(f.configuration),
+            path = yaml_string(&f.wasm.display().to_string()),
+        ));
+    }
+    let mut clusters = cluster_yaml("upstream", upstream);
+    for (name, addr) in extra_clusters {
+        clusters.push_str(&cluster_yaml(name, *addr));
+    }
+    format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          codec_type: AUTO
+          route_config:
+            name: local
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: upstream, timeout: 2s}}
+          http_filters:
+{http_filters}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{clusters}"#
+    )
+}
+
+fn cluster_yaml(name: &str, addr: SocketAddr) -> String {
+    format!(
+        r#"  - name: {name}
+    connect_timeout: 1s
+    type: STATIC
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}
+"#,
+        ip = addr.ip(),
+        port = addr.port()
+    )
+}
+
+/// A running real Envoy (killed on drop).
+pub struct Envoy {
+    child: std::process::Child,
+    pub listener: SocketAddr,
+    pub admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Envoy binary: `ENVOY_BIN`, which must be set (a missing Envoy is a failure).
+pub fn envoy_bin() -> PathBuf {
+    let bin = std::env::var("ENVOY_BIN")
+        .expect("ENVOY_BIN must point at the envoy binary (scripts/install-envoy.sh)");
+    let path = PathBuf::from(bin);
+    assert!(path.exists(), "ENVOY_BIN={} does not exist", path.display());
+    path
+}
+
+/// Starts real Envoy on `yaml` with one worker and waits until its listener is up.
+pub async fn start_envoy(yaml: &str, env: &[(&str, &str)]) -> Envoy {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("envoy.yaml");
+    std::fs::write(&config, yaml).expect("write envoy.yaml");
+    let admin_file = dir.path().join("admin.txt");
+    let log = std::fs::File::create(dir.path().join("envoy.log")).expect("log file");
+    let mut cmd = std::process::Command::new(envoy_bin());
+    cmd.arg("-c")
+        .arg(&config)
+        .args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+        ])
+        .arg("--admin-address-path")
+        .arg(&admin_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn envoy");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let admin: SocketAddr = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default();
+            panic!("envoy exited with {status}: {log}");
+        }
+        if let Ok(text) = std::fs::read_to_string(&admin_file) {
+            if let Ok(addr) = text.trim().parse() {
+                break addr;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "envoy did not start in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let listener = loop {
+        let r = get(admin, "/listeners?format=json").await;
+        let json: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        let port =
+            json["listener_statuses"][0]["local_address"]["socket_address"]["port_value"].as_u64();
+        let ready = get(admin, "/ready").await.status == 200;
+        if let (Some(port), true) = (port, ready) {
+            break SocketAddr::from(([127, 0, 0, 1], port as u16));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "envoy listener not ready in 30 s: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    Envoy {
+        child,
+        listener,
+        admin,
+        _dir: dir,
+    }
+}
+
+/// Starts keyrealm-host on `yaml` in-process.
+pub async fn start_host(
+    yaml: &str,
+    options: keyrealm_host::HostOptions,
+) -> (keyrealm_host::RunningHost, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("envoy.yaml");
+    std::fs::write(&config, yaml).expect("write envoy.yaml");
+    let host = keyrealm_host::start_with_options(&config, options)
+        .await
+        .expect("host starts");
+    (host, dir)
+}
