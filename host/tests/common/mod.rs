@@ -28,9 +28,7 @@ impl Reply {
 
     /// The echo upstream's view of the request (`None` if the reply is not from the echo).
     pub fn echoed(&self) -> Option<serde_json::Value> {
-        if self.header("x-echo-upstream").is_none() {
-            return None;
-        }
+        self.header("x-echo-upstream")?;
         serde_json::from_str(&self.body).ok()
     }
 }
