@@ -69,6 +69,7 @@ impl Checks {
 
     /// Panics listing every failed case, if any.
     pub fn finish(self) {
+        eprintln!("{} checks passed", self.passed);
         if !self.failures.is_empty() {
             panic!(
                 "{} of {} checks failed:\n  - {}",

@@ -122,6 +122,9 @@ pub fn wasm_filter(filter_config: &Value, wasm_path: &Path) -> Value {
             "config": {
                 "name": "keyrealm",
                 "root_id": "keyrealm",
+                // Without it Envoy turns the filter's pause in the headers phase into
+                // StopAllIterationAndWatermark and never hands it the body (key_in_body).
+                "allow_on_headers_stop_iteration": true,
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
                     "value": filter_config.to_string(),
