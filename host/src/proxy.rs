@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::config::{ListenerConfig, RouteMatch};
-use crate::upstream::{build_request, is_hop_by_hop, UpstreamError, MAX_BODY};
+use crate::upstream::{build_request, is_hop_by_hop, MAX_BODY};
 use crate::wasm::abi::headers::{get_value, replace_value};
 use crate::wasm::instance::Action;
 use crate::wasm::{HeaderList, LocalResponse, RequestInfo};
@@ -505,25 +505,14 @@ async fn forward(
                 body: r.body.to_vec(),
             }
         }
-        Err(UpstreamError::Timeout) => {
-            ctx.metrics
-                .host
-                .upstream_failures
-                .fetch_add(1, Ordering::Relaxed);
-            router_reply(504, "upstream request timeout")
-        }
         Err(e) => {
             ctx.metrics
                 .host
                 .upstream_failures
                 .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(cluster = %route.cluster, "upstream: {e}");
-            router_reply(
-                503,
-                &format!(
-                    "upstream connect error or disconnect/reset before headers. reset reason: {e}"
-                ),
-            )
+            let (status, body) = e.router_reply();
+            router_reply(status, body)
         }
     }
 }

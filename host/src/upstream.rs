@@ -22,6 +22,8 @@ const MAX_IDLE_PER_ENDPOINT: usize = 128;
 pub enum UpstreamError {
     #[error("connection failure: {0}")]
     Connect(String),
+    #[error("connect timeout")]
+    ConnectTimeout,
     #[error("timeout")]
     Timeout,
     #[error("upstream reset: {0}")]
@@ -83,7 +85,7 @@ impl Pool {
         }
         let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
             .await
-            .map_err(|_| UpstreamError::Connect(format!("connect to {addr} timed out")))?
+            .map_err(|_| UpstreamError::ConnectTimeout)?
             .map_err(|e| UpstreamError::Connect(format!("{addr}: {e}")))?;
         let _ = stream.set_nodelay(true);
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -152,6 +154,24 @@ impl Pool {
         tokio::time::timeout(timeout, work)
             .await
             .map_err(|_| UpstreamError::Timeout)?
+    }
+}
+
+impl UpstreamError {
+    /// The local reply Envoy's router sends for this failure (status, body).
+    pub fn router_reply(&self) -> (u16, &'static str) {
+        match self {
+            UpstreamError::Timeout => (504, "upstream request timeout"),
+            UpstreamError::ConnectTimeout => {
+                (503, "upstream connect error or disconnect/reset before headers. reset reason: connection timeout")
+            }
+            UpstreamError::Connect(_) => {
+                (503, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure")
+            }
+            UpstreamError::Reset(_) => {
+                (503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+            }
+        }
     }
 }
 

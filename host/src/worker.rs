@@ -213,8 +213,22 @@ impl WorkerFilter {
                                 })
                             }
                             Err(e) => {
+                                // As Envoy: the router's local reply is the call's answer.
                                 tracing::debug!(cluster = %call.cluster, "http call failed: {e}");
-                                None
+                                metrics.http_call_failures.fetch_add(1, Ordering::Relaxed);
+                                let (status, body) = e.router_reply();
+                                Some(CallResponse {
+                                    headers: vec![
+                                        (":status".to_string(), status.to_string().into_bytes()),
+                                        (
+                                            "content-length".to_string(),
+                                            body.len().to_string().into_bytes(),
+                                        ),
+                                        ("content-type".to_string(), b"text/plain".to_vec()),
+                                    ],
+                                    body: body.as_bytes().to_vec(),
+                                    trailers: Vec::new(),
+                                })
                             }
                         }
                     }

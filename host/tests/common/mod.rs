@@ -42,7 +42,8 @@ pub fn echoed_header(echo: &serde_json::Value, name: &str) -> Option<String> {
 }
 
 /// An upstream that answers 200 with a JSON echo of the request (method, path, headers, body)
-/// and `x-echo-upstream: 1`. `/status/NNN` answers NNN; `/slow` waits 3 s.
+/// and `x-echo-upstream: 1`. `/status/NNN` answers NNN; `/slow` waits 3 s; `/fixed` answers
+/// `fixed-200` and `/fixed-status/NNN` answers NNN with `fixed-NNN` (no echo).
 pub async fn spawn_echo() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -79,6 +80,21 @@ pub async fn spawn_echo() -> SocketAddr {
                             .collect();
                         if path == "/slow" {
                             tokio::time::sleep(Duration::from_secs(3)).await;
+                        }
+                        // Fixed answers (the same bytes whoever asks), for HTTP call tests.
+                        if let Some(rest) = path.strip_prefix("/fixed") {
+                            let status = rest
+                                .strip_prefix("-status/")
+                                .and_then(|s| s.parse::<u16>().ok())
+                                .unwrap_or(200);
+                            let mut resp = hyper::Response::new(Full::new(Bytes::from(format!(
+                                "fixed-{status}"
+                            ))));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(status)
+                                .unwrap_or(hyper::StatusCode::OK);
+                            resp.headers_mut()
+                                .insert("x-fixed", hyper::header::HeaderValue::from_static("1"));
+                            return Ok::<_, std::convert::Infallible>(resp);
                         }
                         let status = path
                             .strip_prefix("/status/")
@@ -164,6 +180,51 @@ pub async fn http(
 /// A GET that returns the raw status and body (for admin endpoints).
 pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     http(addr, "GET", path, &[], "").await
+}
+
+/// The abi-test-filter module: built by `scripts/build-wasm.sh` into the target directory; if it
+/// is not there, the test builds it (into a separate target directory, as the outer cargo holds
+/// the lock of the main one).
+pub fn abi_test_filter_wasm() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| repo_root().join("target"));
+            let target = if target.is_absolute() {
+                target
+            } else {
+                repo_root().join(target)
+            };
+            let built = target.join("wasm32-wasip1/release/abi_test_filter.wasm");
+            if built.exists() {
+                return built;
+            }
+            let own = target.join("host-tests-wasm");
+            let status = std::process::Command::new(
+                std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+            )
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip1",
+                "-p",
+                "abi-test-filter",
+                "--target-dir",
+            ])
+            .arg(&own)
+            .current_dir(repo_root())
+            .status()
+            .expect("run cargo to build abi-test-filter");
+            assert!(
+                status.success(),
+                "building abi-test-filter for wasm32-wasip1 failed"
+            );
+            own.join("wasm32-wasip1/release/abi_test_filter.wasm")
+        })
+        .clone()
 }
 
 /// The repository root (two levels above this crate's manifest... one level: host/).

@@ -1,0 +1,387 @@
+//! The abi-test-filter scenarios, run in real Envoy (the reference, `ENVOY_BIN`) and in
+//! keyrealm-host with the same envoy.yaml: each request must observe the same results — status,
+//! the headers and body the client gets, and the method, path, headers and body that reach the
+//! upstream. Each scenario also asserts what it expects, so that agreeing on a wrong answer
+//! fails too.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{FilterSpec, Reply};
+use serde_json::Value;
+
+/// Headers that differ run to run, or by design between two proxies, and carry no ABI meaning.
+const CLIENT_IGNORED: &[&str] = &[
+    "date",
+    "server",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "x-envoy-upstream-service-time",
+];
+const UPSTREAM_IGNORED: &[&str] = &[
+    "x-request-id",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+];
+
+/// What one request observed, normalised for comparison.
+#[derive(Debug, PartialEq, Eq)]
+struct Observed {
+    status: u16,
+    client_headers: BTreeMap<String, Vec<String>>,
+    client_body: String,
+    upstream: Option<Upstream>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Upstream {
+    method: String,
+    path: String,
+    headers: BTreeMap<String, Vec<String>>,
+    body: String,
+}
+
+fn observe(r: &Reply) -> Observed {
+    let mut client_headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in &r.headers {
+        let k = k.to_ascii_lowercase();
+        if !CLIENT_IGNORED.contains(&k.as_str()) {
+            client_headers.entry(k).or_default().push(v.clone());
+        }
+    }
+    let (client_body, upstream) = match r.echoed() {
+        Some(echo) => {
+            let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for pair in echo["headers"].as_array().cloned().unwrap_or_default() {
+                let k = pair[0].as_str().unwrap_or_default().to_ascii_lowercase();
+                if !UPSTREAM_IGNORED.contains(&k.as_str()) {
+                    headers
+                        .entry(k)
+                        .or_default()
+                        .push(pair[1].as_str().unwrap_or_default().to_string());
+                }
+            }
+            let up = Upstream {
+                method: echo["method"].as_str().unwrap_or_default().into(),
+                path: echo["path"].as_str().unwrap_or_default().into(),
+                headers,
+                body: echo["body"].as_str().unwrap_or_default().into(),
+            };
+            ("<echo>".to_string(), Some(up))
+        }
+        None => (r.body.clone(), None),
+    };
+    Observed {
+        status: r.status,
+        client_headers,
+        client_body,
+        upstream,
+    }
+}
+
+/// One request of a scenario.
+struct Req {
+    method: &'static str,
+    path: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+    body: &'static str,
+}
+
+fn get(path: &'static str) -> Req {
+    Req {
+        method: "GET",
+        path,
+        headers: vec![],
+        body: "",
+    }
+}
+
+/// Runs `requests` against Envoy and keyrealm-host, both loaded with the abi-test-filter and
+/// `config`; asserts they observed the same, and returns the observations (host's).
+async fn parity(
+    vm_id: &str,
+    config: Value,
+    extra_clusters: &[(&str, SocketAddr)],
+    settle: Duration,
+    requests: &[Req],
+) -> Vec<(Reply, Observed)> {
+    let upstream = common::spawn_echo().await;
+    let wasm = common::abi_test_filter_wasm();
+    let configuration = config.to_string();
+    let spec = FilterSpec {
+        name: vm_id,
+        root_id: "abi_test",
+        wasm: &wasm,
+        configuration: &configuration,
+        fail_open: false,
+        env: &[],
+    };
+    let yaml = common::envoy_yaml(upstream, &[spec], extra_clusters);
+    let envoy = common::start_envoy(&yaml, &[]).await;
+    let (host, _dir) = common::start_host(
+        &yaml,
+        keyrealm_host::HostOptions {
+            workers: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let host_addr = host.listener_addrs()[0];
+    tokio::time::sleep(settle).await;
+    let mut out = Vec::new();
+    for r in requests {
+        let from_envoy = common::http(envoy.listener, r.method, r.path, &r.headers, r.body).await;
+        let from_host = common::http(host_addr, r.method, r.path, &r.headers, r.body).await;
+        let (e, h) = (observe(&from_envoy), observe(&from_host));
+        assert_eq!(
+            h, e,
+            "{} {}: keyrealm-host (left) differs from Envoy (right)",
+            r.method, r.path
+        );
+        out.push((from_host, h));
+    }
+    host.shutdown().await;
+    drop(envoy);
+    out
+}
+
+fn up_header(o: &Observed, name: &str) -> Option<String> {
+    o.upstream.as_ref()?.headers.get(name).map(|v| v.join(","))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_add_replace_remove_on_request_and_response() {
+    let config = serde_json::json!({
+        "request_headers": {"add": [["x-added", "a1"], ["x-multi", "two"]], "replace": [["x-replaced", "new"]], "remove": ["x-remove-me"]},
+        "response_headers": {"add": [["x-resp-added", "r1"]], "replace": [["content-type", "text/replaced"]], "remove": ["x-echo-upstream-gone"]},
+    });
+    let req = Req {
+        method: "GET",
+        path: "/headers?q=1",
+        headers: vec![
+            ("x-replaced", "old"),
+            ("x-remove-me", "1"),
+            ("x-multi", "one"),
+        ],
+        body: "",
+    };
+    let obs = parity("headers", config, &[], Duration::ZERO, &[req]).await;
+    let o = &obs[0].1;
+    assert_eq!(o.status, 200);
+    assert_eq!(up_header(o, "x-added").as_deref(), Some("a1"));
+    assert_eq!(up_header(o, "x-replaced").as_deref(), Some("new"));
+    assert_eq!(up_header(o, "x-remove-me"), None);
+    assert_eq!(up_header(o, "x-multi").as_deref(), Some("one,two"));
+    assert_eq!(
+        o.client_headers.get("x-resp-added"),
+        Some(&vec!["r1".to_string()])
+    );
+    assert_eq!(
+        o.client_headers.get("content-type"),
+        Some(&vec!["text/replaced".to_string()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_response_body_read_and_rewrite() {
+    let config = serde_json::json!({
+        "request_body": {"prefix": "<", "suffix": ">"},
+        "response_body": {"replace": "rewritten by the filter"},
+    });
+    let req = Req {
+        method: "POST",
+        path: "/body",
+        headers: vec![("content-type", "text/plain")],
+        body: "hello",
+    };
+    let obs = parity("body", config, &[], Duration::ZERO, &[req]).await;
+    let (reply, o) = &obs[0];
+    assert_eq!(o.status, 200);
+    assert_eq!(reply.body, "rewritten by the filter");
+    // The rewritten response is not the echo, so the upstream's view is not visible here;
+    // the request body rewrite is checked by the next request kind below.
+    assert!(o.upstream.is_none());
+    let config = serde_json::json!({"request_body": {"prefix": "<", "suffix": ">"}});
+    let req = Req {
+        method: "POST",
+        path: "/body",
+        headers: vec![("content-type", "text/plain")],
+        body: "hello",
+    };
+    let obs = parity("body2", config, &[], Duration::ZERO, &[req]).await;
+    let up = obs[0].1.upstream.as_ref().expect("reached upstream");
+    assert_eq!(up.body, "<hello>");
+    assert_eq!(up.method, "POST");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_responses() {
+    let config = serde_json::json!({
+        "local_reply": {"status": 403, "body": "denied", "headers": [["x-local", "1"], ["content-type", "application/problem+json"]], "when_header": "x-deny"},
+        "response_headers": {"add": [["x-resp-added", "r1"]]},
+    });
+    let deny = Req {
+        method: "GET",
+        path: "/private",
+        headers: vec![("x-deny", "1")],
+        body: "",
+    };
+    let empty = serde_json::json!({"local_reply": {"status": 401}});
+    let obs = parity(
+        "local",
+        config,
+        &[],
+        Duration::ZERO,
+        &[deny, get("/public")],
+    )
+    .await;
+    assert_eq!(obs[0].1.status, 403);
+    assert_eq!(obs[0].0.body, "denied");
+    assert_eq!(obs[0].0.header("x-local"), Some("1"));
+    assert!(obs[0].1.upstream.is_none());
+    assert_eq!(obs[1].1.status, 200);
+    let obs = parity("local-empty", empty, &[], Duration::ZERO, &[get("/x")]).await;
+    assert_eq!(obs[0].1.status, 401);
+    assert_eq!(obs[0].0.body, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_call_and_its_answer() {
+    let config = serde_json::json!({"http_call": {"cluster": "upstream", "path": "/fixed", "timeout_ms": 2000}});
+    let obs = parity("call", config, &[], Duration::ZERO, &[get("/with-call")]).await;
+    let o = &obs[0].1;
+    assert_eq!(o.status, 200);
+    assert_eq!(up_header(o, "x-call-status").as_deref(), Some("200"));
+    assert_eq!(up_header(o, "x-call-body-bytes").as_deref(), Some("9"));
+
+    let config = serde_json::json!({"http_call": {"cluster": "upstream", "path": "/fixed-status/403", "deny_on_status": 403}});
+    let obs = parity("call-deny", config, &[], Duration::ZERO, &[get("/denied")]).await;
+    assert_eq!(obs[0].1.status, 403);
+    assert_eq!(obs[0].0.body, "fixed-403");
+    assert_eq!(obs[0].0.header("x-denied-by-callout"), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Envoy answers a failed call with its router's local reply (503 on a refused connection, 504 on
+/// a timeout); keyrealm-host does the same.
+async fn failed_and_timed_out_http_calls_answer_like_envoys_router() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let config = serde_json::json!({"http_call": {"cluster": "dead", "path": "/x", "timeout_ms": 1000, "copy_body": true}});
+    let obs = parity(
+        "call-dead",
+        config,
+        &[("dead", dead)],
+        Duration::ZERO,
+        &[get("/a")],
+    )
+    .await;
+    assert_eq!(
+        up_header(&obs[0].1, "x-call-status").as_deref(),
+        Some("503")
+    );
+    assert_eq!(
+        up_header(&obs[0].1, "x-call-body").as_deref(),
+        Some("upstream connect error or disconnect/reset before headers. reset reason: remote connection failure")
+    );
+    let config = serde_json::json!({"http_call": {"cluster": "upstream", "path": "/slow", "timeout_ms": 200, "copy_body": true}});
+    let obs = parity("call-slow", config, &[], Duration::ZERO, &[get("/b")]).await;
+    assert_eq!(
+        up_header(&obs[0].1, "x-call-status").as_deref(),
+        Some("504")
+    );
+    assert_eq!(
+        up_header(&obs[0].1, "x-call-body").as_deref(),
+        Some("upstream request timeout")
+    );
+    let config = serde_json::json!({"http_call": {"cluster": "nosuchcluster", "path": "/x"}});
+    let obs = parity("call-unknown", config, &[], Duration::ZERO, &[get("/c")]).await;
+    assert_eq!(
+        up_header(&obs[0].1, "x-call-status").as_deref(),
+        Some("dispatch-error-2")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_data_with_cas_and_tick() {
+    let config = serde_json::json!({"shared_counter": "requests", "tick_ms": 20});
+    let obs = parity(
+        "shared",
+        config,
+        &[],
+        Duration::from_millis(400),
+        &[get("/1"), get("/2")],
+    )
+    .await;
+    assert_eq!(up_header(&obs[0].1, "x-shared-count").as_deref(), Some("1"));
+    assert_eq!(up_header(&obs[1].1, "x-shared-count").as_deref(), Some("2"));
+    assert_eq!(up_header(&obs[1].1, "x-ticked").as_deref(), Some("yes"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn properties() {
+    let config = serde_json::json!({
+        "properties": ["request.path", "request.url_path", "request.query", "request.method", "request.host",
+                       "request.scheme", "request.protocol", "request.headers.x-custom", "plugin_name",
+                       "plugin_root_id", "no.such.property"],
+        "response_properties": ["response.code"],
+    });
+    let req = Req {
+        method: "PUT",
+        path: "/p/q?a=1&b=2",
+        headers: vec![("x-custom", "custom-value")],
+        body: "x",
+    };
+    let obs = parity("props", config, &[], Duration::ZERO, &[req]).await;
+    let o = &obs[0].1;
+    assert_eq!(
+        up_header(o, "x-prop-request-path").as_deref(),
+        Some("/p/q?a=1&b=2")
+    );
+    assert_eq!(
+        up_header(o, "x-prop-request-method").as_deref(),
+        Some("PUT")
+    );
+    assert_eq!(up_header(o, "x-prop-plugin_name").as_deref(), Some("props"));
+    assert_eq!(
+        o.client_headers.get("x-prop-response-code"),
+        Some(&vec!["200".to_string()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_defined_by_the_filter() {
+    let config = serde_json::json!({"metrics_prefix": "abi_test_"});
+    let obs = parity(
+        "metrics",
+        config,
+        &[],
+        Duration::ZERO,
+        &[get("/1"), post_body()],
+    )
+    .await;
+    assert_eq!(
+        up_header(&obs[0].1, "x-metric-requests").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        up_header(&obs[1].1, "x-metric-requests").as_deref(),
+        Some("2")
+    );
+}
+
+fn post_body() -> Req {
+    Req {
+        method: "POST",
+        path: "/2",
+        headers: vec![],
+        body: "abc",
+    }
+}
