@@ -170,10 +170,10 @@ impl MetricsRegistry {
             let name = prometheus_name(&m.name);
             match m.kind {
                 MetricKind::Counter => {
-                    let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", m.value as u64);
+                    let _ = writeln!(out, "# TYPE {name} counter\n{name}{{}} {}", m.value as u64);
                 }
                 MetricKind::Gauge => {
-                    let _ = writeln!(out, "# TYPE {name} gauge\n{name} {}", m.value);
+                    let _ = writeln!(out, "# TYPE {name} gauge\n{name}{{}} {}", m.value);
                 }
                 MetricKind::Histogram => {
                     let _ = writeln!(out, "# TYPE {name} histogram");
@@ -229,7 +229,7 @@ mod tests {
         assert_eq!(r.get(g), Ok(5));
         assert_eq!(r.get(99), Err(Status::NotFound));
         let text = r.render_prometheus();
-        assert!(text.contains("hits_total 2\n"), "{text}");
-        assert!(text.contains("\ng 5\n"), "{text}");
+        assert!(text.contains("hits_total{} 2\n"), "{text}");
+        assert!(text.contains("\ng{} 5\n"), "{text}");
     }
 }

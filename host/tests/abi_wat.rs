@@ -313,7 +313,7 @@ fn statuses_are_the_ones_the_sdk_expects() {
     assert_eq!(call(&mut vm, "t_increment_unknown_metric", root, &[]), 1);
     assert_eq!(call(&mut vm, "t_get_metric", root, &[]), 0);
     assert_eq!(call(&mut vm, "t_metric_value", root, &[]), 5);
-    assert!(p.metrics.render_prometheus().contains("\nmetric_a 5\n"));
+    assert!(p.metrics.render_prometheus().contains("\nmetric_a{} 5\n"));
     // set_effective_context: Ok | BadArgument
     assert_eq!(call(&mut vm, "t_bad_effective_context", id, &[]), 2);
     // shared queues: register Ok; enqueue Ok | NotFound; dequeue Ok | Empty | NotFound

@@ -145,9 +145,31 @@ async fn parity(
         );
         out.push((from_host, h));
     }
+    let envoy_stats = common::get(envoy.admin, "/stats/prometheus").await.body;
+    let host_stats = common::get(host.admin_addr().expect("admin"), "/stats/prometheus")
+        .await
+        .body;
+    STATS.with(|s| *s.borrow_mut() = (envoy_stats, host_stats));
     host.shutdown().await;
     drop(envoy);
     out
+}
+
+thread_local! {
+    /// The Prometheus text of Envoy and of keyrealm-host at the end of the last scenario run on
+    /// this thread.
+    static STATS: std::cell::RefCell<(String, String)> = const { std::cell::RefCell::new((String::new(), String::new())) };
+}
+
+/// Sample lines (no comments) that mention `needle`, sorted.
+fn samples(text: &str, needle: &str) -> Vec<String> {
+    let mut v: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(needle))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
 }
 
 fn up_header(o: &Observed, name: &str) -> Option<String> {
@@ -375,6 +397,19 @@ async fn metrics_defined_by_the_filter() {
         up_header(&obs[1].1, "x-metric-requests").as_deref(),
         Some("2")
     );
+    let (envoy_stats, host_stats) = STATS.with(|s| s.borrow().clone());
+    let envoy_counter = samples(&envoy_stats, "abi_test_requests");
+    assert_eq!(
+        samples(&host_stats, "abi_test_requests"),
+        envoy_counter,
+        "envoy: {envoy_stats}"
+    );
+    assert_eq!(
+        samples(&host_stats, "abi_test_last_path_length"),
+        samples(&envoy_stats, "abi_test_last_path_length")
+    );
+    assert_eq!(envoy_counter.len(), 1, "{envoy_stats}");
+    assert!(envoy_counter[0].ends_with(" 2"), "{envoy_counter:?}");
 }
 
 fn post_body() -> Req {
