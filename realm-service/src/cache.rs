@@ -51,6 +51,13 @@ pub enum KeyAnswer {
     NotFound,
 }
 
+/// What [`AuthCache::lookup`] found (None: not cached).
+pub struct Snapshot {
+    pub control_plane: Option<Uuid>,
+    pub realm: Option<Option<Arc<RealmPolicy>>>,
+    pub key: Option<KeyAnswer>,
+}
+
 #[derive(Default)]
 struct Maps {
     tokens: HashMap<SecretHash, Uuid>,
@@ -94,6 +101,17 @@ impl AuthCache {
         // the look-up began, so its answer is still true.
         if self.generation.load(Ordering::Acquire) == generation.0 {
             f(&mut maps);
+        }
+    }
+
+    /// Everything the authenticate path may find, under one read lock: the token's control
+    /// plane, and (when the request named a realm and a secret) the realm's policy and the key.
+    pub fn lookup(&self, token: &SecretHash, key: Option<(&Uuid, &SecretHash)>) -> Snapshot {
+        let maps = self.maps.read();
+        Snapshot {
+            control_plane: maps.tokens.get(token).copied(),
+            realm: key.and_then(|(realm, _)| maps.realms.get(realm).cloned()),
+            key: key.and_then(|(realm, hash)| maps.keys.get(&(*realm, *hash)).cloned()),
         }
     }
 

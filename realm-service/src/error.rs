@@ -2,14 +2,12 @@
 //! returns and which renders as `application/problem+json`.
 //!
 //! Handlers do not know the request path, so an [`ApiError`] travels to the outer middleware as a
-//! response extension; [`problem_middleware`] fills in `instance` and writes the body. The same
-//! middleware turns any other 4xx/5xx (axum's 404/405 fallbacks, tower-http's 413, extractor
-//! rejections) into problem+json, so no error leaves the service in another shape.
+//! response extension; [`to_problem`] fills in `instance` and writes the body. It also turns any
+//! other 4xx/5xx (axum's 404/405 fallbacks, extractor rejections) into problem+json, so no error
+//! leaves the service in another shape.
 
 use axum::body::Body;
-use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -73,7 +71,7 @@ pub struct Problem {
     pub negative_ttl: Option<i64>,
 }
 
-/// An error answer of the API. Rendered by [`problem_middleware`].
+/// An error answer of the API. Rendered by [`to_problem`].
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -167,16 +165,15 @@ impl IntoResponse for ApiError {
 /// Content type of every error answer.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// Renders [`ApiError`]s left by handlers, and converts every other error answer to problem+json.
-pub async fn problem_middleware(request: Request, next: Next) -> Response {
-    let instance = request.uri().path().to_string();
-    let response = next.run(request).await;
-    if let Some(error) = response.extensions().get::<ApiError>().cloned() {
-        return render(error, instance, response);
-    }
+/// Renders an [`ApiError`] left by a handler, and converts every other error answer (axum's
+/// rejections and fallbacks) to problem+json. `instance` is the request path.
+pub async fn to_problem(response: Response, instance: &str) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
+    }
+    if let Some(error) = response.extensions().get::<ApiError>().cloned() {
+        return render(error, instance, response);
     }
     let already = response
         .headers()
@@ -185,8 +182,8 @@ pub async fn problem_middleware(request: Request, next: Next) -> Response {
     if already {
         return response;
     }
-    // An answer produced by axum or tower-http (rejection text, empty 404/405, 413): keep its
-    // message as the detail, never more than a short text.
+    // An answer produced by axum (rejection text, empty 404/405): keep its message as the
+    // detail, never more than a short text.
     let (parts, body) = response.into_parts();
     let text = match axum::body::to_bytes(body, 4096).await {
         Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
@@ -206,13 +203,11 @@ pub async fn problem_middleware(request: Request, next: Next) -> Response {
     if status == StatusCode::BAD_REQUEST {
         error.invalid_parameters = vec![InvalidParameter::new("request", "invalid", detail)];
     }
-    let mut rebuilt = Response::from_parts(parts, Body::empty());
-    rebuilt.headers_mut().remove(header::CONTENT_LENGTH);
-    render(error, instance, rebuilt)
+    render(error, instance, Response::from_parts(parts, Body::empty()))
 }
 
-fn render(error: ApiError, instance: String, response: Response) -> Response {
-    let problem = error.into_problem(instance);
+fn render(error: ApiError, instance: &str, response: Response) -> Response {
+    let problem = error.into_problem(instance.to_string());
     let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());
     let (mut parts, _) = response.into_parts();
     parts.extensions.remove::<ApiError>();

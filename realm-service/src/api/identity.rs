@@ -81,45 +81,23 @@ async fn answer(
             "a data-plane token is required: Authorization: Bearer <token>",
         ));
     };
-    let control_plane = control_plane_of(state, secrets::hash(token)).await?;
-
-    let realm = match realm_id {
-        Ok(Path(text)) => parse_id("realmId", &text)?,
-        Err(rejection) => {
-            return Err(ApiError::invalid_field(
-                "realmId",
-                "path",
-                rejection.body_text(),
-            ))
-        }
-    };
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body is larger than 1 MiB",
-            )
-        } else {
-            ApiError::invalid_field("body", "readable", rejection.body_text())
-        }
-    })?;
-    let request: AuthenticateRequest = parse_json(&body)?;
-    if request.secret.is_empty() {
-        return Err(ApiError::invalid_field(
-            "secret",
-            "min_length",
-            "must not be empty",
-        ));
-    }
-    let secret = secrets::hash(&request.secret);
-
+    let token = secrets::hash(token);
+    // Parsed now, reported after the token check (an unknown token is 401 whatever the body).
+    let request = parse_request(realm_id, body);
     let cache = state.cache();
     let generation = cache.generation();
-    let cached_policy = cache.realm(&realm);
-    let cached_key = cache.key(&realm, &secret);
-    state.metrics().cache(cached_key.is_some());
+    let snapshot = cache.lookup(
+        &token,
+        request.as_ref().ok().map(|(realm, secret)| (realm, secret)),
+    );
+    let control_plane = match snapshot.control_plane {
+        Some(cp) => cp,
+        None => control_plane_of(state, token).await?,
+    };
+    let (realm, secret) = request?;
+    state.metrics().cache(snapshot.key.is_some());
 
-    let (policy, key) = match (cached_policy, cached_key) {
+    let (policy, key) = match (snapshot.realm, snapshot.key) {
         (Some(policy), Some(key)) => (policy, key),
         (cached_policy, cached_key) => {
             let (policy, key) = state
@@ -166,6 +144,46 @@ async fn answer(
         KeyAnswer::Found { body, .. } => Ok(body),
         KeyAnswer::NotFound => Err(not_found()),
     }
+}
+
+/// The realm id and the SHA-256 of the secret, or the 400/413 that the request deserves.
+fn parse_request(
+    realm_id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Uuid, SecretHash), ApiError> {
+    let realm = match realm_id {
+        Ok(Path(text)) => parse_id("realmId", &text)?,
+        Err(rejection) => {
+            return Err(ApiError::invalid_field(
+                "realmId",
+                "path",
+                rejection.body_text(),
+            ))
+        }
+    };
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body is larger than 1 MiB",
+            )
+        } else {
+            ApiError::invalid_field("body", "readable", rejection.body_text())
+        }
+    })?;
+    // The common case straight through serde_json; the slower path only to name what is wrong.
+    let request: AuthenticateRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(_) => parse_json(&body)?,
+    };
+    if request.secret.is_empty() {
+        return Err(ApiError::invalid_field(
+            "secret",
+            "min_length",
+            "must not be empty",
+        ));
+    }
+    Ok((realm, secrets::hash(&request.secret)))
 }
 
 /// The control plane a data-plane token belongs to (401 for an unknown token).

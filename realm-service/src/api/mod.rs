@@ -12,15 +12,14 @@ use std::time::Instant;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
-use axum::middleware::{from_fn, from_fn_with_state, Next};
+use axum::middleware::{from_fn_with_state, Next};
 use axum::response::Response;
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use rusqlite::Row;
-use tower_http::limit::RequestBodyLimitLayer;
 use uuid::Uuid;
 
-use crate::error::{problem_middleware, ApiError};
+use crate::error::{to_problem, ApiError};
 use crate::secrets;
 use crate::state::AppState;
 
@@ -90,27 +89,29 @@ pub fn app(state: AppState) -> Router {
     }
     router
         .fallback(|| async { ApiError::not_found("no such route") })
+        // Every body extractor (ApiJson, Bytes) stops reading past 1 MiB and answers 413.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(from_fn_with_state(state.clone(), observe))
-        .layer(from_fn(problem_middleware))
         .with_state(state)
 }
 
-/// Counts every request by route template and status, and logs it (never headers or bodies:
-/// they may hold keys and tokens).
+/// Turns error answers into problem+json, counts every request by route template and status,
+/// and logs it at debug level (never headers or bodies: they may hold keys and tokens).
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
+    let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
+    let uri = request.uri().clone();
     let route = request.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(request).await;
+    let response = to_problem(next.run(request).await, uri.path()).await;
     let route = route
         .as_ref()
         .map(MatchedPath::as_str)
         .unwrap_or("unmatched");
     let status = response.status().as_u16();
     state.metrics().request(route, status);
-    tracing::debug!(%method, route, status, elapsed_us = started.elapsed().as_micros() as u64, "request");
+    if let Some(started) = started {
+        let elapsed_us = started.elapsed().as_micros() as u64;
+        tracing::debug!(route, status, elapsed_us, "request");
+    }
     response
 }
 

@@ -45,6 +45,11 @@ async fn a_body_over_1_mib_is_413() {
         .body(Body::from(big_secret))
         .unwrap();
     app.send(request).await.problem(413);
+    // Still one authenticate call, counted.
+    assert_eq!(
+        app.metric("realm_service_authenticate_total{result=\"bad_request\"}").await,
+        1
+    );
     // Streaming, without a content-length: still refused.
     let chunks: Vec<Result<String, std::io::Error>> =
         (0..20).map(|_| Ok("y".repeat(64 * 1024))).collect();

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# realm-service benchmark, one run, side by side on the same machine:
+#  1. authenticate throughput and p99 for a warm key vs a bare axum handler returning a fixed 201
+#     (wrk, same script, same connections), reported as a ratio;
+#  2. cold-cache look-up latency with 1,000 vs 1,000,000 keys in the database, and its size.
+# Usage: bench/realm-service/run.sh   (env: DURATION=10s CONNECTIONS=32 ROUNDS=2 KEYS=1000,1000000)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+DURATION="${DURATION:-10s}"
+CONNECTIONS="${CONNECTIONS:-32}"
+ROUNDS="${ROUNDS:-2}"
+KEYS="${KEYS:-1000,1000000}"
+LOOKUPS="${LOOKUPS:-2000}"
+command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)" >&2; exit 1; }
+
+cargo build --quiet --release -p realm-service --bin realm-service --example bare_201 --example lookup_latency
+BIN="$CARGO_TARGET_DIR/release"
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Waits for "listening on ADDR" in a log file and prints ADDR.
+listening_addr() {
+  for _ in $(seq 1 100); do
+    addr="$(grep -o 'listening on [0-9.:]*' "$1" | head -1 | awk '{print $3}')" || true
+    if [ -n "${addr:-}" ]; then echo "$addr"; return 0; fi
+    sleep 0.1
+  done
+  echo "no 'listening on' in $1" >&2; cat "$1" >&2; return 1
+}
+
+"$BIN/examples/bare_201" 127.0.0.1:0 2>"$WORK/bare.log" & PIDS+=($!)
+REALM_ADMIN_TOKEN=bench-admin REALM_LOG=warn,realm_service=info \
+  "$BIN/realm-service" serve --listen 127.0.0.1:0 --database "$WORK/realm.db" 2>"$WORK/realm.log" & PIDS+=($!)
+BARE="$(listening_addr "$WORK/bare.log")"
+REALM="$(listening_addr "$WORK/realm.log")"
+
+api() { # method path [body] -> JSON
+  curl -sf --max-time 10 -X "$1" -H 'Authorization: Bearer bench-admin' \
+    -H 'Content-Type: application/json' "http://$REALM$2" ${3:+-d "$3"}
+}
+field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+CP="$(api POST /v2/control-planes '{"name":"bench"}' | field id)"
+export DP_TOKEN="$(api POST "/v2/control-planes/$CP/data-plane-tokens" '{}' | field token)"
+REALM_ID="$(api POST /v1/realms "{\"name\":\"bench\",\"allowed_control_planes\":[\"$CP\"]}" | field id)"
+CONSUMER="$(api POST "/v1/realms/$REALM_ID/consumers" '{"username":"Ariel"}' | field id)"
+export SECRET="$(api POST "/v1/realms/$REALM_ID/consumers/$CONSUMER/keys" '{"type":"new"}' | field secret)"
+PATH_AUTH="/$REALM_ID/v0/authenticate"
+# The key is warm from here on (first call fills the cache).
+test "$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -H "Authorization: Bearer $DP_TOKEN" \
+  -H 'Content-Type: application/json' -d "{\"secret\":\"$SECRET\"}" "http://$REALM$PATH_AUTH")" = 201
+
+LUA="bench/realm-service/post.lua"
+bench() { # name url -> "rps p99_us"
+  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$LUA" "$2" > "$WORK/$1.txt"
+  python3 - "$WORK/$1.txt" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+value, unit = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M).groups()
+p99 = float(value) * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
+non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+if non2xx:
+    sys.exit(f"{sys.argv[1]}: {non2xx.group(1)} non-2xx answers")
+print(f"{rps:.0f} {p99:.0f}")
+PY
+}
+
+echo "== authenticate (warm key) vs bare axum 201: wrk -t1 -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $(nproc) cores"
+wrk -t1 -c"$CONNECTIONS" -d2s -s "$LUA" "http://$BARE$PATH_AUTH" >/dev/null
+wrk -t1 -c"$CONNECTIONS" -d2s -s "$LUA" "http://$REALM$PATH_AUTH" >/dev/null
+TOTAL_BARE=0; TOTAL_AUTH=0
+for round in $(seq 1 "$ROUNDS"); do
+  read -r bare_rps bare_p99 <<<"$(bench "bare$round" "http://$BARE$PATH_AUTH")"
+  read -r auth_rps auth_p99 <<<"$(bench "auth$round" "http://$REALM$PATH_AUTH")"
+  echo "round $round: bare ${bare_rps} req/s p99 ${bare_p99}us | authenticate ${auth_rps} req/s p99 ${auth_p99}us | ratio $(python3 -c "print(f'{$auth_rps/$bare_rps:.2f}')")"
+  TOTAL_BARE=$((TOTAL_BARE + bare_rps)); TOTAL_AUTH=$((TOTAL_AUTH + auth_rps))
+done
+echo "throughput ratio authenticate/bare over all rounds: $(python3 -c "print(f'{$TOTAL_AUTH/$TOTAL_BARE:.2f}')") (target >= 0.80)"
+curl -s --max-time 10 "http://$REALM/metrics" | grep -E '^realm_service_authenticate_(cache_)?total\{result="(hit|miss|found|not_found)"\}'
+
+echo "== cold-cache look-up latency by database size ($LOOKUPS distinct keys each, one request at a time)"
+"$BIN/examples/lookup_latency" --keys "$KEYS" --lookups "$LOOKUPS" --dir "$WORK"

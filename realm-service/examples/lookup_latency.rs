@@ -1,0 +1,261 @@
+//! Benchmark: authenticate look-up latency with a cold in-process cache, for databases holding
+//! different numbers of keys (default 1,000 and 1,000,000), plus the database size. The keys are
+//! loaded straight into SQLite (through the service's own schema), then the service is started
+//! in-process and asked over HTTP, one request at a time on a keep-alive connection, for keys
+//! it has never seen (each a cache miss: one indexed SQLite probe).
+//!
+//! `cargo run --release -p realm-service --example lookup_latency -- [--keys 1000,1000000] [--lookups 2000] [--dir DIR]`
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use realm_service::{spawn, ServiceConfig};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const ADMIN: &str = "bench-admin";
+const CONSUMERS: usize = 1000;
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+async fn call(http: &HttpClient, base: &str, path: &str, token: &str, body: Value) -> (u16, Value) {
+    let request = hyper::Request::builder()
+        .method("POST")
+        .uri(format!("{base}{path}"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    let response = tokio::time::timeout(Duration::from_secs(30), http.request(request))
+        .await
+        .expect("timeout")
+        .expect("request");
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// Loads `keys` keys (secrets `bench-key-<i>`) spread over [`CONSUMERS`] consumers of `realm`.
+fn load_keys(database: &Path, realm: &str, keys: usize) -> rusqlite::Result<()> {
+    let mut conn = rusqlite::Connection::open(database)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    let tx = conn.transaction()?;
+    let mut consumers = Vec::with_capacity(CONSUMERS);
+    {
+        let mut insert = tx.prepare(
+            "INSERT INTO consumers (id, realm_id, username, custom_id, type, tags, consumer_groups,
+                created_at, updated_at) VALUES (?1, ?2, ?3, NULL, NULL, '[]', '[]', 0, 0)",
+        )?;
+        for i in 0..CONSUMERS {
+            let id = uuid::Uuid::new_v4().to_string();
+            insert.execute(rusqlite::params![id, realm, format!("bench-{i}")])?;
+            consumers.push(id);
+        }
+        let mut insert = tx.prepare(
+            "INSERT INTO keys (id, consumer_id, realm_id, type, secret_hash, tags, created_at,
+                updated_at, expires_at) VALUES (?1, ?2, ?3, 'legacy', ?4, '[]', 0, 0, NULL)",
+        )?;
+        for i in 0..keys {
+            let hash = Sha256::digest(format!("bench-key-{i}").as_bytes());
+            insert.execute(rusqlite::params![
+                uuid::Uuid::new_v4().to_string(),
+                consumers[i % CONSUMERS],
+                realm,
+                &hash[..]
+            ])?;
+        }
+    }
+    tx.commit()?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    Ok(())
+}
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn summary(label: &str, mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
+    format!(
+        "{label}: n={} mean={:.0}us p50={:.0}us p99={:.0}us max={:.0}us",
+        samples.len(),
+        mean.as_secs_f64() * 1e6,
+        percentile(&samples, 0.50).as_secs_f64() * 1e6,
+        percentile(&samples, 0.99).as_secs_f64() * 1e6,
+        samples.last().map(|d| d.as_secs_f64() * 1e6).unwrap_or(0.0),
+    )
+}
+
+/// A small deterministic generator: enough to pick keys spread over the whole table.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, bound: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as usize) % bound
+    }
+}
+
+async fn run(dir: &Path, keys: usize, lookups: usize) {
+    let database = dir.join(format!("lookup-{keys}.db"));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", database.display()));
+    }
+    let mut config = ServiceConfig::new(database.clone());
+    config.admin_token = Some(ADMIN.to_string());
+    let service = spawn(config).await.expect("spawn");
+    let base = format!("http://{}", service.local_addr());
+    let http: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1)
+        .build_http();
+
+    let (_, cp) = call(
+        &http,
+        &base,
+        "/v2/control-planes",
+        ADMIN,
+        json!({"name": "bench"}),
+    )
+    .await;
+    let cp = cp["id"].as_str().expect("cp").to_string();
+    let (_, token) = call(
+        &http,
+        &base,
+        &format!("/v2/control-planes/{cp}/data-plane-tokens"),
+        ADMIN,
+        json!({}),
+    )
+    .await;
+    let token = token["token"].as_str().expect("token").to_string();
+    let (_, realm) = call(
+        &http,
+        &base,
+        "/v1/realms",
+        ADMIN,
+        json!({"name": "bench", "allowed_control_planes": [cp]}),
+    )
+    .await;
+    let realm = realm["id"].as_str().expect("realm").to_string();
+
+    let started = Instant::now();
+    let db = database.clone();
+    let realm_for_load = realm.clone();
+    tokio::task::spawn_blocking(move || load_keys(&db, &realm_for_load, keys))
+        .await
+        .expect("load task")
+        .expect("load keys");
+    let load_time = started.elapsed();
+    let size =
+        file_size(&database) + file_size(&PathBuf::from(format!("{}-wal", database.display())));
+
+    let path = format!("/{realm}/v0/authenticate");
+    let mut rng = Lcg(keys as u64);
+    let mut picked = std::collections::HashSet::new();
+    while picked.len() < lookups.min(keys) {
+        picked.insert(rng.next(keys));
+    }
+    let picked: Vec<usize> = picked.into_iter().collect();
+    // One warm-up call so the connection and the realm policy are in place.
+    call(&http, &base, &path, &token, json!({"secret": "warm-up"})).await;
+
+    let mut cold = Vec::with_capacity(picked.len());
+    for i in &picked {
+        let t = Instant::now();
+        let (status, _) = call(
+            &http,
+            &base,
+            &path,
+            &token,
+            json!({"secret": format!("bench-key-{i}")}),
+        )
+        .await;
+        cold.push(t.elapsed());
+        assert_eq!(status, 201, "bench-key-{i} not found");
+    }
+    let mut cold_miss = Vec::with_capacity(picked.len());
+    for i in 0..picked.len() {
+        let t = Instant::now();
+        let (status, _) = call(
+            &http,
+            &base,
+            &path,
+            &token,
+            json!({"secret": format!("absent-{i}")}),
+        )
+        .await;
+        cold_miss.push(t.elapsed());
+        assert_eq!(status, 404);
+    }
+    let mut warm = Vec::with_capacity(picked.len());
+    for i in &picked {
+        let t = Instant::now();
+        let (status, _) = call(
+            &http,
+            &base,
+            &path,
+            &token,
+            json!({"secret": format!("bench-key-{i}")}),
+        )
+        .await;
+        warm.push(t.elapsed());
+        assert_eq!(status, 201);
+    }
+    println!(
+        "keys={keys} db_size={:.1}MiB load={:.1}s",
+        size as f64 / (1024.0 * 1024.0),
+        load_time.as_secs_f64()
+    );
+    println!("  {}", summary("cold found    ", cold));
+    println!("  {}", summary("cold not found", cold_miss));
+    println!("  {}", summary("warm found    ", warm));
+    service.shutdown().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", database.display()));
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let mut keys = vec![1000usize, 1_000_000];
+    let mut lookups = 2000usize;
+    let mut dir = std::env::temp_dir();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next().unwrap_or_default();
+        match arg.as_str() {
+            "--keys" => {
+                keys = value
+                    .split(',')
+                    .map(|k| k.trim().parse().expect("--keys: comma-separated numbers"))
+                    .collect()
+            }
+            "--lookups" => lookups = value.parse().expect("--lookups: a number"),
+            "--dir" => dir = PathBuf::from(value),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    for n in keys {
+        run(&dir, n, lookups).await;
+    }
+}
