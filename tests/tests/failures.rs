@@ -112,6 +112,7 @@ async fn realm_failures(kind: GatewayKind) {
         || "no log line with the realm id and `realm_eu`".to_string(),
     );
     if let Some(line) = line {
+        eprintln!("realm failure log line: {line}");
         let lower = line.to_lowercase();
         c.check(
             "that log line is an error or warning and gives the cause (403)",
