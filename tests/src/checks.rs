@@ -54,8 +54,8 @@ impl Checks {
         let content_type = reply.header("content-type").unwrap_or("");
         self.check(
             &format!("{case} (content-type)"),
-            content_type.starts_with("application/json"),
-            || format!("expected application/json, got {content_type:?}"),
+            content_type == "application/json; charset=utf-8",
+            || format!("expected `application/json; charset=utf-8`, got {content_type:?}"),
         );
         if status == 401 {
             let www = reply.header("www-authenticate").unwrap_or("");

@@ -1,4 +1,5 @@
-//! A TCP server that accepts connections and never answers: a realm service that hangs.
+//! Misbehaving realm services: one that accepts connections and never answers, one that answers
+//! every request with a 500.
 
 use std::net::SocketAddr;
 
@@ -29,6 +30,39 @@ impl HangingServer {
 }
 
 impl Drop for HangingServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An HTTP server that answers every request with `500 Internal Server Error`.
+pub struct FailingServer {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FailingServer {
+    pub async fn start() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let app = axum::Router::new().fallback(|| async {
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "realm service broken on purpose",
+            )
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for FailingServer {
     fn drop(&mut self) {
         self.task.abort();
     }

@@ -8,7 +8,7 @@
 //! - [`echo`]: the echo upstream (also the `echo-upstream` binary used by `scripts/demo.sh`);
 //! - [`gateway`]: the gateway under test behind [`gateway::GatewayKind`], and the config renderer;
 //! - [`realm`]: the in-process realm service and its admin API client;
-//! - [`client`], [`checks`], [`hang`]: request helpers, an expectation collector, a hanging server.
+//! - [`client`], [`checks`], [`hang`]: request helpers, an expectation collector, broken realm services.
 //!
 //! Needs `ENVOY_BIN` (see `scripts/install-envoy.sh`) and the built filter; either missing is a
 //! test failure with a message saying what to run.
@@ -25,5 +25,5 @@ pub use checks::Checks;
 pub use client::{http_client, multipart, Reply, Upstream};
 pub use echo::EchoUpstream;
 pub use gateway::{Gateway, GatewayKind, GatewaySpec, TOKEN_ENV};
-pub use hang::HangingServer;
+pub use hang::{FailingServer, HangingServer};
 pub use realm::{RealmConsumer, RealmService};

@@ -34,6 +34,18 @@ async fn realm_answers_are_cached(kind: GatewayKind) {
         "consumers": [{"id": "cace0000-0000-4000-8000-000000000001", "username": "cp-user",
                        "keyauth_credentials": [{"id": "cace0000-0000-4000-8000-0000000000c1", "key": "cp-only-key"}]}],
     }));
+    // Room for 2 misses only: a flood of unknown keys must not evict the found entry.
+    let small_miss_cache = spec.listener(json!({
+        "identity_realms": [realm_entry(&world.realm_id, Some("us"))],
+        "realm_service": {
+            "clusters": {"us": "realm_us"}, "token": world.token, "timeout_ms": 2000,
+            "max_cached_not_found": 2,
+        },
+    }));
+    let flood_key = svc
+        .consumer_with_key(&world.realm_id, "flooded")
+        .await
+        .expect("consumer");
     let gateway = kind.start(&spec).await.expect("gateway");
     let http = http_client();
     let mut c = Checks::new();
@@ -114,6 +126,33 @@ async fn realm_answers_are_cached(kind: GatewayKind) {
     );
     c.eq(
         "20 requests with a cp key after a realm → 1 realm call (the miss is cached)",
+        calls().await - before,
+        1,
+    );
+
+    // Bounded caches: the found entry survives a flood of misses; misses beyond the bound are
+    // looked up again.
+    let before = calls().await;
+    let r = send(small_miss_cache, flood_key.secret.clone()).await;
+    c.status("bounded cache: realm key → 200", &r, 200);
+    for i in 0..REQUESTS {
+        send(small_miss_cache, format!("random-unknown-key-{i}")).await;
+    }
+    let r = send(small_miss_cache, flood_key.secret.clone()).await;
+    c.status(
+        "bounded cache: realm key after a flood of unknown keys → 200",
+        &r,
+        200,
+    );
+    c.eq(
+        "bounded cache: 1 call for the realm key + 1 per unknown key; none again for the realm key",
+        calls().await - before,
+        1 + REQUESTS as u64,
+    );
+    let before = calls().await;
+    send(small_miss_cache, "random-unknown-key-0".to_string()).await;
+    c.eq(
+        "bounded cache: an unknown key evicted by the flood is looked up again",
         calls().await - before,
         1,
     );

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use keyrealm_tests::fixtures::{cp_entry, realm_entry, RealmWorld};
 use keyrealm_tests::{
-    gateway_test, http_client, Checks, EchoUpstream, GatewayKind, GatewaySpec, HangingServer, Reply,
+    gateway_test, http_client, Checks, EchoUpstream, FailingServer, GatewayKind, GatewaySpec,
+    HangingServer, Reply,
 };
 use serde_json::json;
 
@@ -40,14 +41,16 @@ async fn realm_failures(kind: GatewayKind) {
         .await
         .expect("consumer");
     let hanging = HangingServer::start().await.expect("hanging server");
+    let failing = FailingServer::start().await.expect("failing server");
 
     let echo = EchoUpstream::start().await.expect("echo upstream");
     let mut spec = GatewaySpec::new(echo.addr());
     spec.cluster("realm_us", world.service.addr())
         .cluster("realm_eu", world.service.addr())
-        .cluster("realm_hang", hanging.addr());
+        .cluster("realm_hang", hanging.addr())
+        .cluster("realm_broken", failing.addr());
     let realm_service = json!({
-        "clusters": {"us": "realm_us", "eu": "realm_eu", "hang": "realm_hang"},
+        "clusters": {"us": "realm_us", "eu": "realm_eu", "hang": "realm_hang", "broken": "realm_broken"},
         "token": world.token,
         "timeout_ms": TIMEOUT_MS,
     });
@@ -72,6 +75,14 @@ async fn realm_failures(kind: GatewayKind) {
         "realm_service": realm_service,
         "consumers": [nobody],
         "anonymous": "nobody",
+    }));
+    let broken = spec.listener(json!({
+        "identity_realms": [realm_entry(&world.realm_id, Some("broken"))],
+        "realm_service": realm_service,
+    }));
+    let wrong_token = spec.listener(json!({
+        "identity_realms": [realm_entry(&world.realm_id, Some("us"))],
+        "realm_service": {"clusters": {"us": "realm_us"}, "token": "not-a-data-plane-token", "timeout_ms": TIMEOUT_MS},
     }));
     let gateway = kind.start(&spec).await.expect("gateway");
     let http = http_client();
@@ -126,6 +137,22 @@ async fn realm_failures(kind: GatewayKind) {
             || format!("line: {line}"),
         );
     }
+
+    // A realm service that answers 500, and one that refuses the data-plane token (401).
+    let (r, _) = timed(broken, &key.secret).await;
+    c.error(
+        "realm service answering 500 → 503",
+        &r,
+        503,
+        "Identity realm unavailable",
+    );
+    let (r, _) = timed(wrong_token, &key.secret).await;
+    c.error(
+        "realm service refusing the data-plane token (401) → 503, not 401",
+        &r,
+        503,
+        "Identity realm unavailable",
+    );
 
     // A realm service that accepts connections and never answers.
     let (r, elapsed) = timed(hangs, "some-key").await;

@@ -127,6 +127,22 @@ async fn kong_access_spec(kind: GatewayKind) {
         r.header("www-authenticate"),
         Some("Key"),
     );
+    let r = Reply::send(
+        "no key, with x-request-id",
+        get(plain, "/status/200").header("x-request-id", "e2e-request-7"),
+    )
+    .await;
+    c.error(
+        "missing credentials (x-request-id)",
+        &r,
+        401,
+        "No API key found in request",
+    );
+    c.eq(
+        "the error body carries the request's x-request-id",
+        r.json()["request_id"].as_str().map(str::to_string),
+        Some("e2e-request-7".to_string()),
+    );
     let r = Reply::send("no key, realm=kong", get(named_realm, "/status/200")).await;
     c.error(
         "missing credentials (realm set)",
