@@ -113,6 +113,11 @@ pub struct WasmFilterConfig {
     pub key_values: Vec<(String, String)>,
     /// `config.fail_open`.
     pub fail_open: bool,
+    /// `config.allow_on_headers_stop_iteration`: when false (Envoy's default), a filter that
+    /// pauses in its headers callback gets no body callback until it continues; when true, the
+    /// body is handed to it while the headers are paused, and continuing from the body
+    /// callback resumes the stream.
+    pub allow_on_headers_stop_iteration: bool,
 }
 
 /// How a cluster finds its endpoints.
@@ -450,7 +455,19 @@ fn parse_wasm(
     tc.allow(&["@type", "config"])?;
     tc.expect_type(WASM_TYPE)?;
     let c = tc.req("config")?.map()?;
-    c.allow(&["name", "root_id", "configuration", "vm_config", "fail_open"])?;
+    c.allow(&[
+        "name",
+        "root_id",
+        "configuration",
+        "vm_config",
+        "fail_open",
+        "allow_on_headers_stop_iteration",
+    ])?;
+    let allow_on_headers_stop_iteration = c
+        .opt("allow_on_headers_stop_iteration")
+        .map(|n| n.bool())
+        .transpose()?
+        .unwrap_or(false);
     let name = c
         .opt("name")
         .map(|n| n.string())
@@ -530,6 +547,7 @@ fn parse_wasm(
         host_env_keys,
         key_values,
         fail_open,
+        allow_on_headers_stop_iteration,
     })
 }
 

@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod log;
 pub mod metrics;
 mod proxy;
 pub mod upstream;
@@ -49,6 +50,11 @@ pub enum HostError {
     },
     #[error(transparent)]
     Vm(#[from] VmError),
+    #[error("{path}: cannot open the log file: {source}")]
+    LogFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -65,6 +71,14 @@ pub struct HostOptions {
     pub workers: Option<usize>,
     /// Per-instance limits.
     pub limits: VmLimits,
+    /// Values for `host_env_keys` that take precedence over the process environment (lets
+    /// in-process tests give each host its own environment).
+    pub env: Vec<(String, String)>,
+    /// Append the log (guest lines, host warnings and errors) to this file, like Envoy's
+    /// `--log-path`.
+    pub log_path: Option<std::path::PathBuf>,
+    /// Least proxy-wasm log level passed on (0 trace … 5 critical; default 2, info, as Envoy).
+    pub log_level: Option<u32>,
 }
 
 /// A running host.
@@ -74,6 +88,7 @@ pub struct RunningHost {
     shutdown: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     metrics: Arc<MetricsRegistry>,
+    log: Arc<log::HostLog>,
 }
 
 impl RunningHost {
@@ -90,6 +105,12 @@ impl RunningHost {
     /// The metrics registry (what `/stats/prometheus` shows).
     pub fn metrics(&self) -> &MetricsRegistry {
         &self.metrics
+    }
+
+    /// Everything logged so far (guest log lines, host warnings and errors), in Envoy's line
+    /// format.
+    pub fn log(&self) -> String {
+        self.log.text()
     }
 
     /// Stops accepting, closes open connections, and waits for the workers to end.
@@ -124,6 +145,13 @@ pub async fn start_with_options(
 
 fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHost, HostError> {
     let config = config::load(config_path)?;
+    let host_log = Arc::new(match &options.log_path {
+        Some(p) => log::HostLog::with_file(p).map_err(|source| HostError::LogFile {
+            path: p.display().to_string(),
+            source,
+        })?,
+        None => log::HostLog::default(),
+    });
     let metrics = Arc::new(MetricsRegistry::default());
     let shared_data = Arc::new(SharedData::default());
     let queues = Arc::new(SharedQueues::default());
@@ -159,7 +187,12 @@ fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHos
             // environment (absent ones are skipped), key_values adds fixed ones.
             let mut env = Vec::new();
             for k in &w.host_env_keys {
-                if let Ok(v) = std::env::var(k) {
+                let given = options
+                    .env
+                    .iter()
+                    .find(|(name, _)| name == k)
+                    .map(|(_, v)| v.clone());
+                if let Some(v) = given.or_else(|| std::env::var(k).ok()) {
                     env.push((k.clone(), v));
                 }
             }
@@ -173,6 +206,8 @@ fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHos
                 queues: queues.clone(),
                 metrics: metrics.clone(),
                 limits: options.limits,
+                log: host_log.clone(),
+                log_level: options.log_level.unwrap_or(2).min(5),
             }));
         }
         listeners.push((l.clone(), plugins));
@@ -252,6 +287,7 @@ fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHos
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
+                host_log.write(4, "main", &e.to_string());
                 stop(threads, &shutdown_tx);
                 return Err(HostError::Vm(e));
             }
@@ -283,6 +319,7 @@ fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHos
         shutdown: shutdown_tx,
         threads,
         metrics,
+        log: host_log,
     })
 }
 

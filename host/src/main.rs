@@ -18,6 +18,9 @@ struct Cli {
     /// Time budget of one call into a guest, in milliseconds.
     #[arg(long = "call-budget-ms", default_value_t = 1000)]
     call_budget_ms: u64,
+    /// Also append the log to this file (like Envoy's --log-path).
+    #[arg(long = "log-path")]
+    log_path: Option<PathBuf>,
     /// Memory limit of one instance, in MiB.
     #[arg(long = "memory-limit-mib", default_value_t = 256)]
     memory_limit_mib: usize,
@@ -52,6 +55,8 @@ fn main() -> ExitCode {
         let options = keyrealm_host::HostOptions {
             workers: cli.concurrency,
             limits,
+            log_path: cli.log_path.clone(),
+            ..Default::default()
         };
         let host = match keyrealm_host::start_with_options(&cli.config, options).await {
             Ok(h) => h,

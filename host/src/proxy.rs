@@ -273,6 +273,21 @@ async fn request_filter(
     if let Some(o) = early_outcome(handle) {
         return o;
     }
+    // Envoy (without allow_on_headers_stop_iteration) stops everything while the headers are
+    // paused: the body callback comes only after the filter continues.
+    let stop_all = !handle.filter.plugin.config.allow_on_headers_stop_iteration;
+    if action == Action::Pause && (stop_all || body.is_empty()) {
+        if let Some(o) = wait_resume(handle, Phase::Request).await {
+            return o;
+        }
+        action = Action::Continue;
+        let _ = handle.with_vm(|vm, id| {
+            if let Some(s) = vm.stream_mut(id) {
+                s.request_continued = false;
+            }
+            Ok(())
+        });
+    }
     if !body.is_empty() {
         let b = body.clone();
         let size = b.len();
@@ -335,6 +350,21 @@ async fn response_filter(handle: &ContextHandle, pending: &mut Pending) -> Outco
     };
     if let Some(o) = early_outcome(handle) {
         return o;
+    }
+    // Envoy (without allow_on_headers_stop_iteration) stops everything while the headers are
+    // paused: the body callback comes only after the filter continues.
+    let stop_all = !handle.filter.plugin.config.allow_on_headers_stop_iteration;
+    if action == Action::Pause && (stop_all || pending.body.is_empty()) {
+        if let Some(o) = wait_resume(handle, Phase::Response).await {
+            return o;
+        }
+        action = Action::Continue;
+        let _ = handle.with_vm(|vm, id| {
+            if let Some(s) = vm.stream_mut(id) {
+                s.response_continued = false;
+            }
+            Ok(())
+        });
     }
     if !pending.body.is_empty() {
         let b = pending.body.clone();

@@ -110,6 +110,11 @@ impl WorkerFilter {
                     if vm.is_broken() {
                         if let Err(e) = &result {
                             tracing::error!("{e}; replacing the instance");
+                            self.plugin.log.write(
+                                4,
+                                "wasm",
+                                &format!("{e}; replacing the instance"),
+                            );
                         }
                         self.ctx
                             .metrics
@@ -143,7 +148,14 @@ impl WorkerFilter {
                     .fetch_add(1, Ordering::Relaxed);
                 slot.vm = Some(vm);
             }
-            Err(e) => tracing::error!("cannot replace the failed instance: {e}"),
+            Err(e) => {
+                tracing::error!("cannot replace the failed instance: {e}");
+                self.plugin.log.write(
+                    4,
+                    "wasm",
+                    &format!("cannot replace the failed instance: {e}"),
+                );
+            }
         }
     }
 

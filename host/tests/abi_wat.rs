@@ -419,6 +419,7 @@ async fn failing_instances_are_replaced_and_requests_get_500_or_pass_with_fail_o
             call_budget: Duration::from_millis(200),
             ..VmLimits::default()
         },
+        ..HostOptions::default()
     };
     for fail_open in [false, true] {
         let spec = common::FilterSpec {
@@ -428,6 +429,7 @@ async fn failing_instances_are_replaced_and_requests_get_500_or_pass_with_fail_o
             configuration: "",
             fail_open,
             env: &[],
+            allow_stop_iteration: false,
         };
         let yaml = common::envoy_yaml(upstream, &[spec], &[]);
         let (host, _cfg) = common::start_host(&yaml, options.clone()).await;
@@ -474,6 +476,7 @@ async fn start_fails_when_on_configure_refuses() {
         configuration: "{}",
         fail_open: false,
         env: &[],
+        allow_stop_iteration: false,
     };
     let yaml = common::envoy_yaml(upstream, &[spec], &[]);
     let cfg = dir.path().join("envoy.yaml");

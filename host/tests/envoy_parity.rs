@@ -110,6 +110,18 @@ async fn parity(
     settle: Duration,
     requests: &[Req],
 ) -> Vec<(Reply, Observed)> {
+    parity_with(vm_id, config, false, extra_clusters, settle, requests).await
+}
+
+/// [`parity`] with `allow_on_headers_stop_iteration` set as given.
+async fn parity_with(
+    vm_id: &str,
+    config: Value,
+    allow_stop_iteration: bool,
+    extra_clusters: &[(&str, SocketAddr)],
+    settle: Duration,
+    requests: &[Req],
+) -> Vec<(Reply, Observed)> {
     let upstream = common::spawn_echo().await;
     let wasm = common::abi_test_filter_wasm();
     let configuration = config.to_string();
@@ -120,6 +132,7 @@ async fn parity(
         configuration: &configuration,
         fail_open: false,
         env: &[],
+        allow_stop_iteration,
     };
     let yaml = common::envoy_yaml(upstream, &[spec], extra_clusters);
     let envoy = common::start_envoy(&yaml, &[]).await;
@@ -419,4 +432,73 @@ fn post_body() -> Req {
         headers: vec![],
         body: "abc",
     }
+}
+
+/// A filter pausing its headers for a call while the body arrives: without
+/// allow_on_headers_stop_iteration the body waits until the filter continues; with it, the body
+/// is handed over at once, and a body callback that continues resumes the request early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_while_headers_are_paused_for_a_call() {
+    let post = || Req {
+        method: "POST",
+        path: "/paused",
+        headers: vec![("content-type", "text/plain")],
+        body: "payload",
+    };
+    let continues = serde_json::json!({"http_call": {"cluster": "upstream", "path": "/fixed", "body_continues": true}});
+    let pauses = serde_json::json!({"http_call": {"cluster": "upstream", "path": "/fixed"}});
+
+    let obs = parity_with(
+        "stop-all",
+        continues.clone(),
+        false,
+        &[],
+        Duration::ZERO,
+        &[post()],
+    )
+    .await;
+    let up = obs[0].1.upstream.as_ref().expect("reached upstream");
+    assert_eq!(up.body, "payload");
+    assert_eq!(
+        up_header(&obs[0].1, "x-call-status").as_deref(),
+        Some("200"),
+        "waited for the call"
+    );
+
+    let obs = parity_with(
+        "stop-iter-continue",
+        continues,
+        true,
+        &[],
+        Duration::ZERO,
+        &[post()],
+    )
+    .await;
+    assert_eq!(
+        obs[0].1.upstream.as_ref().map(|u| u.body.as_str()),
+        Some("payload")
+    );
+    assert_eq!(
+        up_header(&obs[0].1, "x-call-status"),
+        None,
+        "the body callback resumed the request early"
+    );
+
+    let obs = parity_with(
+        "stop-iter-pause",
+        pauses,
+        true,
+        &[],
+        Duration::ZERO,
+        &[post()],
+    )
+    .await;
+    assert_eq!(
+        obs[0].1.upstream.as_ref().map(|u| u.body.as_str()),
+        Some("payload")
+    );
+    assert_eq!(
+        up_header(&obs[0].1, "x-call-status").as_deref(),
+        Some("200")
+    );
 }

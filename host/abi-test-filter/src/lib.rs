@@ -70,6 +70,11 @@ pub struct Callout {
     /// Copy the answer's body to the upstream request in `x-call-body` (printable ASCII only).
     #[serde(default)]
     pub copy_body: bool,
+    /// Answer Continue from the request body callback even while the call is pending (what
+    /// the SDK's default does); shows whether the host hands the body over while the headers
+    /// are paused.
+    #[serde(default)]
+    pub body_continues: bool,
 }
 
 fn default_authority() -> String {
@@ -402,6 +407,14 @@ impl HttpContext for Stream {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if self.call.is_some() {
+            if self
+                .config
+                .http_call
+                .as_ref()
+                .is_some_and(|c| c.body_continues)
+            {
+                return Action::Continue;
+            }
             // Keep the request waiting for the call's answer.
             return Action::Pause;
         }

@@ -23,8 +23,8 @@ pub enum VmError {
     UnsupportedAbi { plugin: String },
     #[error("plugin {plugin}: on_vm_start failed")]
     VmStartFailed { plugin: String },
-    #[error("plugin {plugin}: on_configure refused the plugin configuration")]
-    ConfigureRefused { plugin: String },
+    #[error("plugin {plugin}: on_configure refused the plugin configuration{}", detail(.log))]
+    ConfigureRefused { plugin: String, log: Vec<String> },
     #[error("plugin {plugin}: the guest trapped in {call}: {message}")]
     Trap {
         plugin: String,
@@ -45,6 +45,14 @@ impl VmError {
     /// Whether the instance that returned this error can still be used.
     pub fn instance_usable(&self) -> bool {
         false
+    }
+}
+
+fn detail(log: &[String]) -> String {
+    if log.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", log.join("; "))
     }
 }
 
@@ -217,9 +225,11 @@ impl VmInstance {
                 f.call(s, (root as i32, config_len))
             })?;
             if ok == 0 {
-                return Err(VmError::ConfigureRefused { plugin: name });
+                let log = vm.store.data_mut().start_errors.take().unwrap_or_default();
+                return Err(VmError::ConfigureRefused { plugin: name, log });
             }
         }
+        vm.store.data_mut().start_errors = None;
         Ok(vm)
     }
 

@@ -98,6 +98,10 @@ pub struct Plugin {
     pub queues: Arc<SharedQueues>,
     pub metrics: Arc<MetricsRegistry>,
     pub limits: VmLimits,
+    /// Where guest log lines go (besides tracing).
+    pub log: Arc<crate::log::HostLog>,
+    /// The level `proxy_get_log_level` reports (proxy-wasm numbering; Envoy's default: info).
+    pub log_level: u32,
 }
 
 impl Plugin {
@@ -126,6 +130,8 @@ impl Plugin {
             queues: Arc::default(),
             metrics: Arc::default(),
             limits,
+            log: Arc::default(),
+            log_level: 2,
         }))
     }
 
@@ -219,6 +225,9 @@ pub struct HostState {
     pub tick_period: Duration,
     /// Set when the tick period changed, so the worker re-arms its timer.
     pub tick_changed: bool,
+    /// Guest log lines at warning level or above, kept while the instance starts (they explain
+    /// a refused configuration).
+    pub start_errors: Option<Vec<String>>,
 }
 
 impl HostState {
@@ -240,6 +249,21 @@ impl HostState {
             call_response: None,
             tick_period: Duration::ZERO,
             tick_changed: false,
+            start_errors: Some(Vec::new()),
+        }
+    }
+
+    /// Logs a guest line (Envoy's shape: `wasm log <name> <root_id>: <message>`).
+    pub fn guest_log(&mut self, level: u32, message: &str) {
+        let c = &self.plugin.config;
+        let line = format!("wasm log {} {}: {message}", c.name, c.root_id);
+        self.plugin.log.write(level, "wasm", &line);
+        if level >= 3 {
+            if let Some(errors) = self.start_errors.as_mut() {
+                if errors.len() < 20 {
+                    errors.push(message.to_string());
+                }
+            }
         }
     }
 

@@ -243,6 +243,8 @@ pub struct FilterSpec<'a> {
     pub configuration: &'a str,
     pub fail_open: bool,
     pub env: &'a [(&'a str, &'a str)],
+    /// `allow_on_headers_stop_iteration`
+    pub allow_stop_iteration: bool,
 }
 
 fn yaml_string(s: &str) -> String {
@@ -275,6 +277,7 @@ pub fn envoy_yaml(
                 name: {name}
                 root_id: {root}
                 fail_open: {fail_open}
+                allow_on_headers_stop_iteration: {allow}
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: {config}
@@ -286,6 +289,7 @@ pub fn envoy_yaml(
             name = f.name,
             root = f.root_id,
             fail_open = f.fail_open,
+            allow = f.allow_stop_iteration,
             config = yaml_string(f.configuration),
             path = yaml_string(&f.wasm.display().to_string()),
         ));

@@ -5,19 +5,6 @@ use wasmtime::{Caller, Linker};
 use super::{finish, read_bytes, write_u32, AbiResult};
 use crate::wasm::{HostState, Status};
 
-/// The proxy-wasm level that matches the current tracing filter.
-fn current_level() -> u32 {
-    use tracing::level_filters::LevelFilter;
-    match LevelFilter::current() {
-        LevelFilter::TRACE => 0,
-        LevelFilter::DEBUG => 1,
-        LevelFilter::INFO => 2,
-        LevelFilter::WARN => 3,
-        LevelFilter::ERROR => 4,
-        _ => 5,
-    }
-}
-
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
@@ -27,6 +14,9 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let bytes = read_bytes(&mut caller, ptr, size)?;
                 let message = String::from_utf8_lossy(&bytes);
                 let plugin = caller.data().plugin.log_name().to_string();
+                if (0..=5).contains(&level) && level as u32 >= caller.data().plugin.log_level {
+                    caller.data_mut().guest_log(level as u32, &message);
+                }
                 match level {
                     0 => tracing::trace!(target: "wasm", plugin = %plugin, "{message}"),
                     1 => tracing::debug!(target: "wasm", plugin = %plugin, "{message}"),
@@ -43,7 +33,8 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_log_level",
         |mut caller: Caller<'_, HostState>, ret: i32| {
-            finish(write_u32(&mut caller, ret, current_level()))
+            let level = caller.data().plugin.log_level;
+            finish(write_u32(&mut caller, ret, level))
         },
     )?;
     Ok(())

@@ -65,6 +65,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let plugin = caller.data().plugin.log_name().to_string();
                 let line = text.trim_end_matches('\n');
                 if !line.is_empty() {
+                    caller.data_mut().guest_log(if fd == 1 { 2 } else { 4 }, line);
                     if fd == 1 {
                         tracing::info!(target: "wasm", plugin = %plugin, stream = "stdout", "{line}");
                     } else {
