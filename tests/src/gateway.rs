@@ -18,7 +18,7 @@ use std::fmt;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -310,7 +310,9 @@ impl Drop for Gateway {
 /// What a gateway that refused its configuration said.
 #[derive(Debug)]
 pub struct Refusal {
-    pub status: ExitStatus,
+    /// How it refused (Envoy: its non-zero exit status).
+    pub how: String,
+    /// Everything it logged.
     pub log: String,
 }
 
@@ -522,7 +524,13 @@ async fn start_envoy_expecting_refusal(spec: &GatewaySpec) -> anyhow::Result<Ref
     loop {
         if let Some(status) = child.try_wait()? {
             let log = std::fs::read_to_string(&prepared.log_path).unwrap_or_default();
-            return Ok(Refusal { status, log });
+            if status.success() {
+                bail!("Envoy exited with success instead of refusing the configuration\n---- Envoy log ----\n{}", tail(&log, 60));
+            }
+            return Ok(Refusal {
+                how: format!("Envoy exited with {status}"),
+                log,
+            });
         }
         let ready =
             matches!(http.get(&ready_url).send().await, Ok(res) if res.status().as_u16() == 200);
