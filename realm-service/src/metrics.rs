@@ -1,10 +1,10 @@
 //! Prometheus counters, rendered as text on `GET /metrics`.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 
 /// The outcome of one authenticate call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub struct Metrics {
     authenticate: [AtomicU64; 5],
     cache_hit: AtomicU64,
     cache_miss: AtomicU64,
-    requests: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
+    requests: RwLock<HashMap<String, HashMap<u16, AtomicU64>>>,
 }
 
 impl Metrics {
@@ -52,13 +52,18 @@ impl Metrics {
 
     /// `route` is the matched route template, or `unmatched`.
     pub fn request(&self, route: &str, status: u16) {
-        let mut requests = self.requests.lock();
-        // Look up by &str first: no allocation once a route has been seen.
-        if let Some(by_status) = requests.get_mut(route) {
-            *by_status.entry(status).or_insert(0) += 1;
-        } else {
-            requests.insert(route.to_string(), BTreeMap::from([(status, 1)]));
+        // Seen before: a shared lock and an atomic add (no allocation, no exclusive lock).
+        if let Some(counter) = self.requests.read().get(route).and_then(|m| m.get(&status)) {
+            counter.fetch_add(1, Ordering::Relaxed);
+            return;
         }
+        self.requests
+            .write()
+            .entry(route.to_string())
+            .or_default()
+            .entry(status)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn render(&self) -> String {
@@ -88,13 +93,21 @@ impl Metrics {
         );
         out.push_str("# HELP realm_service_http_requests_total HTTP requests by route template and status.\n");
         out.push_str("# TYPE realm_service_http_requests_total counter\n");
-        for (route, by_status) in self.requests.lock().iter() {
-            for (status, value) in by_status {
-                let _ = writeln!(
-                    out,
-                    "realm_service_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {value}"
-                );
-            }
+        let requests = self.requests.read();
+        let mut rows: Vec<(&String, u16, u64)> = requests
+            .iter()
+            .flat_map(|(route, by_status)| {
+                by_status
+                    .iter()
+                    .map(move |(status, n)| (route, *status, n.load(Ordering::Relaxed)))
+            })
+            .collect();
+        rows.sort();
+        for (route, status, value) in rows {
+            let _ = writeln!(
+                out,
+                "realm_service_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {value}"
+            );
         }
         out
     }

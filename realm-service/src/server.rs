@@ -1,5 +1,6 @@
 //! Serving the router over TCP, with a shutdown that also drops idle keep-alive connections.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::api::app;
@@ -101,7 +102,10 @@ async fn stop_requested(mut stopped: watch::Receiver<bool>) {
 
 async fn serve(listener: TcpListener, router: Router, stopped: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
-    let stop = stop_requested(stopped.clone());
+    // One shutdown signal per connection (a oneshot costs a connection nothing while it waits;
+    // a shared watch/notify would be re-polled under a lock on every wake-up of every connection).
+    let mut signals: HashMap<tokio::task::Id, oneshot::Sender<()>> = HashMap::new();
+    let stop = stop_requested(stopped);
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -118,26 +122,37 @@ async fn serve(listener: TcpListener, router: Router, stopped: watch::Receiver<b
                 };
                 let _ = stream.set_nodelay(true);
                 let service = TowerToHyperService::new(router.clone());
-                let stopped = stopped.clone();
-                connections.spawn(async move {
+                let (signal, shutdown) = oneshot::channel::<()>();
+                let task = connections.spawn(async move {
                     let connection = http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(HEADER_READ_TIMEOUT)
                         .serve_connection(TokioIo::new(stream), service);
                     tokio::pin!(connection);
                     tokio::select! {
+                        biased;
                         _ = connection.as_mut() => {}
-                        _ = stop_requested(stopped) => {
+                        _ = shutdown => {
                             connection.as_mut().graceful_shutdown();
                             let _ = tokio::time::timeout(DRAIN, connection).await;
                         }
                     }
                 });
+                signals.insert(task.id(), signal);
             }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(done) = connections.join_next_with_id(), if !connections.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                signals.remove(&id);
+            }
         }
     }
     drop(listener);
+    for (_, signal) in signals.drain() {
+        let _ = signal.send(());
+    }
     let drained = tokio::time::timeout(DRAIN + Duration::from_millis(100), async {
         while connections.join_next().await.is_some() {}
     })

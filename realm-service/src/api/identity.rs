@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rusqlite::Connection;
 use uuid::Uuid;
@@ -40,10 +40,12 @@ use crate::validate::{dedup, MIN_REALM_TTL};
 pub async fn authenticate(
     State(state): State<AppState>,
     realm_id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
-    let (outcome, response) = match answer(&state, realm_id, &headers, body).await {
+    // The request is taken whole (not `HeaderMap` + `Bytes`) so the headers are not copied.
+    let token = bearer(request.headers()).map(secrets::hash);
+    let body = Bytes::from_request(request, &state).await;
+    let (outcome, response) = match answer(&state, realm_id, token, body).await {
         Ok(body) => (
             AuthOutcome::Found,
             (
@@ -73,15 +75,14 @@ pub async fn authenticate(
 async fn answer(
     state: &AppState,
     realm_id: Result<Path<String>, PathRejection>,
-    headers: &HeaderMap,
+    token: Option<SecretHash>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Bytes, ApiError> {
-    let Some(token) = bearer(headers) else {
+    let Some(token) = token else {
         return Err(ApiError::unauthorized(
             "a data-plane token is required: Authorization: Bearer <token>",
         ));
     };
-    let token = secrets::hash(token);
     // Parsed now, reported after the token check (an unknown token is 401 whatever the body).
     let request = parse_request(realm_id, body);
     let cache = state.cache();

@@ -47,7 +47,8 @@ async fn a_body_over_1_mib_is_413() {
     app.send(request).await.problem(413);
     // Still one authenticate call, counted.
     assert_eq!(
-        app.metric("realm_service_authenticate_total{result=\"bad_request\"}").await,
+        app.metric("realm_service_authenticate_total{result=\"bad_request\"}")
+            .await,
         1
     );
     // Streaming, without a content-length: still refused.
