@@ -1,0 +1,330 @@
+//! The realm service's authenticate call: the request the filter sends and how it reads the answer.
+
+use std::rc::Rc;
+
+use serde::Deserialize;
+
+use crate::identity::Identity;
+
+/// The body of `POST /{realmId}/v0/authenticate`: `{"secret":"<key>"}`.
+pub fn authenticate_body(key: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(key.len() + 16);
+    body.extend_from_slice(b"{\"secret\":");
+    // Serialising a &str into a Vec cannot fail; fall back to an empty string all the same.
+    if serde_json::to_writer(&mut body, key).is_err() {
+        body.truncate(10);
+        body.extend_from_slice(b"\"\"");
+    }
+    body.push(b'}');
+    body
+}
+
+/// What a realm said about a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RealmAnswer {
+    Found {
+        identity: Rc<Identity>,
+        ttl_ms: u64,
+        /// The credential's expiry (ms since the epoch), if it has one.
+        expires_at_ms: Option<u64>,
+    },
+    NotFound {
+        negative_ttl_ms: u64,
+    },
+    /// The realm could not answer; the cause is for the log (never holds the key).
+    Unavailable {
+        cause: String,
+    },
+}
+
+/// The answer to an HTTP call, as the host delivers it. `status` is `None` when the call failed
+/// (timeout, connection failure: the host delivers no headers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallResponse {
+    pub status: Option<u32>,
+    pub body: Vec<u8>,
+}
+
+/// Used when an answer lacks `ttl` / `negative_ttl` (the realm service's own default).
+pub const DEFAULT_TTL_MINUTES: f64 = 10.0;
+
+#[derive(Deserialize)]
+struct FoundBody {
+    id: String,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    custom_id: Option<String>,
+    #[serde(default)]
+    consumer_group_names: Option<Vec<String>>,
+    #[serde(default)]
+    ttl: Option<f64>,
+    credential: FoundCredential,
+}
+
+#[derive(Deserialize)]
+struct FoundCredential {
+    id: String,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct NotFoundBody {
+    #[serde(default)]
+    negative_ttl: Option<f64>,
+}
+
+fn minutes_to_ms(minutes: Option<f64>) -> u64 {
+    let m = minutes.unwrap_or(DEFAULT_TTL_MINUTES);
+    if m.is_finite() && m > 0.0 {
+        // Saturating float-to-int conversion.
+        (m * 60_000.0) as u64
+    } else {
+        0
+    }
+}
+
+fn header_safe(s: &str) -> bool {
+    !s.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f)
+}
+
+/// Classifies the answer to an authenticate call: 201 found, 404 not found, anything else (and
+/// no answer at all) unavailable.
+pub fn classify(response: &CallResponse) -> RealmAnswer {
+    let unavailable = |cause: String| RealmAnswer::Unavailable { cause };
+    let Some(status) = response.status else {
+        return unavailable("no response (timeout or connection failure)".to_string());
+    };
+    match status {
+        201 | 200 => {
+            let body: FoundBody = match serde_json::from_slice(&response.body) {
+                Ok(b) => b,
+                Err(e) => return unavailable(format!("malformed {status} answer: {e}")),
+            };
+            let expires_at_ms = match body.credential.expires_at.as_deref() {
+                None => None,
+                Some(s) => match parse_rfc3339_ms(s) {
+                    Some(ms) => Some(ms),
+                    None => {
+                        return unavailable(format!(
+                            "malformed {status} answer: credential.expires_at {s:?} is not RFC 3339"
+                        ))
+                    }
+                },
+            };
+            let groups = body
+                .consumer_group_names
+                .filter(|g| !g.is_empty())
+                .map(|g| g.join(","));
+            let identity = Identity {
+                consumer_id: body.id,
+                username: body.username,
+                custom_id: body.custom_id,
+                credential_id: Some(body.credential.id),
+                groups,
+            };
+            let fields = [
+                Some(&identity.consumer_id),
+                identity.username.as_ref(),
+                identity.custom_id.as_ref(),
+                identity.credential_id.as_ref(),
+                identity.groups.as_ref(),
+            ];
+            if fields.iter().flatten().any(|f| !header_safe(f)) {
+                return unavailable(format!(
+                    "malformed {status} answer: control characters in a consumer field"
+                ));
+            }
+            RealmAnswer::Found {
+                identity: Rc::new(identity),
+                ttl_ms: minutes_to_ms(body.ttl),
+                expires_at_ms,
+            }
+        }
+        404 => {
+            let negative = serde_json::from_slice::<NotFoundBody>(&response.body)
+                .ok()
+                .and_then(|b| b.negative_ttl);
+            RealmAnswer::NotFound {
+                negative_ttl_ms: minutes_to_ms(negative),
+            }
+        }
+        401 => unavailable("401: the data-plane token was refused".to_string()),
+        403 => unavailable("403: the realm does not allow this control plane".to_string()),
+        other => unavailable(format!("unexpected status {other}")),
+    }
+}
+
+/// Parses an RFC 3339 timestamp (`2026-01-02T03:04:05.678Z`, `...+02:00`) into milliseconds
+/// since the Unix epoch. Times before 1970 give 0.
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let part = b.get(from..from + len)?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(part).ok()?.parse().ok()
+    };
+    let year = num(0, 4)?;
+    let month = num(5, 2)?;
+    let day = num(8, 2)?;
+    let hour = num(11, 2)?;
+    let minute = num(14, 2)?;
+    let second = num(17, 2)?;
+    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis: i64 = 0;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        let frac = &s[start..i.min(start + 3)];
+        millis = frac.parse::<i64>().ok()? * 10_i64.pow(3 - frac.len() as u32);
+    }
+    let offset_s: i64 = match b.get(i) {
+        Some(b'Z') | Some(b'z') if i + 1 == b.len() => 0,
+        Some(sign @ (b'+' | b'-')) if i + 6 == b.len() && b[i + 3] == b':' => {
+            let oh = num(i + 1, 2)?;
+            let om = num(i + 4, 2)?;
+            let o = oh * 3600 + om * 60;
+            if *sign == b'+' {
+                o
+            } else {
+                -o
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+    let ms = secs * 1000 + millis;
+    Some(if ms < 0 { 0 } else { ms as u64 })
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_timestamps_parse() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-29T03:37:07Z"),
+            Some(1_795_923_427_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-29T03:37:07.25Z"),
+            Some(1_795_923_427_250)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-29T05:37:07.123456+02:00"),
+            Some(1_795_923_427_123)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2000-02-29T00:00:00Z"),
+            Some(951_782_400_000)
+        );
+        assert_eq!(parse_rfc3339_ms("2026-11-29"), None);
+        assert_eq!(parse_rfc3339_ms("2026-13-29T03:37:07Z"), None);
+        assert_eq!(parse_rfc3339_ms("2026-11-29T03:37:07"), None);
+        assert_eq!(parse_rfc3339_ms("2026-11-29T03:37:07+0200"), None);
+    }
+
+    #[test]
+    fn the_secret_is_json_escaped() {
+        assert_eq!(
+            authenticate_body("a\"b\\c"),
+            br#"{"secret":"a\"b\\c"}"#.to_vec()
+        );
+    }
+
+    #[test]
+    fn answers_are_classified() {
+        let found = CallResponse {
+            status: Some(201),
+            body: br#"{"id":"c1","username":"ariel","custom_id":null,"type":"x","tags":[],
+                "consumer_group_names":["gold","beta"],"ttl":10,"negative_ttl":5,
+                "credential":{"id":"k1","created_at":"2026-01-01T00:00:00Z","tags":[],
+                "expires_at":"2026-11-29T03:37:07Z"}}"#
+                .to_vec(),
+        };
+        match classify(&found) {
+            RealmAnswer::Found {
+                identity,
+                ttl_ms,
+                expires_at_ms,
+            } => {
+                assert_eq!(identity.consumer_id, "c1");
+                assert_eq!(identity.username.as_deref(), Some("ariel"));
+                assert_eq!(identity.custom_id, None);
+                assert_eq!(identity.credential_id.as_deref(), Some("k1"));
+                assert_eq!(identity.groups.as_deref(), Some("gold,beta"));
+                assert_eq!(ttl_ms, 600_000);
+                assert_eq!(expires_at_ms, Some(1_795_923_427_000));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let missing = CallResponse {
+            status: Some(404),
+            body: br#"{"status":404,"title":"Not Found","negative_ttl":7}"#.to_vec(),
+        };
+        assert_eq!(
+            classify(&missing),
+            RealmAnswer::NotFound {
+                negative_ttl_ms: 420_000
+            }
+        );
+        for status in [None, Some(401), Some(403), Some(500), Some(503), Some(400)] {
+            let r = CallResponse {
+                status,
+                body: vec![],
+            };
+            assert!(
+                matches!(classify(&r), RealmAnswer::Unavailable { .. }),
+                "{status:?}"
+            );
+        }
+        let garbage = CallResponse {
+            status: Some(201),
+            body: b"not json".to_vec(),
+        };
+        assert!(matches!(
+            classify(&garbage),
+            RealmAnswer::Unavailable { .. }
+        ));
+    }
+}

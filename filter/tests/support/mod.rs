@@ -1,0 +1,488 @@
+//! A fake proxy for driving `keyrealm_filter::engine::Worker` natively.
+//!
+//! It behaves like Envoy where that matters to the filter: a request paused on its headers gets no
+//! body callbacks until it is resumed; request headers can only be changed before they continue
+//! (changing them later fails the test, as Envoy refuses it); HTTP call answers are delivered
+//! later, by the test, through `answer`.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+
+use keyrealm_filter::config::{self, Config};
+use keyrealm_filter::engine::{Action, Host, Level, Worker};
+use keyrealm_filter::metrics::Metric;
+use keyrealm_filter::realm::CallResponse;
+
+pub const ROOT: u32 = 1;
+
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub token: u32,
+    pub receiver: u32,
+    pub cluster: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub timeout_ms: u64,
+}
+
+impl Call {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A local response: status, headers, body.
+pub type LocalResponse = (u32, Vec<(String, String)>, Vec<u8>);
+
+#[derive(Debug, Clone, Default)]
+pub struct FakeRequest {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub has_body: bool,
+    pub headers_continued: bool,
+    pub body_delivered: bool,
+    pub finished_upstream: bool,
+    pub response: Option<LocalResponse>,
+    pub resumed: bool,
+    pub done: bool,
+}
+
+#[derive(Default)]
+pub struct FakeHost {
+    pub now: u64,
+    pub effective: u32,
+    pub requests: HashMap<u32, FakeRequest>,
+    pub calls: Vec<Call>,
+    pub next_token: u32,
+    pub refuse_dispatch: Option<String>,
+    pub logs: Vec<(Level, String)>,
+    pub metrics: HashMap<Metric, u64>,
+    pub resumed: Vec<u32>,
+}
+
+impl FakeHost {
+    fn req(&mut self) -> &mut FakeRequest {
+        let ctx = self.effective;
+        self.requests
+            .get_mut(&ctx)
+            .unwrap_or_else(|| panic!("no request for context {ctx}"))
+    }
+
+    fn writable(&mut self, what: &str) {
+        let r = self.req();
+        assert!(
+            !r.headers_continued,
+            "{what}: request headers changed after they continued (Envoy refuses this)"
+        );
+    }
+}
+
+impl Host for FakeHost {
+    fn request_headers(&mut self) -> Vec<(String, String)> {
+        self.req().headers.clone()
+    }
+
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        self.writable(name);
+        let r = self.req();
+        r.headers.retain(|(n, _)| n != name);
+        r.headers.push((name.to_string(), value.to_string()));
+    }
+
+    fn remove_request_header(&mut self, name: &str) {
+        self.writable(name);
+        self.req().headers.retain(|(n, _)| n != name);
+    }
+
+    fn request_body(&mut self, size: usize) -> Option<Vec<u8>> {
+        let r = self.req();
+        assert!(r.body_delivered, "body read before it was delivered");
+        Some(r.body[..size.min(r.body.len())].to_vec())
+    }
+
+    fn replace_request_body(&mut self, size: usize, body: &[u8]) {
+        let r = self.req();
+        assert!(r.body_delivered, "body replaced before it was delivered");
+        assert_eq!(size, r.body.len(), "the whole body is replaced");
+        r.body = body.to_vec();
+    }
+
+    fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        let r = self.req();
+        assert!(r.response.is_none(), "two local responses");
+        r.response = Some((
+            status,
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body.to_vec(),
+        ));
+    }
+
+    fn resume_request(&mut self) {
+        let ctx = self.effective;
+        self.req().resumed = true;
+        self.resumed.push(ctx);
+    }
+
+    fn dispatch_call(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, String> {
+        if let Some(e) = &self.refuse_dispatch {
+            return Err(e.clone());
+        }
+        self.next_token += 1;
+        let token = self.next_token;
+        self.calls.push(Call {
+            token,
+            receiver: self.current_receiver(),
+            cluster: cluster.to_string(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: String::from_utf8(body.to_vec()).unwrap(),
+            timeout_ms,
+        });
+        Ok(token)
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        self.now
+    }
+
+    fn log(&mut self, level: Level, message: &str) {
+        self.logs.push((level, message.to_string()));
+    }
+
+    fn increment(&mut self, metric: Metric) {
+        *self.metrics.entry(metric).or_default() += 1;
+    }
+
+    fn set_effective_context(&mut self, context_id: u32) {
+        self.effective = context_id;
+    }
+}
+
+impl FakeHost {
+    /// The SDK files a call under the context it is calling into (not the effective one).
+    fn current_receiver(&self) -> u32 {
+        CURRENT.with(|c| *c.borrow())
+    }
+}
+
+thread_local! {
+    static CURRENT: std::cell::RefCell<u32> = const { std::cell::RefCell::new(0) };
+}
+
+fn set_current(ctx: u32) {
+    CURRENT.with(|c| *c.borrow_mut() = ctx);
+}
+
+/// What became of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It went upstream with these headers and body.
+    Upstream {
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+    /// The filter answered it.
+    Local {
+        status: u32,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+    /// Still held by the filter.
+    Paused,
+}
+
+impl Outcome {
+    pub fn status(&self) -> u32 {
+        match self {
+            Outcome::Upstream { .. } => 200,
+            Outcome::Local { status, .. } => *status,
+            Outcome::Paused => 0,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let headers = match self {
+            Outcome::Upstream { headers, .. } | Outcome::Local { headers, .. } => headers,
+            Outcome::Paused => return None,
+        };
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn header_count(&self, name: &str) -> usize {
+        match self {
+            Outcome::Upstream { headers, .. } | Outcome::Local { headers, .. } => {
+                headers.iter().filter(|(n, _)| n == name).count()
+            }
+            Outcome::Paused => 0,
+        }
+    }
+
+    pub fn body(&self) -> &str {
+        match self {
+            Outcome::Upstream { body, .. } | Outcome::Local { body, .. } => body,
+            Outcome::Paused => "",
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.body()).unwrap()
+    }
+
+    pub fn message(&self) -> String {
+        self.json()["message"].as_str().unwrap().to_string()
+    }
+
+    pub fn path(&self) -> Option<&str> {
+        self.header(":path")
+    }
+}
+
+/// A request to send.
+#[derive(Debug, Clone)]
+pub struct Req {
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+}
+
+impl Req {
+    pub fn get(path: &str) -> Req {
+        Req::new("GET", path)
+    }
+
+    pub fn new(method: &str, path: &str) -> Req {
+        Req {
+            headers: vec![
+                (":method".into(), method.into()),
+                (":path".into(), path.into()),
+                (":authority".into(), "example.test".into()),
+                ("x-request-id".into(), "req-1".into()),
+            ],
+            body: None,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Req {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn without_header(mut self, name: &str) -> Req {
+        self.headers.retain(|(n, _)| n != name);
+        self
+    }
+
+    pub fn body(mut self, content_type: &str, body: &str) -> Req {
+        self.headers
+            .push(("content-type".into(), content_type.into()));
+        self.headers
+            .push(("content-length".into(), body.len().to_string()));
+        self.body = Some(body.as_bytes().to_vec());
+        self
+    }
+
+    pub fn raw_body(mut self, body: &str) -> Req {
+        self.body = Some(body.as_bytes().to_vec());
+        self
+    }
+}
+
+/// A worker and a fake host.
+pub struct Harness {
+    pub worker: Worker,
+    pub host: FakeHost,
+    next_ctx: u32,
+}
+
+pub fn parse_config(json: &str) -> Config {
+    config::parse(json.as_bytes(), 1_000_000, &|name| {
+        (name == "KEYREALM_DP_TOKEN").then(|| "dp-token".to_string())
+    })
+    .unwrap_or_else(|e| panic!("config refused: {e}"))
+}
+
+impl Harness {
+    pub fn new(json: &str) -> Harness {
+        Harness {
+            worker: Worker::new(parse_config(json)),
+            host: FakeHost {
+                now: 1_000_000,
+                ..FakeHost::default()
+            },
+            next_ctx: 100,
+        }
+    }
+
+    /// Starts a request; returns its context id. It runs as far as the filter lets it.
+    pub fn start(&mut self, req: Req) -> u32 {
+        self.next_ctx += 1;
+        let ctx = self.next_ctx;
+        self.host.requests.insert(
+            ctx,
+            FakeRequest {
+                headers: req.headers,
+                has_body: req.body.is_some(),
+                body: req.body.unwrap_or_default(),
+                ..FakeRequest::default()
+            },
+        );
+        self.host.effective = ctx;
+        set_current(ctx);
+        let has_body = self.host.requests[&ctx].has_body;
+        let action = self
+            .worker
+            .on_request_headers(ctx, !has_body, &mut self.host);
+        self.after_headers(ctx, action);
+        self.pump();
+        ctx
+    }
+
+    /// Sends a request and returns what became of it.
+    pub fn send(&mut self, req: Req) -> Outcome {
+        let ctx = self.start(req);
+        self.outcome(ctx)
+    }
+
+    fn after_headers(&mut self, ctx: u32, action: Action) {
+        if action == Action::Continue {
+            self.host.requests.get_mut(&ctx).unwrap().headers_continued = true;
+            self.deliver_body(ctx);
+        }
+    }
+
+    fn deliver_body(&mut self, ctx: u32) {
+        let r = self.host.requests.get_mut(&ctx).unwrap();
+        if !r.has_body || r.body_delivered || r.response.is_some() {
+            if !r.has_body && r.headers_continued && r.response.is_none() {
+                r.finished_upstream = true;
+            }
+            return;
+        }
+        r.body_delivered = true;
+        let size = r.body.len();
+        self.host.effective = ctx;
+        set_current(ctx);
+        let action = self.worker.on_request_body(ctx, size, true, &mut self.host);
+        if action == Action::Continue {
+            let r = self.host.requests.get_mut(&ctx).unwrap();
+            if r.response.is_none() {
+                r.finished_upstream = true;
+            }
+        }
+    }
+
+    /// Continues requests the filter resumed.
+    pub fn pump(&mut self) {
+        while let Some(ctx) = self.host.resumed.pop() {
+            let r = self.host.requests.get_mut(&ctx).unwrap();
+            r.resumed = false;
+            if !r.headers_continued {
+                r.headers_continued = true;
+                if !r.has_body {
+                    r.finished_upstream = true;
+                } else {
+                    self.deliver_body(ctx);
+                }
+            } else {
+                // Paused in the body callback at end of stream.
+                r.finished_upstream = true;
+            }
+        }
+    }
+
+    pub fn outcome(&self, ctx: u32) -> Outcome {
+        let r = &self.host.requests[&ctx];
+        if let Some((status, headers, body)) = &r.response {
+            return Outcome::Local {
+                status: *status,
+                headers: headers.clone(),
+                body: String::from_utf8_lossy(body).into_owned(),
+            };
+        }
+        if r.finished_upstream {
+            return Outcome::Upstream {
+                headers: r.headers.clone(),
+                body: String::from_utf8_lossy(&r.body).into_owned(),
+            };
+        }
+        Outcome::Paused
+    }
+
+    /// Answers the realm call with this token (`status` `None`: the call failed).
+    pub fn answer(&mut self, token: u32, status: Option<u32>, body: &str) {
+        let receiver = self
+            .host
+            .calls
+            .iter()
+            .find(|c| c.token == token)
+            .map(|c| c.receiver)
+            .unwrap();
+        self.host.effective = receiver;
+        set_current(receiver);
+        self.worker.on_call_response(
+            receiver,
+            token,
+            CallResponse {
+                status,
+                body: body.as_bytes().to_vec(),
+            },
+            &mut self.host,
+        );
+        self.pump();
+    }
+
+    /// The request's stream ends (as Envoy's on_done).
+    pub fn done(&mut self, ctx: u32) {
+        self.host.requests.get_mut(&ctx).unwrap().done = true;
+        self.worker.on_done(ctx);
+    }
+
+    pub fn tick(&mut self) {
+        self.host.effective = ROOT;
+        set_current(ROOT);
+        self.worker.on_tick(ROOT, &mut self.host);
+        self.pump();
+    }
+
+    pub fn last_call(&self) -> &Call {
+        self.host.calls.last().unwrap()
+    }
+
+    pub fn metric(&self, m: Metric) -> u64 {
+        self.host.metrics.get(&m).copied().unwrap_or(0)
+    }
+}
+
+/// A realm's 201 answer.
+pub fn found(consumer_id: &str, username: &str, credential_id: &str, ttl_minutes: u32) -> String {
+    serde_json::json!({
+        "id": consumer_id, "username": username, "custom_id": null, "type": "developer",
+        "tags": [], "consumer_group_names": ["gold", "beta"], "ttl": ttl_minutes, "negative_ttl": 5,
+        "credential": {"id": credential_id, "created_at": "2026-01-01T00:00:00Z", "tags": [],
+                       "expires_at": null}
+    })
+    .to_string()
+}
+
+/// A realm's 404 answer.
+pub fn not_found(negative_ttl_minutes: u32) -> String {
+    serde_json::json!({"status": 404, "title": "Not Found", "type": "about:blank",
+                       "instance": "/x", "detail": "no such key", "negative_ttl": negative_ttl_minutes})
+    .to_string()
+}
