@@ -448,9 +448,26 @@ fn spawn_envoy(spec: &GatewaySpec, prepared: &Prepared) -> anyhow::Result<Child>
     for (name, value) in &spec.env {
         command.env(name, value);
     }
+    kill_with_parent(&mut command);
     command
         .spawn()
         .with_context(|| format!("starting {}", envoy.display()))
+}
+
+/// Makes the kernel kill the child when the test process dies without running `Drop` (killed by
+/// a timeout, SIGKILL), so that no Envoy outlives the suite.
+fn kill_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
+    // is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 fn port_clash(log: &str) -> bool {
