@@ -126,6 +126,24 @@ impl RunningHost {
     }
 }
 
+/// Checks a configuration without serving it (like `envoy --mode validate`): the file must be
+/// in the supported subset, and every wasm module must load and link against the host's ABI.
+pub fn validate(config_path: &Path) -> Result<(), HostError> {
+    let config = config::load(config_path)?;
+    for l in &config.listeners {
+        for w in &l.wasm_filters {
+            let display = w.code_path.display().to_string();
+            let bytes = std::fs::read(&w.code_path).map_err(|source| HostError::ReadModule {
+                path: display.clone(),
+                source,
+            })?;
+            let module = wasm::instance::compile(&display, &bytes)?;
+            wasm::instance::prelink(&w.name, &module)?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads `config_path` (an envoy.yaml subset) and starts serving it with default options.
 pub async fn start(config_path: &Path) -> Result<RunningHost, HostError> {
     start_with_options(config_path, HostOptions::default()).await

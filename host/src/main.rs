@@ -12,6 +12,9 @@ struct Cli {
     /// The Envoy configuration file (the subset described in docs/host.md).
     #[arg(short = 'c', long = "config")]
     config: PathBuf,
+    /// `serve` (default) or `validate` (check the configuration and the modules, then exit).
+    #[arg(long = "mode", default_value = "serve", value_parser = ["serve", "validate"])]
+    mode: String,
     /// Worker threads (default: number of cores).
     #[arg(long = "concurrency")]
     concurrency: Option<usize>,
@@ -35,6 +38,18 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    if cli.mode == "validate" {
+        return match keyrealm_host::validate(&cli.config) {
+            Ok(()) => {
+                println!("configuration '{}' OK", cli.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("keyrealm-host: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -122,13 +122,38 @@ async fn parity_with(
     settle: Duration,
     requests: &[Req],
 ) -> Vec<(Reply, Observed)> {
-    let upstream = common::spawn_echo().await;
     let wasm = common::abi_test_filter_wasm();
+    parity_module(
+        &wasm,
+        "abi_test",
+        vm_id,
+        config,
+        allow_stop_iteration,
+        extra_clusters,
+        settle,
+        requests,
+    )
+    .await
+}
+
+/// Runs `requests` against Envoy and keyrealm-host loaded with `wasm` (root id `root_id`).
+#[allow(clippy::too_many_arguments)]
+async fn parity_module(
+    wasm: &std::path::Path,
+    root_id: &str,
+    vm_id: &str,
+    config: Value,
+    allow_stop_iteration: bool,
+    extra_clusters: &[(&str, SocketAddr)],
+    settle: Duration,
+    requests: &[Req],
+) -> Vec<(Reply, Observed)> {
+    let upstream = common::spawn_echo().await;
     let configuration = config.to_string();
     let spec = FilterSpec {
         name: vm_id,
-        root_id: "abi_test",
-        wasm: &wasm,
+        root_id,
+        wasm,
         configuration: &configuration,
         fail_open: false,
         env: &[],
@@ -501,4 +526,199 @@ async fn body_while_headers_are_paused_for_a_call() {
         up_header(&obs[0].1, "x-call-status").as_deref(),
         Some("200")
     );
+}
+
+/// A stand-in realm service: `POST /realm-1/v0/authenticate` with `Bearer dp-token` finds the
+/// secret `realm-key` (201) and nothing else (404); other tokens get 401.
+async fn spawn_fake_realm() -> SocketAddr {
+    use http_body_util::{BodyExt, Full};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind realm");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let authorized = req
+                            .headers()
+                            .get("authorization")
+                            .is_some_and(|v| v.as_bytes() == b"Bearer dp-token");
+                        let path = req.uri().path().to_string();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let secret = serde_json::from_slice::<Value>(&body)
+                            .ok()
+                            .and_then(|v| v["secret"].as_str().map(str::to_string));
+                        let (status, json) = if !authorized {
+                            (
+                                401,
+                                serde_json::json!({"status": 401, "title": "Unauthorized"}),
+                            )
+                        } else if path != "/realm-1/v0/authenticate" {
+                            (
+                                404,
+                                serde_json::json!({"status": 404, "title": "Not Found", "negative_ttl": 1}),
+                            )
+                        } else if secret.as_deref() == Some("realm-key") {
+                            (
+                                201,
+                                serde_json::json!({
+                                    "id": "realm-consumer-1", "username": "bob", "custom_id": null, "type": 0, "tags": [],
+                                    "consumer_group_names": ["gold"], "ttl": 5, "negative_ttl": 1,
+                                    "credential": {"id": "realm-cred-1", "created_at": "2026-01-01T00:00:00Z", "tags": [], "expires_at": null}
+                                }),
+                            )
+                        } else {
+                            (
+                                404,
+                                serde_json::json!({"status": 404, "title": "Not Found", "negative_ttl": 1}),
+                            )
+                        };
+                        let mut resp =
+                            hyper::Response::new(Full::new(bytes::Bytes::from(json.to_string())));
+                        *resp.status_mut() =
+                            hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+                        resp.headers_mut().insert(
+                            "content-type",
+                            hyper::header::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn keyrealm_config(realm_region: &str) -> Value {
+    serde_json::json!({
+        "key_names": ["apikey"],
+        "key_in_body": true,
+        "identity_realms": [{"scope": "realm", "id": "realm-1", "region": realm_region}, {"scope": "cp", "id": null}],
+        "consumers": [{"id": "c1", "username": "alice", "custom_id": "A1", "tags": [],
+                       "keyauth_credentials": [{"id": "cred1", "key": "alice-key"}]}],
+        "realm_service": {"clusters": {"us": "realm_us", "eu": "realm_eu"}, "token": "dp-token", "timeout_ms": 1000},
+    })
+}
+
+fn with_id(mut r: Req) -> Req {
+    r.headers.push(("x-request-id", "req-fixed-1"));
+    r
+}
+
+/// The keyrealm key-auth filter behaves the same in keyrealm-host as in Envoy: control-plane
+/// keys, realm keys through an HTTP call, unknown and missing keys, keys in the body, and an
+/// unavailable realm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyrealm_filter_runs_the_same_in_both() {
+    let realm = spawn_fake_realm().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let wasm = common::keyrealm_filter_wasm();
+    let requests = vec![
+        with_id(get("/no-key")),
+        with_id(get("/q?apikey=alice-key&x=1")),
+        with_id(Req {
+            method: "GET",
+            path: "/h",
+            headers: vec![("apikey", "realm-key")],
+            body: "",
+        }),
+        with_id(Req {
+            method: "GET",
+            path: "/h",
+            headers: vec![("apikey", "realm-key")],
+            body: "",
+        }),
+        with_id(Req {
+            method: "GET",
+            path: "/h",
+            headers: vec![("apikey", "nobody")],
+            body: "",
+        }),
+        with_id(Req {
+            method: "POST",
+            path: "/form",
+            headers: vec![("content-type", "application/x-www-form-urlencoded")],
+            body: "a=1&apikey=realm-key&b=2",
+        }),
+        with_id(get("/dup?apikey=a&apikey=b")),
+    ];
+    let clusters = [("realm_us", realm), ("realm_eu", dead)];
+    let obs = parity_module(
+        &wasm,
+        "keyrealm",
+        "keyrealm",
+        keyrealm_config("us"),
+        true,
+        &clusters,
+        Duration::ZERO,
+        &requests,
+    )
+    .await;
+    assert_eq!(obs[0].1.status, 401);
+    assert_eq!(obs[1].1.status, 200);
+    assert_eq!(
+        up_header(&obs[1].1, "x-consumer-username").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        obs[1].1.upstream.as_ref().map(|u| u.path.as_str()),
+        Some("/q?x=1"),
+        "key hidden"
+    );
+    assert_eq!(obs[2].1.status, 200);
+    assert_eq!(
+        up_header(&obs[2].1, "x-consumer-id").as_deref(),
+        Some("realm-consumer-1")
+    );
+    assert_eq!(
+        up_header(&obs[3].1, "x-consumer-groups").as_deref(),
+        Some("gold")
+    );
+    assert_eq!(obs[4].1.status, 401);
+    assert_eq!(obs[5].1.status, 200);
+    assert_eq!(
+        obs[5].1.upstream.as_ref().map(|u| u.body.as_str()),
+        Some("a=1&b=2")
+    );
+    assert_eq!(obs[6].1.status, 401);
+
+    let unavailable = vec![
+        with_id(Req {
+            method: "GET",
+            path: "/h",
+            headers: vec![("apikey", "nobody")],
+            body: "",
+        }),
+        with_id(get("/?apikey=alice-key")),
+    ];
+    let obs = parity_module(
+        &wasm,
+        "keyrealm",
+        "keyrealm-eu",
+        keyrealm_config("eu"),
+        true,
+        &clusters,
+        Duration::ZERO,
+        &unavailable,
+    )
+    .await;
+    assert_eq!(obs[0].1.status, 503);
+    assert_eq!(obs[1].1.status, 200, "a cp key still works");
 }

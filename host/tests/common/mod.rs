@@ -182,49 +182,59 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     http(addr, "GET", path, &[], "").await
 }
 
-/// The abi-test-filter module: built by `scripts/build-wasm.sh` into the target directory; if it
-/// is not there, the test builds it (into a separate target directory, as the outer cargo holds
-/// the lock of the main one).
+/// The abi-test-filter module (see [`wasm_module`]).
 pub fn abi_test_filter_wasm() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let target = std::env::var("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| repo_root().join("target"));
-            let target = if target.is_absolute() {
-                target
-            } else {
-                repo_root().join(target)
-            };
-            let built = target.join("wasm32-wasip1/release/abi_test_filter.wasm");
-            if built.exists() {
-                return built;
-            }
-            let own = target.join("host-tests-wasm");
-            let status = std::process::Command::new(
-                std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
-            )
+        .get_or_init(|| wasm_module("abi-test-filter", "abi_test_filter"))
+        .clone()
+}
+
+/// The keyrealm key-auth filter module (see [`wasm_module`]).
+pub fn keyrealm_filter_wasm() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| wasm_module("keyrealm-filter", "keyrealm_filter"))
+        .clone()
+}
+
+/// A wasm32-wasip1 module of this workspace: built by `scripts/build-wasm.sh` into the target
+/// directory; if it is not there, the test builds it (into a separate target directory, as the
+/// outer cargo holds the lock of the main one).
+pub fn wasm_module(package: &str, file: &str) -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"));
+    let target = if target.is_absolute() {
+        target
+    } else {
+        repo_root().join(target)
+    };
+    let built = target.join(format!("wasm32-wasip1/release/{file}.wasm"));
+    if built.exists() {
+        return built;
+    }
+    let own = target.join("host-tests-wasm");
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args([
                 "build",
                 "--release",
                 "--target",
                 "wasm32-wasip1",
                 "-p",
-                "abi-test-filter",
+                package,
                 "--target-dir",
             ])
             .arg(&own)
             .current_dir(repo_root())
             .status()
-            .expect("run cargo to build abi-test-filter");
-            assert!(
-                status.success(),
-                "building abi-test-filter for wasm32-wasip1 failed"
-            );
-            own.join("wasm32-wasip1/release/abi_test_filter.wasm")
-        })
-        .clone()
+            .expect("run cargo to build a wasm module");
+    assert!(
+        status.success(),
+        "building {package} for wasm32-wasip1 failed"
+    );
+    own.join(format!("wasm32-wasip1/release/{file}.wasm"))
 }
 
 /// The repository root (two levels above this crate's manifest... one level: host/).
