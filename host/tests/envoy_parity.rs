@@ -385,6 +385,26 @@ async fn shared_data_with_cas_and_tick() {
     assert_eq!(up_header(&obs[1].1, "x-ticked").as_deref(), Some("yes"));
 }
 
+/// The end-of-stream callbacks come in Envoy's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_of_stream_callbacks_in_order() {
+    let config = serde_json::json!({"record_lifecycle": true});
+    let obs = parity(
+        "lifecycle",
+        config,
+        &[],
+        Duration::ZERO,
+        &[get("/1"), get("/2")],
+    )
+    .await;
+    assert_eq!(up_header(&obs[0].1, "x-lifecycle").as_deref(), Some(""));
+    let second = up_header(&obs[1].1, "x-lifecycle").unwrap_or_default();
+    assert!(
+        second.contains("done") && second.contains("log"),
+        "{second}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn properties() {
     let config = serde_json::json!({

@@ -115,6 +115,10 @@ pub struct Config {
     /// Properties to read on response headers; values go to the client the same way.
     #[serde(default)]
     pub response_properties: Vec<String>,
+    /// Record the order of the end-of-stream callbacks (`on_done`, `on_log`) in shared data
+    /// `lifecycle`; each request carries the record so far upstream in `x-lifecycle`.
+    #[serde(default)]
+    pub record_lifecycle: bool,
     /// Refuse the configuration (tests start-up failure).
     #[serde(default)]
     pub refuse: bool,
@@ -274,7 +278,36 @@ fn edit_body(original: &[u8], edit: &BodyEdit) -> Vec<u8> {
     out
 }
 
+impl Stream {
+    fn record(&self, event: &str) {
+        if !self.config.record_lifecycle {
+            return;
+        }
+        loop {
+            let (value, cas) = self.get_shared_data("lifecycle");
+            let mut text = value
+                .and_then(|v| String::from_utf8(v).ok())
+                .unwrap_or_default();
+            if !text.is_empty() {
+                text.push(',');
+            }
+            text.push_str(event);
+            if self
+                .set_shared_data("lifecycle", Some(text.as_bytes()), cas)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+}
+
 impl Context for Stream {
+    fn on_done(&mut self) -> bool {
+        self.record("done");
+        true
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -344,6 +377,13 @@ impl HttpContext for Stream {
         self.apply_request_edits();
         if config.request_body.is_some() {
             self.set_http_request_header("content-length", None);
+        }
+        if config.record_lifecycle {
+            let (value, _) = self.get_shared_data("lifecycle");
+            let text = value
+                .and_then(|v| String::from_utf8(v).ok())
+                .unwrap_or_default();
+            self.set_http_request_header("x-lifecycle", Some(&text));
         }
         if let Some(key) = &config.shared_counter {
             let n = self.count_shared(key);
@@ -454,6 +494,10 @@ impl HttpContext for Stream {
             self.set_http_response_header(&property_header(p), Some(&value));
         }
         Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.record("log");
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

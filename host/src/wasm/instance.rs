@@ -361,18 +361,19 @@ impl VmInstance {
         self.action_call("proxy_on_response_body", f, id, size, eos)
     }
 
-    /// Ends an HTTP context: `on_done`, `on_log`, `on_delete`, then forgets its state.
+    /// Ends an HTTP context as Envoy does: `on_log`, `on_done`, `on_delete`, then forgets its
+    /// state.
     pub fn finish_http_context(&mut self, id: u32) -> Result<(), VmError> {
         if !self.store.data().streams.contains_key(&id) {
             return Ok(());
         }
         let budget = self.budget();
         let result = (|| {
-            if let Some(f) = self.exports.on_done.clone() {
-                self.run("proxy_on_done", id, budget, |s| f.call(s, id as i32))?;
-            }
             if let Some(f) = self.exports.on_log.clone() {
                 self.run("proxy_on_log", id, budget, |s| f.call(s, id as i32))?;
+            }
+            if let Some(f) = self.exports.on_done.clone() {
+                self.run("proxy_on_done", id, budget, |s| f.call(s, id as i32))?;
             }
             if let Some(f) = self.exports.on_delete.clone() {
                 self.run("proxy_on_delete", id, budget, |s| f.call(s, id as i32))?;
