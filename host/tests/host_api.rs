@@ -1,0 +1,173 @@
+//! The library API the end-to-end suite uses: `start` on port 0, `listener_addrs`,
+//! `admin_addr` (`/ready`, `/stats/prometheus`), `shutdown`; configuration errors name the
+//! field; the binary's `--mode validate`.
+
+mod common;
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_on_port_zero_with_admin_ready_and_stats() {
+    let upstream = common::spawn_echo().await;
+    let yaml = common::envoy_yaml(upstream, &[], &[]);
+    let (host, _dir) = common::start_host(&yaml, keyrealm_host::HostOptions::default()).await;
+    let addr = host.listener_addrs()[0];
+    assert_ne!(addr.port(), 0);
+    let r = common::http(
+        addr,
+        "POST",
+        "/some/path?x=1",
+        &[("x-client", "1")],
+        "payload",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let echo = r.echoed().expect("reached the upstream");
+    assert_eq!(echo["path"], "/some/path?x=1");
+    assert_eq!(echo["body"], "payload");
+    assert_eq!(
+        common::echoed_header(&echo, "x-client").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        common::echoed_header(&echo, "host").as_deref(),
+        Some("example.test")
+    );
+    assert_eq!(
+        common::echoed_header(&echo, "x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    assert!(common::echoed_header(&echo, "x-request-id").is_some_and(|id| id.len() == 36));
+
+    let admin = host.admin_addr().expect("admin address");
+    let ready = common::get(admin, "/ready").await;
+    assert_eq!((ready.status, ready.body.as_str()), (200, "LIVE\n"));
+    let stats = common::get(admin, "/stats/prometheus").await;
+    assert_eq!(stats.status, 200);
+    assert!(
+        stats.body.contains("keyrealm_host_requests_total 1\n"),
+        "{}",
+        stats.body
+    );
+    assert_eq!(common::get(admin, "/nope").await.status, 404);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_answer_like_envoys_router() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let yaml = common::envoy_yaml(dead, &[], &[]);
+    let (host, _dir) = common::start_host(&yaml, keyrealm_host::HostOptions::default()).await;
+    let r = common::get(host.listener_addrs()[0], "/").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.body,
+        "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
+    );
+    let upstream = common::spawn_echo().await;
+    let yaml = common::envoy_yaml(upstream, &[], &[]);
+    let (slow_host, _dir2) = common::start_host(&yaml, keyrealm_host::HostOptions::default()).await;
+    // The route timeout in the generated configuration is 2 s; /slow answers after 3 s.
+    let r = common::get(slow_host.listener_addrs()[0], "/slow").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (504, "upstream request timeout")
+    );
+    host.shutdown().await;
+    slow_host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_keep_alive_connections() {
+    let upstream = common::spawn_echo().await;
+    let yaml = common::envoy_yaml(upstream, &[], &[]);
+    let (host, _dir) = common::start_host(&yaml, keyrealm_host::HostOptions::default()).await;
+    let addr = host.listener_addrs()[0];
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    let conn = tokio::spawn(conn);
+    let req = || {
+        hyper::Request::builder()
+            .uri("/")
+            .header("host", "a")
+            .body(Full::new(bytes::Bytes::new()))
+            .expect("request")
+    };
+    let first = sender.send_request(req()).await.expect("first request");
+    assert_eq!(first.status(), 200);
+    let _ = first.into_body().collect().await;
+    tokio::time::timeout(Duration::from_secs(5), host.shutdown())
+        .await
+        .expect("shutdown within 5 s");
+    let ended = tokio::time::timeout(Duration::from_secs(2), conn).await;
+    assert!(
+        ended.is_ok(),
+        "the keep-alive connection was closed by the shutdown"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_fields_are_rejected_with_their_path() {
+    let upstream = common::spawn_echo().await;
+    let yaml = common::envoy_yaml(upstream, &[], &[]).replace(
+        "stat_prefix: ingress",
+        "stat_prefix: ingress\n          use_remote_address: true",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, yaml).expect("write");
+    let err = keyrealm_host::start(&path).await.err().expect("refused");
+    assert_eq!(
+        err.to_string(),
+        "configuration: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.use_remote_address: unsupported field"
+    );
+    let missing = dir.path().join("missing.yaml");
+    let err = keyrealm_host::start(&missing).await.err().expect("refused");
+    assert!(err.to_string().contains("cannot read"), "{err}");
+}
+
+#[test]
+fn the_binary_validates_a_configuration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        common::envoy_yaml("127.0.0.1:9".parse().expect("addr"), &[], &[]),
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyrealm-host"))
+        .args(["--mode", "validate", "-c"])
+        .arg(&good)
+        .output()
+        .expect("run keyrealm-host");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "static_resources: {listeners: [], secrets: []}").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyrealm-host"))
+        .args(["--mode", "validate", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run keyrealm-host");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("static_resources.secrets: unsupported field"),
+        "{stderr}"
+    );
+}
