@@ -3,31 +3,34 @@
 //! upstream through the gateway (consumer headers, hidden credentials, rewritten bodies).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, Uri};
-use axum::response::{IntoResponse, Json};
+use axum::response::{IntoResponse, Json, Response};
 use axum::Router;
 use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 
+/// Bodies above this are refused (the echo is for tests and demos).
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
 /// The axum application of the echo upstream (one fallback handler for every method and path).
 pub fn app() -> Router {
-    Router::new().fallback(echo)
+    app_counting(Arc::default())
 }
 
-/// Serves the echo upstream on `listener` until the returned task is aborted or the runtime ends.
-pub fn serve(listener: TcpListener) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app()).await {
-            eprintln!("echo upstream stopped: {err}");
-        }
-    })
+/// Like [`app`], counting in `arrived` every request whose headers arrive (before its body).
+pub fn app_counting(arrived: Arc<AtomicU64>) -> Router {
+    Router::new().fallback(echo).with_state(arrived)
 }
 
 /// A running in-process echo upstream; stops when dropped.
 pub struct EchoUpstream {
     addr: SocketAddr,
+    arrived: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -36,14 +39,28 @@ impl EchoUpstream {
     pub async fn start() -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let arrived = Arc::new(AtomicU64::new(0));
+        let app = app_counting(arrived.clone());
+        let task = tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, app).await {
+                eprintln!("echo upstream stopped: {err}");
+            }
+        });
         Ok(Self {
             addr,
-            task: serve(listener),
+            arrived,
+            task,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How many requests reached the upstream so far, counted when their headers arrived (so a
+    /// request whose body never came is counted too).
+    pub fn requests_arrived(&self) -> u64 {
+        self.arrived.load(Ordering::SeqCst)
     }
 }
 
@@ -53,8 +70,19 @@ impl Drop for EchoUpstream {
     }
 }
 
-async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
-    Json(describe(&method, &uri, &headers, &body))
+async fn echo(State(arrived): State<Arc<AtomicU64>>, request: Request) -> Response {
+    arrived.fetch_add(1, Ordering::SeqCst);
+    let (parts, body): (_, Body) = request.into_parts();
+    match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(body) => {
+            Json(describe(&parts.method, &parts.uri, &parts.headers, &body)).into_response()
+        }
+        Err(err) => (
+            axum::http::StatusCode::BAD_REQUEST,
+            format!("echo upstream: cannot read the body: {err}"),
+        )
+            .into_response(),
+    }
 }
 
 /// The JSON description of one request: `method`, `path`, `url`, `args`, `headers`, `body`,

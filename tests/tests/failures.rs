@@ -180,6 +180,21 @@ async fn realm_failures(kind: GatewayKind) {
         Some("true".to_string()),
     );
 
+    let arrived = echo.requests_arrived();
+    for (what, listener) in [
+        ("hanging", hangs),
+        ("broken", broken),
+        ("refused token", wrong_token),
+    ] {
+        let (r, _) = timed(listener, "never-seen-before").await;
+        c.status(&format!("{what} realm service, unknown key → 503"), &r, 503);
+    }
+    c.eq(
+        "requests answered 503 never reach the upstream",
+        echo.requests_arrived() - arrived,
+        0,
+    );
+
     // The realm service stops: what was cached still passes, the rest is 503.
     let (r, _) = timed(stoppable, &key.secret).await;
     c.status("realm key while the service is up → 200", &r, 200);

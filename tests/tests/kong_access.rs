@@ -617,6 +617,63 @@ async fn kong_access_spec(kind: GatewayKind) {
         200,
     );
 
+    // --- refused requests never reach the upstream, not even their headers
+    let (form_type, form_body) = body_of(FORM, &[("apikey", "wrong")]);
+    let (json_type, json_body) = body_of(JSON, &[("apikey", "wrong")]);
+    let (mp_type, mp_body) = multipart(&[("apikey", "wrong")]);
+    for (what, request) in [
+        ("no key", get(plain, "/request")),
+        (
+            "wrong header key",
+            get(plain, "/request").header("apikey", "wrong"),
+        ),
+        ("wrong query key", get(plain, "/request?apikey=wrong")),
+        (
+            "duplicate key",
+            get(plain, "/request?apikey=kong&apikey=kong"),
+        ),
+        ("no key, anonymous missing", get(anon_missing, "/request")),
+        (
+            "wrong form body key",
+            http.post(gateway.url(body, "/request"))
+                .header("content-type", form_type)
+                .body(form_body),
+        ),
+        (
+            "wrong json body key",
+            http.post(gateway.url(body, "/request"))
+                .header("content-type", json_type)
+                .body(json_body),
+        ),
+        (
+            "wrong multipart body key",
+            http.post(gateway.url(body, "/request"))
+                .header("content-type", mp_type)
+                .body(mp_body),
+        ),
+        (
+            "body without a key",
+            http.post(gateway.url(body, "/request"))
+                .header("content-type", FORM)
+                .body("foo=bar"),
+        ),
+    ] {
+        let arrived = echo.requests_arrived();
+        let r = Reply::send(what, request).await;
+        c.check(
+            &format!("refused: {what}"),
+            r.status == 401 || r.status == 500,
+            || format!("expected a refusal, got {}", r.summary()),
+        );
+        // A forwarded request may reach the upstream a moment after the client's answer.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        c.eq(
+            &format!("refused, {what}: never reaches the upstream (not even its headers)"),
+            echo.requests_arrived() - arrived,
+            0,
+        );
+    }
+
     // --- spoofed consumer headers never reach the upstream
     let spoof = |request: reqwest::RequestBuilder| {
         request
