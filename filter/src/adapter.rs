@@ -16,7 +16,7 @@ use crate::engine::{error_body, Action, Host, Level, Worker};
 use crate::metrics::Metric;
 use crate::realm::CallResponse;
 
-/// How often the root context checks realm calls for lost answers and deadlines.
+/// How often the root context checks realm calls (lost answers, deadlines) and body waits.
 const TICK_PERIOD: Duration = Duration::from_millis(200);
 
 proxy_wasm::main! {{
@@ -227,7 +227,8 @@ impl RootContext for Root {
         if self.metrics.0.iter().all(|id| *id == 0) {
             self.metrics = Rc::new(MetricIds::define());
         }
-        let has_realms = cfg.has_realms();
+        // The tick looks after realm calls and requests waiting for a body.
+        let needs_tick = cfg.has_realms() || cfg.key_in_body;
         match &self.worker {
             Some(worker) => match worker.try_borrow_mut() {
                 Ok(mut w) => w.configure(cfg),
@@ -235,7 +236,7 @@ impl RootContext for Root {
             },
             None => self.worker = Some(Rc::new(RefCell::new(Worker::new(cfg)))),
         }
-        if has_realms {
+        if needs_tick {
             let _ = hostcalls::set_tick_period(TICK_PERIOD);
         }
         true

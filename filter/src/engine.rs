@@ -105,8 +105,6 @@ struct Pending {
     next_source: usize,
     unavailable: bool,
     request_id: Option<String>,
-    /// False once the headers have gone on (decided on the body).
-    headers_writable: bool,
 }
 
 /// The body as far as the decision is concerned.
@@ -115,7 +113,7 @@ enum BodyInput {
     Absent,
     /// A body is coming; it has not arrived.
     Pending,
-    /// The whole body (the headers have gone on by then).
+    /// The whole body (the headers are still paused).
     Ready { bytes: Vec<u8>, size: usize },
 }
 
@@ -125,6 +123,8 @@ struct BodyEdit {
     name: usize,
     content_type: Option<String>,
     body_size: usize,
+    /// The whole body has arrived (while the request waited for a realm answer).
+    complete: bool,
 }
 
 enum RequestState {
@@ -133,6 +133,8 @@ enum RequestState {
         config: Rc<Config>,
         headers: Vec<(String, String)>,
         body_size: usize,
+        since_ms: u64,
+        seen_body: bool,
     },
     /// Waiting for a realm look-up.
     Waiting(Pending),
@@ -151,6 +153,9 @@ struct Lookup {
     deadline_ms: u64,
     orphaned: bool,
 }
+
+/// How long a request paused for its body may wait for the first of it (see `expire_body_waits`).
+pub const BODY_WAIT_MS: u64 = 10_000;
 
 /// Extra time past `timeout_ms` after which a look-up without answer is given up by the tick.
 const DEADLINE_GRACE_MS: u64 = 500;
@@ -259,11 +264,23 @@ impl Worker {
         host: &mut dyn Host,
     ) -> Action {
         match self.requests.get_mut(&ctx) {
-            Some(RequestState::Waiting(_)) | Some(RequestState::Rejected) => Action::Pause,
+            Some(RequestState::Waiting(_)) => {
+                // The body arrives while the headers wait for a realm answer (Envoy with
+                // allow_on_headers_stop_iteration): hold it, and note it for a body edit.
+                if let Some(edit) = self.body_edits.get_mut(&ctx) {
+                    edit.body_size = body_size;
+                    edit.complete = end_of_stream;
+                }
+                Action::Pause
+            }
+            Some(RequestState::Rejected) => Action::Pause,
             Some(RequestState::AwaitingBody {
-                body_size: seen, ..
+                body_size: seen,
+                seen_body,
+                ..
             }) => {
                 *seen = body_size;
+                *seen_body = true;
                 if !end_of_stream {
                     return Action::Pause;
                 }
@@ -286,7 +303,13 @@ impl Worker {
     /// Trailers end the request body.
     pub fn on_request_trailers(&mut self, ctx: u32, host: &mut dyn Host) -> Action {
         match self.requests.get(&ctx) {
-            Some(RequestState::Waiting(_)) | Some(RequestState::Rejected) => Action::Pause,
+            Some(RequestState::Waiting(_)) => {
+                if let Some(edit) = self.body_edits.get_mut(&ctx) {
+                    edit.complete = true;
+                }
+                Action::Pause
+            }
+            Some(RequestState::Rejected) => Action::Pause,
             Some(RequestState::AwaitingBody { .. }) => self.body_complete(ctx, host),
             None => {
                 self.apply_body_edit(ctx, host);
@@ -300,6 +323,7 @@ impl Worker {
             config,
             headers,
             body_size,
+            ..
         }) = self.requests.remove(&ctx)
         else {
             return Action::Continue;
@@ -367,9 +391,6 @@ impl Worker {
         let path = header(headers, ":path");
         let query = path.and_then(|p| split_path(p).1);
         let content_type = header(headers, "content-type");
-        // Request headers can be changed until they have continued: in Envoy, a body only
-        // reaches this filter after its headers went on.
-        let headers_writable = !matches!(body, BodyInput::Ready { .. });
         let (parsed_body, body_size) = match &body {
             BodyInput::Ready { bytes, size } => {
                 (Some(ParsedBody::parse(content_type, bytes)), *size)
@@ -386,37 +407,41 @@ impl Worker {
             },
         );
         let request_id = header(headers, "x-request-id").map(str::to_string);
-        // Whether hide_credentials may have to edit a body that is still to come.
+        // A key found on the headers while a body is still to come: the headers go on, and
+        // hide_credentials may have to remove the name from the body afterwards, which changes
+        // its length. The proxy frames it then.
         let body_edit_ahead = config.hide_credentials
             && config.key_in_body
             && matches!(body, BodyInput::Pending)
-            && body_kind(content_type) != BodyKind::Other;
+            && body_kind(content_type) != BodyKind::Other
+            && matches!(extraction, Extraction::Key { .. });
         if body_edit_ahead && header(headers, "content-length").is_some() {
-            // The body may shrink after the headers have gone on: let the proxy frame it.
             host.remove_request_header("content-length");
         }
         let failure = match extraction {
             Extraction::NeedBody => {
+                // The body decides: wait for all of it with the headers paused. (Envoy needs
+                // `allow_on_headers_stop_iteration: true` to deliver a body to a filter that
+                // paused its headers; docs/configuration.md.)
+                let now = host.now_ms();
                 self.requests.insert(
                     ctx,
                     RequestState::AwaitingBody {
                         config: config.clone(),
                         headers: headers.to_vec(),
                         body_size: 0,
+                        since_ms: now,
+                        seen_body: false,
                     },
                 );
-                // The headers continue (without the consumer headers a client sent); the body
-                // stops here until the decision.
-                return Step::Proceed;
+                return Step::Stop;
             }
             Extraction::Key { value, name } => {
                 if config.hide_credentials {
-                    if headers_writable {
-                        hide_in_headers(config, name, headers, path, host);
-                    }
+                    hide_in_headers(config, name, headers, path, host);
                     if let Some(parsed) = &parsed_body {
                         if config.key_in_body && body_size > 0 {
-                            hide_in_body(config, name, parsed, body_size, host);
+                            hide_in_body(config, name, parsed, body_size, headers, host);
                         }
                     }
                     if body_edit_ahead {
@@ -427,6 +452,7 @@ impl Worker {
                                 name,
                                 content_type: content_type.map(str::to_string),
                                 body_size: 0,
+                                complete: false,
                             },
                         );
                     }
@@ -442,7 +468,6 @@ impl Worker {
                         next_source: 0,
                         unavailable: false,
                         request_id,
-                        headers_writable,
                     };
                     return self.walk(ctx, current, pending, host);
                 }
@@ -451,7 +476,7 @@ impl Worker {
             Extraction::NoKey => Failure::NoKey,
         };
         let request_id = header(headers, "x-request-id");
-        self.fail(ctx, config, request_id, failure, headers_writable, host)
+        self.fail(ctx, config, request_id, failure, host)
     }
 
     /// Tries the `identity_realms` entries from `pending.next_source` on.
@@ -465,7 +490,7 @@ impl Worker {
                     if let Some(cred) = config.credentials.get(&pending.digest) {
                         if cred.expires_at_ms.map(|e| now < e).unwrap_or(true) {
                             host.increment(Metric::RequestsAuthenticatedCp);
-                            set_identity(&cred.identity, false, pending.headers_writable, host);
+                            set_identity(&cred.identity, false, host);
                             return Step::Proceed;
                         }
                     }
@@ -479,7 +504,7 @@ impl Worker {
                         Cached::Found(identity) => {
                             host.increment(Metric::CacheHit);
                             host.increment(Metric::RequestsAuthenticatedRealm);
-                            set_identity(&identity, false, pending.headers_writable, host);
+                            set_identity(&identity, false, host);
                             return Step::Proceed;
                         }
                         Cached::NotFound => {
@@ -525,7 +550,7 @@ impl Worker {
                             if let Some(identity) = self.stale(&config, &key, now) {
                                 host.increment(Metric::CacheStale);
                                 host.increment(Metric::RequestsAuthenticatedRealm);
-                                set_identity(&identity, false, pending.headers_writable, host);
+                                set_identity(&identity, false, host);
                                 return Step::Proceed;
                             }
                             pending.unavailable = true;
@@ -539,14 +564,7 @@ impl Worker {
         } else {
             Failure::Unauthorized
         };
-        self.fail(
-            ctx,
-            &config,
-            pending.request_id.as_deref(),
-            failure,
-            pending.headers_writable,
-            host,
-        )
+        self.fail(ctx, &config, pending.request_id.as_deref(), failure, host)
     }
 
     fn stale(&self, config: &Config, key: &CacheKey, now: u64) -> Option<Rc<Identity>> {
@@ -582,14 +600,13 @@ impl Worker {
         config: &Config,
         request_id: Option<&str>,
         failure: Failure,
-        headers_writable: bool,
         host: &mut dyn Host,
     ) -> Step {
         if let Some(anonymous) = &config.anonymous {
             return match &anonymous.identity {
                 Some(identity) => {
                     host.increment(Metric::RequestsAnonymous);
-                    set_identity(identity, true, headers_writable, host);
+                    set_identity(identity, true, host);
                     Step::Proceed
                 }
                 None => {
@@ -709,7 +726,7 @@ impl Worker {
                 } => {
                     if expires_at_ms.map(|e| now < e).unwrap_or(true) {
                         host.increment(Metric::RequestsAuthenticatedRealm);
-                        set_identity(identity, false, pending.headers_writable, host);
+                        set_identity(identity, false, host);
                         Step::Proceed
                     } else {
                         self.walk(ctx, current, pending, host)
@@ -721,7 +738,7 @@ impl Worker {
                     if let Some(identity) = self.stale(&config, &key, now) {
                         host.increment(Metric::CacheStale);
                         host.increment(Metric::RequestsAuthenticatedRealm);
-                        set_identity(&identity, false, pending.headers_writable, host);
+                        set_identity(&identity, false, host);
                         Step::Proceed
                     } else {
                         pending.unavailable = true;
@@ -730,6 +747,14 @@ impl Worker {
                 }
             };
             if step == Step::Proceed {
+                if self
+                    .body_edits
+                    .get(&ctx)
+                    .map(|e| e.complete)
+                    .unwrap_or(false)
+                {
+                    self.apply_body_edit(ctx, host);
+                }
                 host.resume_request();
             }
         }
@@ -739,10 +764,14 @@ impl Worker {
     /// The periodic tick (root context): gives up look-ups past their deadline and repeats those
     /// whose answer would be delivered to a context that no longer exists.
     pub fn on_tick(&mut self, root: u32, host: &mut dyn Host) {
-        if self.lookups.is_empty() {
+        if self.requests.is_empty() {
             return;
         }
         let now = host.now_ms();
+        self.expire_body_waits(root, now, host);
+        if self.lookups.is_empty() {
+            return;
+        }
         let keys: Vec<CacheKey> = self.lookups.keys().copied().collect();
         for key in keys {
             let Some(lookup) = self.lookups.get(&key) else {
@@ -775,6 +804,53 @@ impl Worker {
                 self.retry_from_root(root, key, &live, now, host);
             }
         }
+    }
+
+    /// Requests paused for a body that never comes: in Envoy, a filter that pauses its headers
+    /// gets no body unless the plugin has `allow_on_headers_stop_iteration: true`. Refuse them
+    /// (500) with a log line saying so, instead of holding them until the stream times out.
+    fn expire_body_waits(&mut self, root: u32, now: u64, host: &mut dyn Host) {
+        let stuck: Vec<u32> = self
+            .requests
+            .iter()
+            .filter_map(|(ctx, state)| match state {
+                RequestState::AwaitingBody {
+                    seen_body: false,
+                    since_ms,
+                    ..
+                } if now.saturating_sub(*since_ms) >= BODY_WAIT_MS => Some(*ctx),
+                _ => None,
+            })
+            .collect();
+        if stuck.is_empty() {
+            return;
+        }
+        host.log(
+            Level::Error,
+            &format!(
+                "keyrealm: {} request(s) waited {} s for a body the proxy never delivered; with key_in_body, Envoy needs allow_on_headers_stop_iteration: true in the wasm filter config",
+                stuck.len(),
+                BODY_WAIT_MS / 1000
+            ),
+        );
+        for ctx in stuck {
+            host.set_effective_context(ctx);
+            let request_id = match self.requests.get(&ctx) {
+                Some(RequestState::AwaitingBody { headers, .. }) => {
+                    header(headers, "x-request-id").map(str::to_string)
+                }
+                _ => None,
+            };
+            self.reject(
+                ctx,
+                500,
+                "An unexpected error occurred",
+                None,
+                request_id.as_deref(),
+                host,
+            );
+        }
+        host.set_effective_context(root);
     }
 
     fn retry_from_root(
@@ -852,16 +928,8 @@ fn strip_consumer_headers(headers: &[(String, String)], host: &mut dyn Host) {
     }
 }
 
-/// Sets the consumer headers. Once the headers have gone on (a key found in the body, in Envoy)
-/// they cannot be changed any more; the request continues without them.
-fn set_identity(identity: &Identity, anonymous: bool, headers_writable: bool, host: &mut dyn Host) {
-    if !headers_writable {
-        host.log(
-            Level::Debug,
-            "keyrealm: authenticated by a key in the body: consumer headers cannot be added",
-        );
-        return;
-    }
+/// Sets the consumer headers (client-sent copies were removed on the headers).
+fn set_identity(identity: &Identity, anonymous: bool, host: &mut dyn Host) {
     host.set_request_header("x-consumer-id", &identity.consumer_id);
     if let Some(v) = &identity.custom_id {
         host.set_request_header("x-consumer-custom-id", v);
@@ -909,12 +977,14 @@ fn hide_in_headers(
     }
 }
 
-/// `hide_credentials` in a buffered body (re-encoded in its own content type).
+/// `hide_credentials` in a buffered body (re-encoded in its own content type), with its headers
+/// still paused: the length is corrected.
 fn hide_in_body(
     config: &Config,
     name: usize,
     body: &ParsedBody,
     body_size: usize,
+    headers: &[(String, String)],
     host: &mut dyn Host,
 ) {
     let Some(key_name) = config.key_names.get(name) else {
@@ -922,6 +992,9 @@ fn hide_in_body(
     };
     if let Some(new_body) = body.without(&key_name.name) {
         host.replace_request_body(body_size, &new_body);
+        if header(headers, "content-length").is_some() {
+            host.set_request_header("content-length", &new_body.len().to_string());
+        }
     }
 }
 

@@ -388,8 +388,9 @@ fn hide_credentials_in_the_body_re_encodes_it_in_its_content_type() {
     ));
     assert_eq!(o.status(), 200, "{o:?}");
     assert_eq!(o.body(), "z=1&a=%20b");
-    // Headers were gone before the body decided: the length is left to the proxy.
-    assert_eq!(o.header("content-length"), None);
+    // The headers waited for the body: its new length is set.
+    assert_eq!(o.header("content-length"), Some("10"));
+    assert_alice(&o);
 
     let o = h.send(Req::new("POST", "/").body(
         "application/json",
@@ -397,6 +398,7 @@ fn hide_credentials_in_the_body_re_encodes_it_in_its_content_type() {
     ));
     assert_eq!(o.status(), 200);
     assert_eq!(o.body(), r#"{"z":1,"a":[1,2]}"#);
+    assert_eq!(o.header("content-length"), Some("17"));
 
     let multipart = "--B\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--B\r\nContent-Disposition: form-data; name=\"apikey\"\r\n\r\nalice-key\r\n--B\r\nContent-Disposition: form-data; name=\"f\"; filename=\"x.txt\"\r\nContent-Type: text/plain\r\n\r\nhello\r\n--B--\r\n";
     let o = h.send(Req::new("POST", "/").body("multipart/form-data; boundary=B", multipart));
@@ -406,7 +408,8 @@ fn hide_credentials_in_the_body_re_encodes_it_in_its_content_type() {
         "--B\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--B\r\nContent-Disposition: form-data; name=\"f\"; filename=\"x.txt\"\r\nContent-Type: text/plain\r\n\r\nhello\r\n--B--\r\n"
     );
 
-    // A key in a header also removes the name from the body; the headers are still editable then.
+    // A key in a header also removes the name from the body, which comes after the headers went
+    // on: the length is left to the proxy.
     let o = h.send(
         Req::new("POST", "/")
             .header("apikey", "alice-key")
@@ -474,4 +477,41 @@ fn no_key_is_ever_logged() {
             "{line}"
         );
     }
+}
+
+#[test]
+fn a_body_key_works_whether_or_not_the_proxy_delivers_the_body_to_paused_headers() {
+    for with_paused_headers in [true, false] {
+        let mut h = harness(r#""key_in_body":true"#);
+        h.body_with_paused_headers = with_paused_headers;
+        // A key in a header with a body coming is decided on the headers either way.
+        let o = h.send(
+            Req::new("POST", "/")
+                .header("apikey", "alice-key")
+                .body("application/json", r#"{"apikey":"x","k":1}"#),
+        );
+        assert_alice(&o);
+        assert_eq!(o.body(), r#"{"k":1}"#);
+    }
+}
+
+#[test]
+fn a_body_the_proxy_never_delivers_is_refused_after_a_while() {
+    let mut h = harness(r#""key_in_body":true"#);
+    h.body_with_paused_headers = false;
+    let ctx = h
+        .start(Req::new("POST", "/").body("application/x-www-form-urlencoded", "apikey=alice-key"));
+    assert_eq!(h.outcome(ctx), Outcome::Paused);
+    h.host.now += 9_999;
+    h.tick();
+    assert_eq!(h.outcome(ctx), Outcome::Paused);
+    h.host.now += 1;
+    h.tick();
+    let o = h.outcome(ctx);
+    assert_eq!(o.status(), 500);
+    assert!(h
+        .host
+        .logs
+        .iter()
+        .any(|(_, l)| l.contains("allow_on_headers_stop_iteration")));
 }

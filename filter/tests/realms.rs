@@ -482,3 +482,27 @@ fn reconfiguration_keeps_the_cache_of_the_same_realm() {
     assert_realm_consumer(&h.send(key("realm-key")));
     assert_eq!(h.host.calls.len(), 1);
 }
+
+#[test]
+fn a_body_edit_waits_for_the_realm_answer() {
+    for with_paused_headers in [true, false] {
+        let mut h = Harness::new(&config(&realm(REALM_A, "us"), "").replacen(
+            r#"{"identity_realms""#,
+            r#"{"key_in_body":true,"identity_realms""#,
+            1,
+        ));
+        h.body_with_paused_headers = with_paused_headers;
+        let ctx = h.start(
+            Req::new("POST", "/")
+                .header("apikey", "realm-key")
+                .body("application/x-www-form-urlencoded", "a=1&apikey=zzz"),
+        );
+        assert_eq!(h.outcome(ctx), Outcome::Paused);
+        let t = h.last_call().token;
+        h.answer(t, Some(201), &found("rc-1", "ariel", "rk-1", 10));
+        let o = h.outcome(ctx);
+        assert_realm_consumer(&o);
+        assert_eq!(o.body(), "a=1", "with_paused_headers={with_paused_headers}");
+        assert_eq!(o.header("content-length"), None);
+    }
+}

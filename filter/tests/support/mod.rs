@@ -307,6 +307,9 @@ impl Req {
 pub struct Harness {
     pub worker: Worker,
     pub host: FakeHost,
+    /// Whether a request paused on its headers still gets its body (Envoy with
+    /// `allow_on_headers_stop_iteration: true`); without it the body waits for the resume.
+    pub body_with_paused_headers: bool,
     next_ctx: u32,
 }
 
@@ -325,6 +328,7 @@ impl Harness {
                 now: 1_000_000,
                 ..FakeHost::default()
             },
+            body_with_paused_headers: true,
             next_ctx: 100,
         }
     }
@@ -360,18 +364,23 @@ impl Harness {
     }
 
     fn after_headers(&mut self, ctx: u32, action: Action) {
+        let r = self.host.requests.get_mut(&ctx).unwrap();
         if action == Action::Continue {
-            self.host.requests.get_mut(&ctx).unwrap().headers_continued = true;
+            r.headers_continued = true;
+            if !r.has_body {
+                r.finished_upstream = r.response.is_none();
+                return;
+            }
+            self.deliver_body(ctx);
+        } else if r.has_body && self.body_with_paused_headers && r.response.is_none() {
+            // Envoy with allow_on_headers_stop_iteration: the body still reaches the filter.
             self.deliver_body(ctx);
         }
     }
 
     fn deliver_body(&mut self, ctx: u32) {
         let r = self.host.requests.get_mut(&ctx).unwrap();
-        if !r.has_body || r.body_delivered || r.response.is_some() {
-            if !r.has_body && r.headers_continued && r.response.is_none() {
-                r.finished_upstream = true;
-            }
+        if r.body_delivered || r.response.is_some() {
             return;
         }
         r.body_delivered = true;
@@ -382,6 +391,7 @@ impl Harness {
         if action == Action::Continue {
             let r = self.host.requests.get_mut(&ctx).unwrap();
             if r.response.is_none() {
+                r.headers_continued = true;
                 r.finished_upstream = true;
             }
         }
@@ -392,16 +402,18 @@ impl Harness {
         while let Some(ctx) = self.host.resumed.pop() {
             let r = self.host.requests.get_mut(&ctx).unwrap();
             r.resumed = false;
-            if !r.headers_continued {
-                r.headers_continued = true;
-                if !r.has_body {
-                    r.finished_upstream = true;
-                } else {
-                    self.deliver_body(ctx);
-                }
-            } else {
-                // Paused in the body callback at end of stream.
+            if r.response.is_some() {
+                continue;
+            }
+            let headers_were_paused = !r.headers_continued;
+            r.headers_continued = true;
+            if !r.has_body || r.body_delivered {
+                // Everything the filter held goes on.
                 r.finished_upstream = true;
+            } else if headers_were_paused {
+                // Paused on headers without the body (Envoy's StopAllIteration): the body
+                // reaches the filter now.
+                self.deliver_body(ctx);
             }
         }
     }
