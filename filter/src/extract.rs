@@ -462,3 +462,81 @@ fn disposition_name(value: &str) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_decoding_keeps_malformed_escapes() {
+        assert_eq!(url_decode("a%20b+c"), "a b c");
+        assert_eq!(url_decode("100%"), "100%");
+        assert_eq!(url_decode("%zz%4"), "%zz%4");
+        assert_eq!(url_decode("%E2%9C%93"), "✓");
+        assert!(matches!(url_decode("plain"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn urlencoded_lookup_and_removal() {
+        assert_eq!(
+            find_urlencoded("a=1&apikey=k", "apikey"),
+            Found::One("k".into())
+        );
+        assert_eq!(find_urlencoded("apikey", "apikey"), Found::NotString);
+        assert_eq!(
+            find_urlencoded("apikey=&x", "apikey"),
+            Found::One("".into())
+        );
+        assert_eq!(find_urlencoded("apikey=1&apikey=2", "apikey"), Found::Many);
+        assert_eq!(find_urlencoded("apikey[]=1", "apikey"), Found::Absent);
+        assert_eq!(find_urlencoded("a=b=c", "a"), Found::One("b=c".into()));
+        assert_eq!(
+            remove_urlencoded("a=1&apikey=k&&b", "apikey").as_deref(),
+            Some("a=1&&b")
+        );
+        assert_eq!(remove_urlencoded("a=1", "apikey"), None);
+        assert_eq!(
+            path_without_query_name("/p?apikey=k", "apikey").as_deref(),
+            Some("/p")
+        );
+        assert_eq!(path_without_query_name("/p", "apikey"), None);
+        assert_eq!(split_path("/a?b=1#frag"), ("/a", Some("b=1")));
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            body_kind(Some("application/JSON; charset=utf-8")),
+            BodyKind::Json
+        );
+        assert_eq!(body_kind(Some("application/vnd.api+json")), BodyKind::Json);
+        assert_eq!(
+            body_kind(Some("application/x-www-form-urlencoded")),
+            BodyKind::Form
+        );
+        assert_eq!(
+            body_kind(Some("multipart/form-data; boundary=\"a b\"")),
+            BodyKind::Multipart {
+                boundary: "a b".into()
+            }
+        );
+        assert_eq!(body_kind(Some("multipart/form-data")), BodyKind::Other);
+        assert_eq!(body_kind(Some("text/plain")), BodyKind::Other);
+        assert_eq!(body_kind(None), BodyKind::Other);
+    }
+
+    #[test]
+    fn multipart_with_preamble_and_a_part_without_headers() {
+        let body = b"preamble\r\n--B\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--B\r\n\r\nanonymous\r\n--B\r\nContent-Disposition: form-data; filename=\"f\"; name=\"apikey\"\r\n\r\nk\r\n--B--\r\nepilogue";
+        let m = Multipart::parse(body, "B").unwrap();
+        assert_eq!(m.find("a"), Found::One("x".into()));
+        assert_eq!(m.find("apikey"), Found::One("k".into()));
+        assert_eq!(m.find("f"), Found::Absent);
+        let without = m.without("apikey").unwrap();
+        assert_eq!(
+            String::from_utf8(without).unwrap(),
+            "preamble\r\n--B\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--B\r\n\r\nanonymous\r\n--B--\r\nepilogue"
+        );
+        assert!(Multipart::parse(b"--B\r\nno end", "B").is_none());
+    }
+}
