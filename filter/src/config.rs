@@ -4,6 +4,7 @@
 //!
 //! Every refusal is a [`ConfigError`] naming the field (`identity_realms[1].region`) and the reason.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::rc::Rc;
@@ -164,6 +165,9 @@ pub struct RealmRef {
     pub authority: String,
     /// `/<realm id>/v0/authenticate`.
     pub path: String,
+    /// The worker's number for this realm id in its cache keys (set when the worker takes the
+    /// configuration; `u32::MAX` until then).
+    pub slot: Cell<u32>,
 }
 
 /// A control-plane credential, indexed by the SHA-256 of its key.
@@ -651,6 +655,7 @@ fn validate(
                     region: entry.region,
                     cluster,
                     path,
+                    slot: Cell::new(u32::MAX),
                 })));
             }
             other => {

@@ -202,7 +202,8 @@ impl Worker {
         let config = self.config.clone();
         for source in &config.sources {
             if let Source::Realm(r) = source {
-                self.slot(&r.id);
+                let slot = self.slot(&r.id);
+                r.slot.set(slot);
             }
         }
     }
@@ -406,7 +407,7 @@ impl Worker {
                 body: parsed_body.as_ref(),
             },
         );
-        let request_id = header(headers, "x-request-id").map(str::to_string);
+        let request_id = header(headers, "x-request-id");
         // A key found on the headers while a body is still to come: the headers go on, and
         // hide_credentials may have to remove the name from the body afterwards, which changes
         // its length. The proxy frames it then.
@@ -467,20 +468,28 @@ impl Worker {
                         digest,
                         next_source: 0,
                         unavailable: false,
-                        request_id,
+                        request_id: None,
                     };
-                    return self.walk(ctx, current, pending, host);
+                    return self.walk(ctx, current, pending, request_id, host);
                 }
             }
             Extraction::Duplicate => Failure::Duplicate,
             Extraction::NoKey => Failure::NoKey,
         };
-        let request_id = header(headers, "x-request-id");
         self.fail(ctx, config, request_id, failure, host)
     }
 
     /// Tries the `identity_realms` entries from `pending.next_source` on.
-    fn walk(&mut self, ctx: u32, current: u32, mut pending: Pending, host: &mut dyn Host) -> Step {
+    /// `request_id` is kept in `pending` only if the request has to wait (no allocation on the
+    /// common path).
+    fn walk(
+        &mut self,
+        ctx: u32,
+        current: u32,
+        mut pending: Pending,
+        request_id: Option<&str>,
+        host: &mut dyn Host,
+    ) -> Step {
         let config = pending.config.clone();
         let now = host.now_ms();
         while let Some(source) = config.sources.get(pending.next_source) {
@@ -497,7 +506,10 @@ impl Worker {
                 }
                 Source::Realm(realm) => {
                     let key = CacheKey {
-                        realm: self.slot(&realm.id),
+                        realm: match realm.slot.get() {
+                            u32::MAX => self.slot(&realm.id),
+                            slot => slot,
+                        },
                         digest: pending.digest,
                     };
                     match self.cache.lookup(&key, now) {
@@ -518,6 +530,7 @@ impl Worker {
                         host.increment(Metric::RealmCallsCoalesced);
                         lookup.participants.push(ctx);
                         pending.next_source -= 1;
+                        pending.request_id = request_id.map(str::to_string);
                         self.requests.insert(ctx, RequestState::Waiting(pending));
                         return Step::Stop;
                     }
@@ -541,6 +554,7 @@ impl Worker {
                             );
                             self.tokens.insert(token, key);
                             pending.next_source -= 1;
+                            pending.request_id = request_id.map(str::to_string);
                             self.requests.insert(ctx, RequestState::Waiting(pending));
                             return Step::Stop;
                         }
@@ -564,7 +578,7 @@ impl Worker {
         } else {
             Failure::Unauthorized
         };
-        self.fail(ctx, &config, pending.request_id.as_deref(), failure, host)
+        self.fail(ctx, &config, request_id, failure, host)
     }
 
     fn stale(&self, config: &Config, key: &CacheKey, now: u64) -> Option<Rc<Identity>> {
@@ -729,10 +743,14 @@ impl Worker {
                         set_identity(identity, false, host);
                         Step::Proceed
                     } else {
-                        self.walk(ctx, current, pending, host)
+                        let rid = pending.request_id.take();
+                        self.walk(ctx, current, pending, rid.as_deref(), host)
                     }
                 }
-                RealmAnswer::NotFound { .. } => self.walk(ctx, current, pending, host),
+                RealmAnswer::NotFound { .. } => {
+                    let rid = pending.request_id.take();
+                    self.walk(ctx, current, pending, rid.as_deref(), host)
+                }
                 RealmAnswer::Unavailable { .. } => {
                     let config = pending.config.clone();
                     if let Some(identity) = self.stale(&config, &key, now) {
@@ -742,7 +760,8 @@ impl Worker {
                         Step::Proceed
                     } else {
                         pending.unavailable = true;
-                        self.walk(ctx, current, pending, host)
+                        let rid = pending.request_id.take();
+                        self.walk(ctx, current, pending, rid.as_deref(), host)
                     }
                 }
             };
