@@ -7,17 +7,18 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{FromRequest, Path, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{post, MethodRouter};
 use rusqlite::Connection;
 use uuid::Uuid;
 
-use super::{bearer, optional, strings_at, uuid_at};
+use super::{bearer, optional, strings_at, uuid_at, AUTHENTICATE_ROUTE};
 use crate::cache::{KeyAnswer, RealmPolicy};
 use crate::clock;
-use crate::error::{ApiError, Problem};
+use crate::error::{to_problem, ApiError, Problem};
 use crate::extract::{parse_id, parse_json};
 use crate::metrics::AuthOutcome;
 use crate::model::{AuthenticateRequest, Credential, Identity};
@@ -37,15 +38,14 @@ use crate::validate::{dedup, MIN_REALM_TTL};
         (status = 404, body = Problem, description = "no such key in this realm (or it expired); `negative_ttl` says how long to cache that"),
         (status = 413, body = Problem)),
     security(("data_plane_token" = [])))]
-pub async fn authenticate(
-    State(state): State<AppState>,
-    realm_id: Result<Path<String>, PathRejection>,
-    request: Request,
-) -> Response {
-    // The request is taken whole (not `HeaderMap` + `Bytes`) so the headers are not copied.
+pub async fn authenticate(State(state): State<AppState>, request: Request) -> Response {
+    // The request is taken whole (not `Path` + `HeaderMap` + `Bytes`): nothing is copied, and
+    // the hot path stays a SHA-256 and a hash-map probe.
+    let uri = request.uri().clone();
+    let realm = realm_of(uri.path());
     let token = bearer(request.headers()).map(secrets::hash);
     let body = Bytes::from_request(request, &state).await;
-    let (outcome, response) = match answer(&state, realm_id, token, body).await {
+    let (outcome, response) = match answer(&state, realm, token, body).await {
         Ok(body) => (
             AuthOutcome::Found,
             (
@@ -65,16 +65,49 @@ pub async fn authenticate(
                 StatusCode::NOT_FOUND => AuthOutcome::NotFound,
                 _ => AuthOutcome::BadRequest,
             };
-            (outcome, error.into_response())
+            (outcome, to_problem(error.into_response(), uri.path()).await)
         }
     };
     state.metrics().authenticate(outcome);
+    state
+        .metrics()
+        .request(AUTHENTICATE_ROUTE, response.status().as_u16());
     response
+}
+
+/// The route's handlers: `POST` only; other methods get a 405 problem (this route is served
+/// outside the shared middleware, so it renders and counts its own answers).
+pub fn handlers() -> MethodRouter<AppState> {
+    post(authenticate).fallback(|State(state): State<AppState>, uri: Uri| async move {
+        state
+            .metrics()
+            .request(AUTHENTICATE_ROUTE, StatusCode::METHOD_NOT_ALLOWED.as_u16());
+        let mut response = to_problem(
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+            )
+            .into_response(),
+            uri.path(),
+        )
+        .await;
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        response
+    })
+}
+
+/// The realm id: the first segment of the path `/{realmId}/v0/authenticate`.
+fn realm_of(path: &str) -> Result<Uuid, ApiError> {
+    let segment = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+    parse_id("realmId", &decoded)
 }
 
 async fn answer(
     state: &AppState,
-    realm_id: Result<Path<String>, PathRejection>,
+    realm: Result<Uuid, ApiError>,
     token: Option<SecretHash>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Bytes, ApiError> {
@@ -84,7 +117,7 @@ async fn answer(
         ));
     };
     // Parsed now, reported after the token check (an unknown token is 401 whatever the body).
-    let request = parse_request(realm_id, body);
+    let request = parse_request(realm, body);
     let cache = state.cache();
     let generation = cache.generation();
     let snapshot = cache.lookup(
@@ -149,19 +182,10 @@ async fn answer(
 
 /// The realm id and the SHA-256 of the secret, or the 400/413 that the request deserves.
 fn parse_request(
-    realm_id: Result<Path<String>, PathRejection>,
+    realm: Result<Uuid, ApiError>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(Uuid, SecretHash), ApiError> {
-    let realm = match realm_id {
-        Ok(Path(text)) => parse_id("realmId", &text)?,
-        Err(rejection) => {
-            return Err(ApiError::invalid_field(
-                "realmId",
-                "path",
-                rejection.body_text(),
-            ))
-        }
-    };
+    let realm = realm?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(

@@ -18,14 +18,27 @@ async fn unknown_routes_and_methods_are_problem_json() {
         .await;
     answer.problem(405);
     assert!(answer.headers.get("allow").is_some());
-    app.call(
-        "GET",
-        &format!("/{}/v0/authenticate", uuid::Uuid::new_v4()),
-        None,
-        None,
-    )
-    .await
-    .problem(405);
+    let answer = app
+        .call(
+            "GET",
+            &format!("/{}/v0/authenticate", uuid::Uuid::new_v4()),
+            None,
+            None,
+        )
+        .await;
+    answer.problem(405);
+    assert_eq!(answer.headers["allow"], "POST");
+    assert_eq!(
+        app.metric("realm_service_http_requests_total{route=\"/{realmId}/v0/authenticate\",status=\"405\"}")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.metric("realm_service_authenticate_total{result=\"bad_request\"}")
+            .await,
+        0,
+        "a GET is not an authenticate call"
+    );
 }
 
 #[tokio::test]
