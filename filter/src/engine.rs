@@ -525,6 +525,17 @@ impl Worker {
                         }
                         Cached::Miss => host.increment(Metric::CacheMiss),
                     }
+                    if self
+                        .lookups
+                        .get(&key)
+                        .map(|l| now >= l.deadline_ms)
+                        .unwrap_or(false)
+                    {
+                        // A look-up past its deadline is dead (the tick has not run yet).
+                        if let Some(dead) = self.lookups.remove(&key) {
+                            self.tokens.remove(&dead.token);
+                        }
+                    }
                     if let Some(lookup) = self.lookups.get_mut(&key) {
                         // One call at a time per key: wait for the one under way.
                         host.increment(Metric::RealmCallsCoalesced);
@@ -783,7 +794,7 @@ impl Worker {
     /// The periodic tick (root context): gives up look-ups past their deadline and repeats those
     /// whose answer would be delivered to a context that no longer exists.
     pub fn on_tick(&mut self, root: u32, host: &mut dyn Host) {
-        if self.requests.is_empty() {
+        if self.requests.is_empty() && self.lookups.is_empty() {
             return;
         }
         let now = host.now_ms();

@@ -506,3 +506,27 @@ fn a_body_edit_waits_for_the_realm_answer() {
         assert_eq!(o.header("content-length"), None);
     }
 }
+
+#[test]
+fn a_dead_look_up_is_not_joined() {
+    let mut h = Harness::new(&config(&realm(REALM_A, "us"), ""));
+    let first = h.start(key("realm-key"));
+    // The client goes away and no answer ever comes; the tick has not cleaned up yet.
+    h.done(first);
+    h.host.now += 2_000;
+    let ctx = h.start(key("realm-key"));
+    assert_eq!(
+        h.host.calls.len(),
+        2,
+        "a new call, not a wait on the dead one"
+    );
+    let t = h.last_call().token;
+    h.answer(t, Some(201), &found("rc-1", "ariel", "rk-1", 10));
+    assert_realm_consumer(&h.outcome(ctx));
+    // Look-ups whose requests are all gone are dropped by the tick.
+    let gone = h.start(key("other-key"));
+    h.done(gone);
+    h.host.now += 2_000;
+    h.tick();
+    assert_eq!(h.worker.lookups_in_flight(), 0);
+}
