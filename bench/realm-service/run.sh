@@ -36,9 +36,9 @@ listening_addr() {
   echo "no 'listening on' in $1" >&2; cat "$1" >&2; return 1
 }
 
-"$BIN/examples/bare_201" 127.0.0.1:0 2>"$WORK/bare.log" & PIDS+=($!)
+"$BIN/examples/bare_201" 127.0.0.1:0 2>"$WORK/bare.log" & BARE_PID=$!; PIDS+=($!)
 REALM_ADMIN_TOKEN=bench-admin REALM_LOG=warn,realm_service=info \
-  "$BIN/realm-service" serve --listen 127.0.0.1:0 --database "$WORK/realm.db" 2>"$WORK/realm.log" & PIDS+=($!)
+  "$BIN/realm-service" serve --listen 127.0.0.1:0 --database "$WORK/realm.db" 2>"$WORK/realm.log" & REALM_PID=$!; PIDS+=($!)
 BARE="$(listening_addr "$WORK/bare.log")"
 REALM="$(listening_addr "$WORK/realm.log")"
 
@@ -58,32 +58,41 @@ test "$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -H "Authorization: 
   -H 'Content-Type: application/json' -d "{\"secret\":\"$SECRET\"}" "http://$REALM$PATH_AUTH")" = 201
 
 LUA="bench/realm-service/post.lua"
-bench() { # name url -> "rps p99_us"
+# CPU time (user+system, clock ticks) the server process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+bench() { # name url pid -> "rps p99_us cpu_us_per_request"
+  local before after
+  before="$(cpu_ticks "$3")"
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$LUA" "$2" > "$WORK/$1.txt"
-  python3 - "$WORK/$1.txt" <<'PY'
+  after="$(cpu_ticks "$3")"
+  python3 - "$WORK/$1.txt" "$((after - before))" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
+ticks, hz = int(sys.argv[2]), int(sys.argv[3])
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+requests = int(re.search(r"(\d+) requests in", text).group(1))
 value, unit = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M).groups()
 p99 = float(value) * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
 non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
 if non2xx:
     sys.exit(f"{sys.argv[1]}: {non2xx.group(1)} non-2xx answers")
-print(f"{rps:.0f} {p99:.0f}")
+print(f"{rps:.0f} {p99:.0f} {ticks / hz * 1e6 / requests:.2f}")
 PY
 }
 
 echo "== authenticate (warm key) vs bare axum 201: wrk -t1 -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $(nproc) cores"
 wrk -t1 -c"$CONNECTIONS" -d2s -s "$LUA" "http://$BARE$PATH_AUTH" >/dev/null
 wrk -t1 -c"$CONNECTIONS" -d2s -s "$LUA" "http://$REALM$PATH_AUTH" >/dev/null
-TOTAL_BARE=0; TOTAL_AUTH=0
+TOTAL_BARE=0; TOTAL_AUTH=0; CPU_BARE=0; CPU_AUTH=0
 for round in $(seq 1 "$ROUNDS"); do
-  read -r bare_rps bare_p99 <<<"$(bench "bare$round" "http://$BARE$PATH_AUTH")"
-  read -r auth_rps auth_p99 <<<"$(bench "auth$round" "http://$REALM$PATH_AUTH")"
-  echo "round $round: bare ${bare_rps} req/s p99 ${bare_p99}us | authenticate ${auth_rps} req/s p99 ${auth_p99}us | ratio $(python3 -c "print(f'{$auth_rps/$bare_rps:.2f}')")"
+  read -r bare_rps bare_p99 bare_cpu <<<"$(bench "bare$round" "http://$BARE$PATH_AUTH" "$BARE_PID")"
+  read -r auth_rps auth_p99 auth_cpu <<<"$(bench "auth$round" "http://$REALM$PATH_AUTH" "$REALM_PID")"
+  echo "round $round: bare ${bare_rps} req/s p99 ${bare_p99}us cpu ${bare_cpu}us/req | authenticate ${auth_rps} req/s p99 ${auth_p99}us cpu ${auth_cpu}us/req | throughput ratio $(python3 -c "print(f'{$auth_rps/$bare_rps:.2f}')")"
   TOTAL_BARE=$((TOTAL_BARE + bare_rps)); TOTAL_AUTH=$((TOTAL_AUTH + auth_rps))
+  CPU_BARE="$(python3 -c "print($CPU_BARE + $bare_cpu)")"; CPU_AUTH="$(python3 -c "print($CPU_AUTH + $auth_cpu)")"
 done
 echo "throughput ratio authenticate/bare over all rounds: $(python3 -c "print(f'{$TOTAL_AUTH/$TOTAL_BARE:.2f}')") (target >= 0.80)"
+echo "server CPU per request, bare/authenticate (the throughput ratio the CPU cost alone allows): $(python3 -c "print(f'{$CPU_BARE/$CPU_AUTH:.2f}')")"
 curl -s --max-time 10 "http://$REALM/metrics" | grep -E '^realm_service_authenticate_(cache_)?total\{result="(hit|miss|found|not_found)"\}'
 
 if [ -n "$KEYS" ]; then

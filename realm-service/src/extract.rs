@@ -6,6 +6,7 @@ use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+use crate::api::MAX_BODY_BYTES;
 use crate::error::{ApiError, InvalidParameter};
 
 /// A JSON body: `Content-Type: application/json`, at most 1 MiB, every field known.
@@ -18,7 +19,7 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
         let is_json = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -34,21 +35,28 @@ where
                 "expected a body with Content-Type: application/json",
             ));
         }
-        let bytes = read_body(req, state).await?;
+        let bytes = read_body(req).await?;
         parse_json(&bytes).map(ApiJson)
     }
 }
 
-/// Reads the whole body, mapping an oversized one to 413.
-pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
-    Bytes::from_request(req, state).await.map_err(|rejection| {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(status, "request body is larger than 1 MiB")
-        } else {
-            ApiError::invalid_field("body", "readable", rejection.body_text())
-        }
-    })
+/// Reads the whole body, at most [`MAX_BODY_BYTES`] (413 beyond; also for a streamed body
+/// without a length).
+pub async fn read_body(req: Request) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+        .await
+        .map_err(|error| {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body is larger than 1 MiB",
+                )
+            } else {
+                ApiError::invalid_field("body", "readable", "the request body could not be read")
+            }
+        })
 }
 
 /// Parses JSON into `T`, naming the field at fault when it does not fit.

@@ -7,8 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, MethodRouter};
@@ -19,7 +18,7 @@ use super::{bearer, optional, strings_at, uuid_at, AUTHENTICATE_ROUTE};
 use crate::cache::{KeyAnswer, RealmPolicy};
 use crate::clock;
 use crate::error::{to_problem, ApiError, Problem};
-use crate::extract::{parse_id, parse_json};
+use crate::extract::{parse_id, parse_json, read_body};
 use crate::metrics::AuthOutcome;
 use crate::model::{AuthenticateRequest, Credential, Identity};
 use crate::secrets::{self, SecretHash};
@@ -44,7 +43,7 @@ pub async fn authenticate(State(state): State<AppState>, request: Request) -> Re
     let uri = request.uri().clone();
     let realm = realm_of(uri.path());
     let token = bearer(request.headers()).map(secrets::hash);
-    let body = Bytes::from_request(request, &state).await;
+    let body = read_body(request).await;
     let (outcome, response) = match answer(&state, realm, token, body).await {
         Ok(body) => (
             AuthOutcome::Found,
@@ -101,15 +100,21 @@ pub fn handlers() -> MethodRouter<AppState> {
 /// The realm id: the first segment of the path `/{realmId}/v0/authenticate`.
 fn realm_of(path: &str) -> Result<Uuid, ApiError> {
     let segment = path.trim_start_matches('/').split('/').next().unwrap_or("");
-    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
-    parse_id("realmId", &decoded)
+    if segment.contains('%') {
+        parse_id(
+            "realmId",
+            &percent_encoding::percent_decode_str(segment).decode_utf8_lossy(),
+        )
+    } else {
+        parse_id("realmId", segment)
+    }
 }
 
 async fn answer(
     state: &AppState,
     realm: Result<Uuid, ApiError>,
     token: Option<SecretHash>,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, ApiError>,
 ) -> Result<Bytes, ApiError> {
     let Some(token) = token else {
         return Err(ApiError::unauthorized(
@@ -183,19 +188,10 @@ async fn answer(
 /// The realm id and the SHA-256 of the secret, or the 400/413 that the request deserves.
 fn parse_request(
     realm: Result<Uuid, ApiError>,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, ApiError>,
 ) -> Result<(Uuid, SecretHash), ApiError> {
     let realm = realm?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body is larger than 1 MiB",
-            )
-        } else {
-            ApiError::invalid_field("body", "readable", rejection.body_text())
-        }
-    })?;
+    let body = body?;
     // The common case straight through serde_json; the slower path only to name what is wrong.
     let request: AuthenticateRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,

@@ -9,7 +9,7 @@ pub mod realms;
 
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::middleware::{from_fn_with_state, Next};
@@ -23,7 +23,8 @@ use crate::error::{to_problem, ApiError};
 use crate::secrets;
 use crate::state::AppState;
 
-/// Largest accepted request body: 1 MiB (larger → 413).
+/// Largest accepted request body: 1 MiB (larger → 413). Every body is read through
+/// [`crate::extract::read_body`], which enforces it.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The identity endpoint's route template.
@@ -100,8 +101,6 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(from_fn_with_state(state.clone(), observe))
         .merge(direct)
-        // Every body extractor (ApiJson, Bytes) stops reading past 1 MiB and answers 413.
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
