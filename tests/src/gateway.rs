@@ -7,12 +7,16 @@
 //! ([`render_config`]); every gateway kind is started from that same file.
 //!
 //! Today there is one kind, [`GatewayKind::Envoy`]: the real Envoy binary named by `ENVOY_BIN`,
-//! started as a child process. To add keyrealm-host: add a `Host` variant to [`GatewayKind`] and to
-//! `Process`, render the spec with port 0 everywhere, call `keyrealm_host::start(&config_path)`,
-//! take the bound addresses from `listener_addrs()` / `admin_addr()`, and make `log()` return what
-//! the host logged (for example by having it write to a file). Then add the variant to
-//! [`GatewayKind::ALL`]: every scenario written with [`gateway_test!`](crate::gateway_test) runs
-//! on it too.
+//! started as a child process. To add keyrealm-host (in-process, `keyrealm_host` as a
+//! dependency): add a `Host` variant to [`GatewayKind`] (and to [`GatewayKind::ALL`]) and a
+//! `Host(Option<keyrealm_host::RunningHost>)` variant to `Process`; render the spec with port 0
+//! for the listeners and the admin address; start it with `keyrealm_host::start_with_options`
+//! and `HostOptions { workers: Some(1), env: spec.env, log_path: Some(<dir>/host.log), .. }` (its
+//! own environment and log file, so parallel tests do not mix); take the bound addresses from
+//! `listener_addrs()` / `admin_addr()`; stop it in `Gateway::stop` with
+//! `block_in_place(|| Handle::current().block_on(running.shutdown()))`; a refused configuration is
+//! the `Err` of the start. Then add a `host` test to [`gateway_test!`](crate::gateway_test):
+//! every scenario runs on both gateways.
 
 use std::fmt;
 use std::fs::File;
