@@ -8,7 +8,7 @@
 # generator (wrk, one thread): Envoy + keyrealm filter, keyrealm-host + keyrealm filter, Envoy
 # without a filter, keyrealm-host without a filter. The filter authenticates a control-plane key
 # sent in the `apikey` header on every request. Memory: resident set size of the gateway after
-# its run, at WORKERS and at WORKERS+1 workers; the difference is the cost of one more worker.
+# its run, at WORKERS and at WORKERS+2 workers; half the difference is the cost of one worker.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -127,6 +127,10 @@ run() {
   local code
   code=$(curl -s -o /dev/null -w '%{http_code}' "${hdr[@]}" "http://127.0.0.1:$port/")
   [ "$code" = 200 ] || { echo "$name: expected 200, got $code" >&2; cat "$WORK/$name.log" >&2; return 1; }
+  if [ "$filter" = yes ]; then
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/")
+    [ "$code" = 401 ] || { echo "$name: the filter is not active (no key gave $code)" >&2; return 1; }
+  fi
   "$WRK" -t1 -c"$CONNECTIONS" -d2s "${hdr[@]}" "http://127.0.0.1:$port/" >/dev/null
   local result
   result=$("$WRK" -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${hdr[@]}" "http://127.0.0.1:$port/")
@@ -148,8 +152,8 @@ run() {
   run host_filter host yes "$WORKERS"
   run envoy_nofilter envoy no "$WORKERS"
   run host_nofilter host no "$WORKERS"
-  run envoy_filter_plus1 envoy yes $((WORKERS + 1))
-  run host_filter_plus1 host yes $((WORKERS + 1))
+  run envoy_filter_plus2 envoy yes $((WORKERS + 2))
+  run host_filter_plus2 host yes $((WORKERS + 2))
 } | tee "$OUT"
 
 awk '
@@ -158,5 +162,6 @@ awk '
   END {
     printf "keyrealm-host/Envoy with the filter:    %.2fx\n", rps["host_filter"]/rps["envoy_filter"]
     printf "keyrealm-host/Envoy without a filter:   %.2fx\n", rps["host_nofilter"]/rps["envoy_nofilter"]
-    printf "memory per extra worker (RSS KiB): envoy %d, keyrealm-host %d\n", rss["envoy_filter_plus1"]-rss["envoy_filter"], rss["host_filter_plus1"]-rss["host_filter"]
+    printf "RSS with the filter (KiB): envoy %d, keyrealm-host %d\n", rss["envoy_filter"], rss["host_filter"]
+    printf "memory per worker (RSS KiB, half the growth from +2 workers): envoy %d, keyrealm-host %d\n", (rss["envoy_filter_plus2"]-rss["envoy_filter"])/2, (rss["host_filter_plus2"]-rss["host_filter"])/2
   }' "$OUT" | tee -a "$OUT"
