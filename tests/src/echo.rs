@@ -27,6 +27,11 @@ pub fn app_counting(arrived: Arc<AtomicU64>) -> Router {
     Router::new().fallback(echo).with_state(arrived)
 }
 
+/// Serves the echo upstream on `listener` until the process ends (or the future is dropped).
+pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
+    axum::serve(listener, app()).await
+}
+
 /// A running in-process echo upstream; stops when dropped.
 pub struct EchoUpstream {
     addr: SocketAddr,

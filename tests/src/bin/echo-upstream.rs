@@ -20,6 +20,6 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", args.listen))?;
     eprintln!("echo-upstream listening on {}", listener.local_addr()?);
-    axum::serve(listener, keyrealm_tests::echo::app()).await?;
+    keyrealm_tests::echo::serve(listener).await?;
     Ok(())
 }
