@@ -8,7 +8,7 @@
 //!
 //! Today there is one kind, [`GatewayKind::Envoy`]: the real Envoy binary named by `ENVOY_BIN`,
 //! started as a child process. To add keyrealm-host (in-process, `keyrealm_host` as a
-//! dependency): add a `Host` variant to [`GatewayKind`] (and to [`GatewayKind::ALL`]) and a
+//! dependency): add a `Host` variant to [`GatewayKind`] and a
 //! `Host(Option<keyrealm_host::RunningHost>)` variant to `Process`; render the spec with port 0
 //! for the listeners and the admin address; start it with `keyrealm_host::start_with_options`
 //! and `HostOptions { workers: Some(1), env: spec.env, log_path: Some(<dir>/host.log), .. }` (its
@@ -42,9 +42,6 @@ pub enum GatewayKind {
 }
 
 impl GatewayKind {
-    /// Every kind the suite runs each scenario against.
-    pub const ALL: &'static [GatewayKind] = &[GatewayKind::Envoy];
-
     /// Starts a gateway serving `spec`; waits until it is ready.
     pub async fn start(self, spec: &GatewaySpec) -> anyhow::Result<Gateway> {
         match self {
