@@ -18,7 +18,7 @@ CONNECTIONS="${CONNECTIONS:-10}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 WRK="${WRK:-wrk}"
 ENVOY_BIN="${ENVOY_BIN:-$(scripts/install-envoy.sh)}"
-OUT="${OUT:-$ROOT/bench/host/last-run.txt}"
+OUT="${OUT:-/tmp/keyrealm-bench-host.txt}"
 
 cargo build --release -p keyrealm-host --example bench_upstream >&2
 cargo build --release --target wasm32-wasip1 -p keyrealm-filter >&2
