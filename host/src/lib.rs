@@ -15,7 +15,10 @@
 //! # Ok(()) }
 //! ```
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod admin;
 pub mod config;
@@ -116,15 +119,23 @@ impl RunningHost {
     }
 
     /// Stops accepting, closes open connections, and waits for the workers to end.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        let threads = self.threads;
+        let threads = std::mem::take(&mut self.threads);
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
         })
         .await;
+    }
+}
+
+impl Drop for RunningHost {
+    /// A host dropped without [`RunningHost::shutdown`] still stops: its threads are told to
+    /// end (without waiting for them).
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
     }
 }
 

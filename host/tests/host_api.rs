@@ -171,3 +171,21 @@ fn the_binary_validates_a_configuration() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_host_stops_it() {
+    let upstream = common::spawn_echo().await;
+    let yaml = common::envoy_yaml(upstream, &[], &[]);
+    let (host, _dir) = common::start_host(&yaml, keyrealm_host::HostOptions::default()).await;
+    let addr = host.listener_addrs()[0];
+    assert_eq!(common::get(addr, "/").await.status, 200);
+    drop(host);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting 5 s after drop"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
