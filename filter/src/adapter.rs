@@ -76,6 +76,10 @@ impl Host for WasmHost<'_> {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
     }
 
+    fn add_request_header(&mut self, name: &str, value: &str) {
+        let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
+    }
+
     fn remove_request_header(&mut self, name: &str) {
         let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
     }

@@ -35,6 +35,8 @@ pub trait Host {
     fn request_headers(&mut self) -> Vec<(String, String)>;
     /// Sets (replaces) a request header.
     fn set_request_header(&mut self, name: &str, value: &str);
+    /// Adds a request header (keeping any of the same name).
+    fn add_request_header(&mut self, name: &str, value: &str);
     fn remove_request_header(&mut self, name: &str);
     /// The buffered request body (`size` bytes from the start).
     fn request_body(&mut self, size: usize) -> Option<Vec<u8>>;
@@ -491,13 +493,18 @@ impl Worker {
         host: &mut dyn Host,
     ) -> Step {
         let config = pending.config.clone();
-        let now = host.now_ms();
+        // The clock is read only when an entry needs it (a cp key without ttl does not).
+        let mut clock: Option<u64> = None;
         while let Some(source) = config.sources.get(pending.next_source) {
             pending.next_source += 1;
             match source {
                 Source::ControlPlane => {
                     if let Some(cred) = config.credentials.get(&pending.digest) {
-                        if cred.expires_at_ms.map(|e| now < e).unwrap_or(true) {
+                        if cred
+                            .expires_at_ms
+                            .map(|e| now(&mut clock, host) < e)
+                            .unwrap_or(true)
+                        {
                             host.increment(Metric::RequestsAuthenticatedCp);
                             set_identity(&cred.identity, false, host);
                             return Step::Proceed;
@@ -512,6 +519,7 @@ impl Worker {
                         },
                         digest: pending.digest,
                     };
+                    let now = now(&mut clock, host);
                     match self.cache.lookup(&key, now) {
                         Cached::Found(identity) => {
                             host.increment(Metric::CacheHit);
@@ -925,6 +933,11 @@ impl Worker {
     }
 }
 
+/// The time, read from the host once per decision and only if needed.
+fn now(clock: &mut Option<u64>, host: &mut dyn Host) -> u64 {
+    *clock.get_or_insert_with(|| host.now_ms())
+}
+
 fn sync_action(step: Step) -> Action {
     match step {
         Step::Proceed => Action::Continue,
@@ -958,24 +971,25 @@ fn strip_consumer_headers(headers: &[(String, String)], host: &mut dyn Host) {
     }
 }
 
-/// Sets the consumer headers (client-sent copies were removed on the headers).
+/// Adds the consumer headers (client-sent copies were removed on the headers, so adding is
+/// enough).
 fn set_identity(identity: &Identity, anonymous: bool, host: &mut dyn Host) {
-    host.set_request_header("x-consumer-id", &identity.consumer_id);
+    host.add_request_header("x-consumer-id", &identity.consumer_id);
     if let Some(v) = &identity.custom_id {
-        host.set_request_header("x-consumer-custom-id", v);
+        host.add_request_header("x-consumer-custom-id", v);
     }
     if let Some(v) = &identity.username {
-        host.set_request_header("x-consumer-username", v);
+        host.add_request_header("x-consumer-username", v);
     }
     if anonymous {
-        host.set_request_header("x-anonymous-consumer", "true");
+        host.add_request_header("x-anonymous-consumer", "true");
         return;
     }
     if let Some(v) = &identity.credential_id {
-        host.set_request_header("x-credential-identifier", v);
+        host.add_request_header("x-credential-identifier", v);
     }
     if let Some(v) = &identity.groups {
-        host.set_request_header("x-consumer-groups", v);
+        host.add_request_header("x-consumer-groups", v);
     }
 }
 

@@ -92,6 +92,13 @@ impl Host for FakeHost {
         r.headers.push((name.to_string(), value.to_string()));
     }
 
+    fn add_request_header(&mut self, name: &str, value: &str) {
+        self.writable(name);
+        self.req()
+            .headers
+            .push((name.to_string(), value.to_string()));
+    }
+
     fn remove_request_header(&mut self, name: &str) {
         self.writable(name);
         self.req().headers.retain(|(n, _)| n != name);
