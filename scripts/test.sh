@@ -20,7 +20,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 if [ -f envoy.yaml ]; then
   echo "== envoy --mode validate -c envoy.yaml"
-  "$ENVOY_BIN" --mode validate -c envoy.yaml --disable-hot-restart -l warning
+  # Validation loads the filter and runs its configuration check, which needs the token variable.
+  KEYREALM_DP_TOKEN=validate-only "$ENVOY_BIN" --mode validate -c envoy.yaml --disable-hot-restart -l warning
 fi
 
 echo "== cargo test --workspace"
