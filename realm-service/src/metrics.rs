@@ -14,19 +14,22 @@ pub enum AuthOutcome {
     Unauthorized,
     Forbidden,
     BadRequest,
+    /// The service failed (storage): a 5xx.
+    Error,
 }
 
-const OUTCOMES: [(AuthOutcome, &str); 5] = [
+const OUTCOMES: [(AuthOutcome, &str); 6] = [
     (AuthOutcome::Found, "found"),
     (AuthOutcome::NotFound, "not_found"),
     (AuthOutcome::Unauthorized, "unauthorized"),
     (AuthOutcome::Forbidden, "forbidden"),
     (AuthOutcome::BadRequest, "bad_request"),
+    (AuthOutcome::Error, "error"),
 ];
 
 #[derive(Default)]
 pub struct Metrics {
-    authenticate: [AtomicU64; 5],
+    authenticate: [AtomicU64; 6],
     cache_hit: AtomicU64,
     cache_miss: AtomicU64,
     requests: RwLock<HashMap<String, HashMap<u16, AtomicU64>>>,

@@ -62,6 +62,7 @@ pub async fn authenticate(State(state): State<AppState>, request: Request) -> Re
                 StatusCode::UNAUTHORIZED => AuthOutcome::Unauthorized,
                 StatusCode::FORBIDDEN => AuthOutcome::Forbidden,
                 StatusCode::NOT_FOUND => AuthOutcome::NotFound,
+                status if status.is_server_error() => AuthOutcome::Error,
                 _ => AuthOutcome::BadRequest,
             };
             (outcome, to_problem(error.into_response(), uri.path()).await)
