@@ -4,6 +4,8 @@
 #   b  Envoy, the native envoy.filters.http.api_key_auth filter (key in a header, client id forwarded)
 #   c  Envoy, keyrealm filter, a control-plane key (identity_realms: cp)
 #   d  Envoy, keyrealm filter, a realm key answered from the filter's cache (identity_realms: realm)
+#   e  Envoy, keyrealm filter passing OPTIONS requests through (run_on_preflight: false): the cost
+#      of running any proxy-wasm filter plus reading the headers, to split d's cost (not a target)
 #
 # Envoy runs with --concurrency $CONCURRENCY and proxies to a second listener of the same Envoy that
 # answers with a direct_response (the trivial upstream); for d, a third listener plays the realm
@@ -72,8 +74,10 @@ filters() {
                 hide_credentials: true
 YAML
     ;;
-    c|d)
-      if [ "$1" = c ]; then
+    c|d|e)
+      if [ "$1" = e ]; then
+        config='{"run_on_preflight":false}'
+      elif [ "$1" = c ]; then
         config='{"consumers":[{"id":"c-alice","username":"alice","custom_id":"A-1","keyauth_credentials":[{"id":"cred-alice","key":"'"$CP_KEY"'"}]}]}'
       else
         config='{"identity_realms":[{"scope":"realm","id":"'"$REALM_ID"'","region":null}],"realm_service":{"clusters":{"default":"realm_default"},"token":"bench-dp-token","timeout_ms":1000}}'
@@ -168,12 +172,19 @@ stop_envoy() {
   ENVOY_PID=""
 }
 
-key_for() { case "$1" in a|b|c) echo "$CP_KEY" ;; d) echo "$REALM_KEY" ;; esac; }
+key_for() { case "$1" in a|b|c|e) echo "$CP_KEY" ;; d) echo "$REALM_KEY" ;; esac; }
 
 # The variant really authenticates: 200 with the key, 401 without (except a).
 check() {
   local v="$1" key code
   key="$(key_for "$v")"
+  if [ "$v" = e ]; then
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X OPTIONS "http://127.0.0.1:$FRONT/")
+    [ "$code" = 200 ] || { echo "variant e: $code for OPTIONS" >&2; exit 1; }
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$FRONT/")
+    [ "$code" = 401 ] || { echo "variant e: $code for GET without a key" >&2; exit 1; }
+    return 0
+  fi
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "apikey: $key" "http://127.0.0.1:$FRONT/")
   [ "$code" = 200 ] || { echo "variant $v: $code with the key" >&2; cat "$WORK/envoy-$v.log" >&2; exit 1; }
   if [ "$v" != a ]; then
@@ -197,8 +208,13 @@ run_variant() {
   key="$(key_for "$v")"
   start_envoy "$v"
   check "$v"
-  "$WRK" -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -H "apikey: $key" "http://127.0.0.1:$FRONT/" >/dev/null
-  out="$("$WRK" -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H "apikey: $key" "http://127.0.0.1:$FRONT/")"
+  local script=()
+  if [ "$v" = e ]; then
+    echo 'wrk.method = "OPTIONS"' > "$WORK/options.lua"
+    script=(-s "$WORK/options.lua")
+  fi
+  "$WRK" -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${script[@]}" -H "apikey: $key" "http://127.0.0.1:$FRONT/" >/dev/null
+  out="$("$WRK" -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "${script[@]}" -H "apikey: $key" "http://127.0.0.1:$FRONT/")"
   echo "$out" > "$WORK/wrk-$v.txt"
   if grep -q "Non-2xx" <<<"$out"; then echo "variant $v: non-2xx answers" >&2; echo "$out" >&2; exit 1; fi
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
@@ -218,19 +234,20 @@ run_variant() {
 }
 
 for round in $(seq "$ROUNDS"); do
-  for v in a b c d; do run_variant "$v"; done
+  for v in a b c d e; do run_variant "$v"; done
 done
 
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$1" "$2"; }
 {
   echo "| variant | req/s | p50 ms | p99 ms | vs a (no auth) | vs b (native api_key_auth) |"
   echo "|---|---|---|---|---|---|"
-  for v in a b c d; do
+  for v in a b c d e; do
     case "$v" in
       a) name="a: no auth filter" ;;
       b) name="b: native api_key_auth" ;;
       c) name="c: keyrealm, control-plane key" ;;
       d) name="d: keyrealm, cached realm key" ;;
+      e) name="e: keyrealm, OPTIONS passed through (floor)" ;;
     esac
     echo "| $name | ${RPS[$v]} | ${P50[$v]} | ${P99[$v]} | $(ratio "${RPS[$v]}" "${RPS[a]}") | $(ratio "${RPS[$v]}" "${RPS[b]}") |"
   done

@@ -3,14 +3,14 @@
 #  1. authenticate throughput and p99 for a warm key vs a bare axum handler returning a fixed 201
 #     (wrk, same script, same connections), reported as a ratio;
 #  2. cold-cache look-up latency with 1,000 vs 1,000,000 keys in the database, and its size.
-# Usage: bench/realm-service/run.sh   (env: DURATION=10s CONNECTIONS=32 ROUNDS=2 KEYS=1000,1000000;
+# Usage: bench/realm-service/run.sh   (env: DURATION=6s CONNECTIONS=32 ROUNDS=5 KEYS=1000,1000000;
 #        KEYS= skips part 2)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-DURATION="${DURATION:-10s}"
+DURATION="${DURATION:-6s}"
 CONNECTIONS="${CONNECTIONS:-32}"
-ROUNDS="${ROUNDS:-2}"
+ROUNDS="${ROUNDS:-5}"
 KEYS="${KEYS-1000,1000000}"
 LOOKUPS="${LOOKUPS:-2000}"
 command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)" >&2; exit 1; }
@@ -37,9 +37,11 @@ listening_addr() {
 }
 
 "$BIN/examples/bare_201" 127.0.0.1:0 2>"$WORK/bare.log" & BARE_PID=$!; PIDS+=($!)
+"$BIN/examples/bare_201" 127.0.0.1:0 --read-body 2>"$WORK/body.log" & BODY_PID=$!; PIDS+=($!)
 REALM_ADMIN_TOKEN=bench-admin REALM_LOG=warn,realm_service=info \
   "$BIN/realm-service" serve --listen 127.0.0.1:0 --database "$WORK/realm.db" 2>"$WORK/realm.log" & REALM_PID=$!; PIDS+=($!)
 BARE="$(listening_addr "$WORK/bare.log")"
+BODY="$(listening_addr "$WORK/body.log")"
 REALM="$(listening_addr "$WORK/realm.log")"
 
 api() { # method path [body] -> JSON
@@ -81,18 +83,34 @@ PY
 }
 
 echo "== authenticate (warm key) vs bare axum 201: wrk -t1 -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $(nproc) cores"
-wrk -t1 -c"$CONNECTIONS" -d2s -s "$LUA" "http://$BARE$PATH_AUTH" >/dev/null
-wrk -t1 -c"$CONNECTIONS" -d2s -s "$LUA" "http://$REALM$PATH_AUTH" >/dev/null
-TOTAL_BARE=0; TOTAL_AUTH=0; CPU_BARE=0; CPU_AUTH=0
+echo "   (bare+body: the same bare handler, but it reads the request body first, as authenticate must)"
+for target in "$BARE" "$BODY" "$REALM"; do
+  wrk -t1 -c"$CONNECTIONS" -d2s -s "$LUA" "http://$target$PATH_AUTH" >/dev/null
+done
+: > "$WORK/rounds.txt"
 for round in $(seq 1 "$ROUNDS"); do
   read -r bare_rps bare_p99 bare_cpu <<<"$(bench "bare$round" "http://$BARE$PATH_AUTH" "$BARE_PID")"
+  read -r body_rps body_p99 body_cpu <<<"$(bench "body$round" "http://$BODY$PATH_AUTH" "$BODY_PID")"
   read -r auth_rps auth_p99 auth_cpu <<<"$(bench "auth$round" "http://$REALM$PATH_AUTH" "$REALM_PID")"
-  echo "round $round: bare ${bare_rps} req/s p99 ${bare_p99}us cpu ${bare_cpu}us/req | authenticate ${auth_rps} req/s p99 ${auth_p99}us cpu ${auth_cpu}us/req | throughput ratio $(python3 -c "print(f'{$auth_rps/$bare_rps:.2f}')")"
-  TOTAL_BARE=$((TOTAL_BARE + bare_rps)); TOTAL_AUTH=$((TOTAL_AUTH + auth_rps))
-  CPU_BARE="$(python3 -c "print($CPU_BARE + $bare_cpu)")"; CPU_AUTH="$(python3 -c "print($CPU_AUTH + $auth_cpu)")"
+  echo "$bare_rps $bare_p99 $bare_cpu $body_rps $body_p99 $body_cpu $auth_rps $auth_p99 $auth_cpu" >> "$WORK/rounds.txt"
+  echo "round $round: bare $bare_rps req/s p99 ${bare_p99}us cpu ${bare_cpu}us/req" \
+    "| bare+body $body_rps req/s p99 ${body_p99}us cpu ${body_cpu}us/req" \
+    "| authenticate $auth_rps req/s p99 ${auth_p99}us cpu ${auth_cpu}us/req"
 done
-echo "throughput ratio authenticate/bare over all rounds: $(python3 -c "print(f'{$TOTAL_AUTH/$TOTAL_BARE:.2f}')") (target >= 0.80)"
-echo "server CPU per request, bare/authenticate (the throughput ratio the CPU cost alone allows): $(python3 -c "print(f'{$CPU_BARE/$CPU_AUTH:.2f}')")"
+python3 - "$WORK/rounds.txt" <<'PY'
+import statistics, sys
+rows = [list(map(float, line.split())) for line in open(sys.argv[1]) if line.strip()]
+col = lambda i: [r[i] for r in rows]
+med = statistics.median
+ratio = lambda a, b: med([x / y for x, y in zip(col(a), col(b))])
+print(f"median over {len(rows)} rounds: bare {med(col(0)):.0f} req/s p99 {med(col(1)):.0f}us"
+      f" | bare+body {med(col(3)):.0f} req/s p99 {med(col(4)):.0f}us"
+      f" | authenticate {med(col(6)):.0f} req/s p99 {med(col(7)):.0f}us")
+print(f"throughput ratio authenticate/bare: {ratio(6, 0):.2f} (target >= 0.80);"
+      f" authenticate/bare+body: {ratio(6, 3):.2f}; bare+body/bare: {ratio(3, 0):.2f}")
+print(f"server CPU per request: bare {med(col(2)):.2f}us, bare+body {med(col(5)):.2f}us,"
+      f" authenticate {med(col(8)):.2f}us; ratio bare/authenticate {ratio(2, 8):.2f}")
+PY
 curl -s --max-time 10 "http://$REALM/metrics" | grep -E '^realm_service_authenticate_(cache_)?total\{result="(hit|miss|found|not_found)"\}'
 
 if [ -n "$KEYS" ]; then

@@ -2,9 +2,14 @@
 //! with a fixed 201 JSON body, so the authenticate endpoint can be compared with the cheapest
 //! answer axum can give on the same machine in the same run (`bench/realm-service/run.sh`).
 //!
-//! `cargo run --release -p realm-service --example bare_201 -- 127.0.0.1:18101`
+//! With `--read-body` the handler first reads the whole request body (as authenticate must):
+//! that variant shows what reading a body costs by itself.
+//!
+//! `cargo run --release -p realm-service --example bare_201 -- 127.0.0.1:18101 [--read-body]`
 
+use axum::body::Bytes;
 use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
 
@@ -13,19 +18,25 @@ const BODY: &str = r#"{"id":"00000000-0000-0000-0000-000000000000","username":"A
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:18101".to_string());
-    let app = Router::new().route(
-        "/{realm}/v0/authenticate",
-        post(|| async {
-            (
-                StatusCode::CREATED,
-                [(header::CONTENT_TYPE, "application/json")],
-                BODY,
-            )
-        }),
-    );
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:18101".to_string());
+    let read_body = args.next().as_deref() == Some("--read-body");
+    let fixed = || {
+        (
+            StatusCode::CREATED,
+            [(header::CONTENT_TYPE, "application/json")],
+            BODY,
+        )
+    };
+    let handler = if read_body {
+        post(move |body: Bytes| async move {
+            std::hint::black_box(body);
+            fixed().into_response()
+        })
+    } else {
+        post(move || async move { fixed().into_response() })
+    };
+    let app = Router::new().route("/{realm}/v0/authenticate", handler);
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!("listening on {}", listener.local_addr()?);
     axum::serve(listener, app).await
