@@ -22,6 +22,11 @@ use crate::wasm::instance::Action;
 use crate::wasm::{HeaderList, LocalResponse, RequestInfo};
 use crate::worker::{ContextHandle, ListenerRuntime, WorkerCtx};
 
+/// How long a client may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request's body.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The longest a filter may keep a request or response paused.
 pub const PAUSE_LIMIT: Duration = Duration::from_secs(60);
 
@@ -77,7 +82,12 @@ pub async fn handle(
 ) -> Result<HttpResponse, StreamReset> {
     ctx.metrics.host.requests.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
+    let collected =
+        tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await;
+    let Ok(collected) = collected else {
+        return Ok(plain(408, "request timeout"));
+    };
+    let body = match collected {
         Ok(b) => b.to_bytes().to_vec(),
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()

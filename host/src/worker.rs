@@ -391,6 +391,8 @@ async fn accept_loop(
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(crate::proxy::HEADER_READ_TIMEOUT)
                 .serve_connection(io, service)
                 .await
             {

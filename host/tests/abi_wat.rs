@@ -164,6 +164,17 @@ const REFUSING_WAT: &str = r#"
 )
 "#;
 
+/// Grows its memory on request.
+const GROWER_WAT: &str = r#"
+(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "grow") (param $pages i32) (result i32) (memory.grow (local.get $pages)))
+)
+"#;
+
 fn plugin(wat: &str, limits: VmLimits) -> Arc<Plugin> {
     let config = WasmFilterConfig {
         name: "wat-test".into(),
@@ -486,5 +497,33 @@ async fn start_fails_when_on_configure_refuses() {
         err.to_string()
             .contains("plugin refuser: on_configure refused"),
         "{err}"
+    );
+}
+
+#[test]
+fn the_memory_limit_stops_growth_without_killing_the_instance() {
+    let limits = VmLimits {
+        memory_bytes: 1 << 20,
+        ..VmLimits::default()
+    };
+    let p = plugin(GROWER_WAT, limits);
+    let mut vm = start(&p);
+    let root = vm.root_context_id();
+    assert_eq!(
+        call(&mut vm, "grow", root, &[7]),
+        1,
+        "within the limit: the old size in pages"
+    );
+    assert_eq!(
+        call(&mut vm, "grow", root, &[100]),
+        -1,
+        "past the 1 MiB limit: refused"
+    );
+    assert_eq!(vm.memory_size(), 8 << 16);
+    assert!(!vm.is_broken());
+    assert_eq!(
+        call(&mut vm, "grow", root, &[8]),
+        8,
+        "up to the limit still works"
     );
 }

@@ -189,3 +189,47 @@ async fn dropping_the_host_stops_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Shared data is shared by the instances of all workers, and CAS keeps concurrent updates from
+/// different workers from losing any: 40 concurrent requests on separate connections (which
+/// the 2 workers accept between them) each get a distinct count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_data_cas_across_workers() {
+    let upstream = common::spawn_echo().await;
+    let wasm = common::abi_test_filter_wasm();
+    let spec = common::FilterSpec {
+        name: "counter",
+        root_id: "abi_test",
+        wasm: &wasm,
+        configuration: r#"{"shared_counter": "hits"}"#,
+        fail_open: false,
+        env: &[],
+        allow_stop_iteration: false,
+    };
+    let yaml = common::envoy_yaml(upstream, &[spec], &[]);
+    let options = keyrealm_host::HostOptions {
+        workers: Some(2),
+        ..Default::default()
+    };
+    let (host, _dir) = common::start_host(&yaml, options).await;
+    let addr = host.listener_addrs()[0];
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        tasks.push(tokio::spawn(
+            async move { common::get(addr, "/count").await },
+        ));
+    }
+    let mut counts = Vec::new();
+    for t in tasks {
+        let r = t.await.expect("request task");
+        assert_eq!(r.status, 200);
+        let echo = r.echoed().expect("echo");
+        let n: u32 = common::echoed_header(&echo, "x-shared-count")
+            .and_then(|v| v.parse().ok())
+            .expect("count");
+        counts.push(n);
+    }
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=40).collect::<Vec<u32>>());
+    host.shutdown().await;
+}
