@@ -742,3 +742,73 @@ async fn keyrealm_filter_runs_the_same_in_both() {
     assert_eq!(obs[0].1.status, 503);
     assert_eq!(obs[1].1.status, 200, "a cp key still works");
 }
+
+/// Two wasm filters in one chain: requests go through them in order, responses in reverse
+/// order, and a local reply from the first one skips the second one's request callbacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_filters_in_a_chain() {
+    let upstream = common::spawn_echo().await;
+    let wasm = common::abi_test_filter_wasm();
+    let first = serde_json::json!({
+        "request_headers": {"add": [["x-order", "first"]]},
+        "response_headers": {"add": [["x-resp-order", "first"]]},
+        "local_reply": {"status": 418, "body": "short and stout", "when_header": "x-deny"},
+    })
+    .to_string();
+    let second = serde_json::json!({
+        "request_headers": {"add": [["x-order", "second"]]},
+        "response_headers": {"add": [["x-resp-order", "second"]]},
+    })
+    .to_string();
+    let specs = [
+        FilterSpec {
+            name: "first",
+            root_id: "abi_test",
+            wasm: &wasm,
+            configuration: &first,
+            fail_open: false,
+            env: &[],
+            allow_stop_iteration: false,
+        },
+        FilterSpec {
+            name: "second",
+            root_id: "abi_test",
+            wasm: &wasm,
+            configuration: &second,
+            fail_open: false,
+            env: &[],
+            allow_stop_iteration: false,
+        },
+    ];
+    let yaml = common::envoy_yaml(upstream, &specs, &[]);
+    let envoy = common::start_envoy(&yaml, &[]).await;
+    let (host, _dir) = common::start_host(
+        &yaml,
+        keyrealm_host::HostOptions {
+            workers: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let host_addr = host.listener_addrs()[0];
+    let mut seen = Vec::new();
+    for headers in [vec![], vec![("x-deny", "1")]] {
+        let e = observe(&common::http(envoy.listener, "GET", "/chain", &headers, "").await);
+        let h = observe(&common::http(host_addr, "GET", "/chain", &headers, "").await);
+        assert_eq!(
+            h, e,
+            "keyrealm-host (left) differs from Envoy (right) with {headers:?}"
+        );
+        seen.push(h);
+    }
+    assert_eq!(
+        up_header(&seen[0], "x-order").as_deref(),
+        Some("first,second")
+    );
+    assert_eq!(
+        seen[0].client_headers.get("x-resp-order"),
+        Some(&vec!["second".to_string(), "first".to_string()])
+    );
+    assert_eq!(seen[1].status, 418);
+    host.shutdown().await;
+}
