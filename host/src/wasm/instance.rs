@@ -77,11 +77,28 @@ pub fn linker() -> Result<&'static Linker<HostState>, String> {
 }
 
 /// Compiles a module (once per plugin; instances share the compiled code).
+///
+/// Compiled modules are kept per process (the last few, by content), so that a process that
+/// starts several hosts with the same module (tests) compiles it once.
 pub fn compile(path: &str, bytes: &[u8]) -> Result<Module, VmError> {
-    Module::new(engine(), bytes).map_err(|e| VmError::Load {
+    static CACHE: std::sync::Mutex<Vec<(Vec<u8>, Module)>> = std::sync::Mutex::new(Vec::new());
+    const KEPT: usize = 8;
+    {
+        let cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, m)) = cache.iter().find(|(b, _)| b.as_slice() == bytes) {
+            return Ok(m.clone());
+        }
+    }
+    let module = Module::new(engine(), bytes).map_err(|e| VmError::Load {
         path: path.to_string(),
         message: format!("{e:#}"),
-    })
+    })?;
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() == KEPT {
+        cache.remove(0);
+    }
+    cache.push((bytes.to_vec(), module.clone()));
+    Ok(module)
 }
 
 /// Pre-links a module: checks every import is provided.
