@@ -121,6 +121,9 @@ const ABI_WAT: &str = r#"
   (func (export "t_foreign") (result i32)
     (call $foreign (i32.const 64) (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 96) (i32.const 100)))
   (func (export "t_continue") (result i32) (call $continue (i32.const 0)))
+  (func (export "t_continue_other") (param $ctx i32) (result i32)
+    (if (call $set_ctx (local.get $ctx)) (then unreachable))
+    (call $continue (i32.const 0)))
   (func (export "t_log_level") (result i32) (call $log_level (i32.const 112)))
   (func (export "t_now") (result i32) (call $now (i32.const 120)))
   (func (export "ret_ptr") (result i32) (i32.load (i32.const 96)))
@@ -526,4 +529,24 @@ fn the_memory_limit_stops_growth_without_killing_the_instance() {
         8,
         "up to the limit still works"
     );
+}
+
+#[test]
+fn the_effective_context_decides_which_stream_a_call_acts_on() {
+    let p = plugin(ABI_WAT, VmLimits::default());
+    let mut vm = start(&p);
+    let first = vm
+        .create_http_context(RequestInfo::default())
+        .expect("context");
+    let second = vm
+        .create_http_context(RequestInfo::default())
+        .expect("context");
+    let root = vm.root_context_id();
+    // Running on the root context (as an HTTP call answer does), switch to `second`.
+    assert_eq!(call(&mut vm, "t_continue_other", root, &[second as i32]), 0);
+    assert!(vm.stream(second).expect("second").request_continued);
+    assert!(!vm.stream(first).expect("first").request_continued);
+    // The next callback starts again on its own context.
+    assert_eq!(call(&mut vm, "t_continue", first, &[]), 0);
+    assert!(vm.stream(first).expect("first").request_continued);
 }
