@@ -233,3 +233,53 @@ async fn shared_data_cas_across_workers() {
     assert_eq!(counts, (1..=40).collect::<Vec<u32>>());
     host.shutdown().await;
 }
+
+/// Shutting down while a request is paused in a filter (waiting for an HTTP call) ends cleanly:
+/// the client's connection closes, and `shutdown` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_a_request_paused_in_a_filter() {
+    let upstream = common::spawn_echo().await;
+    let wasm = common::abi_test_filter_wasm();
+    let spec = common::FilterSpec {
+        name: "slowcall",
+        root_id: "abi_test",
+        wasm: &wasm,
+        configuration: r#"{"http_call": {"cluster": "upstream", "path": "/slow", "timeout_ms": 5000}}"#,
+        fail_open: false,
+        env: &[],
+        allow_stop_iteration: false,
+    };
+    let yaml = common::envoy_yaml(upstream, &[spec], &[]);
+    let options = keyrealm_host::HostOptions {
+        workers: Some(1),
+        ..Default::default()
+    };
+    let (host, _dir) = common::start_host(&yaml, options).await;
+    let addr = host.listener_addrs()[0];
+    let paused = tokio::spawn(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .uri("/p")
+            .header("host", "a")
+            .body(Full::new(bytes::Bytes::new()));
+        sender
+            .send_request(req.expect("request"))
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::timeout(Duration::from_secs(5), host.shutdown())
+        .await
+        .expect("shutdown returns");
+    let outcome = tokio::time::timeout(Duration::from_secs(2), paused)
+        .await
+        .expect("client released");
+    assert!(
+        outcome.expect("task").is_err(),
+        "the paused request was not answered, its connection closed"
+    );
+}
