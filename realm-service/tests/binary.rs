@@ -78,6 +78,11 @@ impl Drop for Server {
     }
 }
 
+/// A string field of a JSON object.
+fn text(object: &serde_json::Value, field: &str) -> String {
+    object[field].as_str().expect(field).to_string()
+}
+
 fn db_in(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("realm.db")
 }
@@ -87,86 +92,53 @@ async fn the_seed_calls_work_over_tcp_against_the_binary() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&db_in(&dir), Some("seed-admin"));
     let http = server.client();
-    let admin = Some("seed-admin");
+    let admin = "seed-admin";
     assert_eq!(http.call("GET", "/health", None, None).await.status, 200);
 
     // The control plane whose data planes will call, and its data-plane token.
-    let cp = http
-        .call(
-            "POST",
-            "/v2/control-planes",
-            admin,
-            Some(json!({"name": "quickstart"})),
-        )
-        .await
-        .ok(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let token = http
-        .call(
-            "POST",
-            &format!("/v2/control-planes/{cp}/data-plane-tokens"),
-            admin,
-            Some(json!({})),
-        )
-        .await
-        .ok(201)["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let cp = text(
+        &http
+            .create("/v2/control-planes", admin, json!({"name": "quickstart"}))
+            .await,
+        "id",
+    );
+    let dp_tokens = format!("/v2/control-planes/{cp}/data-plane-tokens");
+    let token = text(&http.create(&dp_tokens, admin, json!({})).await, "token");
 
     // Seed step 1: create a realm.
     let realm = http
-        .call(
-            "POST",
+        .create(
             "/v1/realms",
             admin,
-            Some(json!({"name": "prod", "allowed_control_planes": [cp]})),
+            json!({"name": "prod", "allowed_control_planes": [cp]}),
         )
-        .await
-        .ok(201);
-    let realm_id = realm["id"].as_str().unwrap().to_string();
+        .await;
+    let realm_id = text(&realm, "id");
     // Step 2: the centrally-managed consumer.
-    let consumer = http
-        .call(
-            "POST",
-            &format!("/v1/realms/{realm_id}/consumers"),
-            admin,
-            Some(json!({"username": "Ariel"})),
-        )
-        .await
-        .ok(201);
-    let consumer_id = consumer["id"].as_str().unwrap();
+    let consumers = format!("/v1/realms/{realm_id}/consumers");
+    let consumer_id = text(
+        &http
+            .create(&consumers, admin, json!({"username": "Ariel"}))
+            .await,
+        "id",
+    );
     // Step 3: a key.
-    let key = http
-        .call(
-            "POST",
-            &format!("/v1/realms/{realm_id}/consumers/{consumer_id}/keys"),
-            admin,
-            Some(json!({"type": "new"})),
-        )
-        .await
-        .ok(201);
-    let secret = key["secret"].as_str().unwrap();
+    let keys = format!("{consumers}/{consumer_id}/keys");
+    let key = http.create(&keys, admin, json!({"type": "new"})).await;
+    let secret = text(&key, "secret");
 
     // What the data plane then asks.
+    let authenticate = format!("/{realm_id}/v0/authenticate");
     let found = http
-        .call(
-            "POST",
-            &format!("/{realm_id}/v0/authenticate"),
-            Some(&token),
-            Some(json!({"secret": secret})),
-        )
-        .await
-        .ok(201);
+        .create(&authenticate, &token, json!({"secret": secret}))
+        .await;
     assert_eq!(found["username"], "Ariel");
-    assert_eq!(found["id"], consumer_id);
+    assert_eq!(found["id"], consumer_id.as_str());
     assert_eq!(found["credential"]["id"], key["id"]);
     let missing = http
         .call(
             "POST",
-            &format!("/{realm_id}/v0/authenticate"),
+            &authenticate,
             Some(&token),
             Some(json!({"secret": "another_key"})),
         )
@@ -195,32 +167,19 @@ async fn acknowledged_writes_survive_kill_9() {
     let database = db_in(&dir);
     let server = Server::start(&database, Some("adm"));
     let http = std::sync::Arc::new(server.client());
-    let realm = http
-        .call(
-            "POST",
-            "/v1/realms",
-            Some("adm"),
-            Some(json!({"name": "durable"})),
-        )
-        .await
-        .ok(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let realm = text(
+        &http
+            .create("/v1/realms", "adm", json!({"name": "durable"}))
+            .await,
+        "id",
+    );
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..200 {
         let http = http.clone();
-        let realm = realm.clone();
+        let consumers = format!("/v1/realms/{realm}/consumers");
         tasks.spawn(async move {
-            let answer = http
-                .call(
-                    "POST",
-                    &format!("/v1/realms/{realm}/consumers"),
-                    Some("adm"),
-                    Some(json!({"username": format!("user-{i}")})),
-                )
-                .await;
-            answer.ok(201)["id"].as_str().unwrap().to_string()
+            let body = json!({"username": format!("user-{i}")});
+            text(&http.create(&consumers, "adm", body).await, "id")
         });
     }
     let mut acknowledged = std::collections::HashSet::new();
@@ -262,80 +221,35 @@ async fn the_database_and_its_wal_hold_no_plaintext_secret_or_token() {
     let admin = "kradm_plaintext-check-admin-token-0123456789";
     let server = Server::start(&database, Some(admin));
     let http = server.client();
-    let cp = http
-        .call(
-            "POST",
-            "/v2/control-planes",
-            Some(admin),
-            Some(json!({"name": "cp"})),
-        )
-        .await
-        .ok(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let dp_token = http
-        .call(
-            "POST",
-            &format!("/v2/control-planes/{cp}/data-plane-tokens"),
-            Some(admin),
-            Some(json!({})),
-        )
-        .await
-        .ok(201)["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let realm = http
-        .call(
-            "POST",
-            "/v1/realms",
-            Some(admin),
-            Some(json!({"name": "prod", "allowed_control_planes": [cp]})),
-        )
-        .await
-        .ok(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let consumer = http
-        .call(
-            "POST",
-            &format!("/v1/realms/{realm}/consumers"),
-            Some(admin),
-            Some(json!({"username": "a"})),
-        )
-        .await
-        .ok(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let keys = format!("/v1/realms/{realm}/consumers/{consumer}/keys");
-    let generated = http
-        .call("POST", &keys, Some(admin), Some(json!({"type": "new"})))
-        .await
-        .ok(201)["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let cp = text(
+        &http
+            .create("/v2/control-planes", admin, json!({"name": "cp"}))
+            .await,
+        "id",
+    );
+    let dp_tokens = format!("/v2/control-planes/{cp}/data-plane-tokens");
+    let dp_token = text(&http.create(&dp_tokens, admin, json!({})).await, "token");
+    let realm = json!({"name": "prod", "allowed_control_planes": [cp]});
+    let realm = text(&http.create("/v1/realms", admin, realm).await, "id");
+    let consumers = format!("/v1/realms/{realm}/consumers");
+    let consumer = text(
+        &http
+            .create(&consumers, admin, json!({"username": "a"}))
+            .await,
+        "id",
+    );
+    let keys = format!("{consumers}/{consumer}/keys");
+    let generated = text(
+        &http.create(&keys, admin, json!({"type": "new"})).await,
+        "secret",
+    );
     let legacy = "legacy-plaintext-secret-4567890";
-    http.call(
-        "POST",
-        &keys,
-        Some(admin),
-        Some(json!({"type": "legacy", "secret": legacy})),
-    )
-    .await
-    .ok(201);
+    http.create(&keys, admin, json!({"type": "legacy", "secret": legacy}))
+        .await;
     for secret in [generated.as_str(), legacy] {
-        http.call(
-            "POST",
-            &format!("/{realm}/v0/authenticate"),
-            Some(&dp_token),
-            Some(json!({"secret": secret})),
-        )
-        .await
-        .ok(201);
+        let authenticate = format!("/{realm}/v0/authenticate");
+        http.create(&authenticate, &dp_token, json!({"secret": secret}))
+            .await;
     }
     // kill -9 leaves the WAL as it is (no checkpoint at close).
     server.kill_9();

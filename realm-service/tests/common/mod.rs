@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::{BodyExt, Full};
@@ -72,6 +72,45 @@ impl Answer {
     }
 }
 
+/// A request with an optional bearer token and optional JSON body.
+fn request(method: &str, uri: String, token: Option<&str>, body: Option<Value>) -> Request<Bytes> {
+    let mut builder = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).expect("method"))
+        .uri(uri);
+    if let Some(token) = token {
+        builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let bytes = match body {
+        Some(value) => {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+            Bytes::from(value.to_string())
+        }
+        None => Bytes::new(),
+    };
+    builder.body(bytes).expect("request")
+}
+
+/// Reads a whole response.
+async fn answer_of<B>(response: axum::http::Response<B>) -> Answer
+where
+    B: HttpBody,
+    B::Error: std::fmt::Debug,
+{
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    Answer {
+        status,
+        headers,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
 /// The service's router over a fresh database, with admin token [`ADMIN`].
 pub struct TestApp {
     pub router: Router,
@@ -96,19 +135,7 @@ impl TestApp {
             .oneshot(request)
             .await
             .expect("infallible");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        Answer {
-            status,
-            headers,
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-        }
+        answer_of(response).await
     }
 
     /// A request with an optional bearer token and optional JSON body.
@@ -119,20 +146,8 @@ impl TestApp {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Answer {
-        let mut builder = Request::builder()
-            .method(Method::from_bytes(method.as_bytes()).expect("method"))
-            .uri(path);
-        if let Some(token) = token {
-            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let body = match body {
-            Some(value) => {
-                builder = builder.header(header::CONTENT_TYPE, "application/json");
-                Body::from(value.to_string())
-            }
-            None => Body::empty(),
-        };
-        self.send(builder.body(body).expect("request")).await
+        let request = request(method, path.to_string(), token, body).map(Body::from);
+        self.send(request).await
     }
 
     /// An admin call.
@@ -268,7 +283,7 @@ pub fn id(body: &Value) -> String {
 /// A tiny HTTP/1.1 client over TCP; every call has a timeout.
 pub struct HttpClient {
     base: String,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<axum::body::Bytes>>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
 impl HttpClient {
@@ -286,40 +301,20 @@ impl HttpClient {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Answer {
-        let mut builder = Request::builder()
-            .method(Method::from_bytes(method.as_bytes()).expect("method"))
-            .uri(format!("{}{path}", self.base));
-        if let Some(token) = token {
-            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let bytes = match body {
-            Some(value) => {
-                builder = builder.header(header::CONTENT_TYPE, "application/json");
-                value.to_string().into_bytes()
-            }
-            None => Vec::new(),
-        };
-        let request = builder
-            .body(Full::new(axum::body::Bytes::from(bytes)))
-            .expect("request");
+        let request = request(method, format!("{}{path}", self.base), token, body).map(Full::new);
         let exchange = async {
             let response = self.client.request(request).await.expect("request failed");
-            let status = response.status();
-            let headers = response.headers().clone();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes();
-            Answer {
-                status,
-                headers,
-                text: String::from_utf8_lossy(&body).into_owned(),
-            }
+            answer_of(response).await
         };
         tokio::time::timeout(Duration::from_secs(20), exchange)
             .await
             .unwrap_or_else(|_| panic!("{method} {path} timed out"))
+    }
+
+    /// A POST that must answer 201; returns the created object.
+    pub async fn create(&self, path: &str, token: &str, body: Value) -> Value {
+        self.call("POST", path, Some(token), Some(body))
+            .await
+            .ok(201)
     }
 }
