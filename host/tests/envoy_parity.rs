@@ -438,7 +438,8 @@ async fn properties() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_defined_by_the_filter() {
-    let config = serde_json::json!({"metrics_prefix": "abi_test_"});
+    let config =
+        serde_json::json!({"metrics_prefix": "abi_test_", "request_body": {"suffix": "!"}});
     let obs = parity(
         "metrics",
         config,
@@ -466,6 +467,21 @@ async fn metrics_defined_by_the_filter() {
         samples(&host_stats, "abi_test_last_path_length"),
         samples(&envoy_stats, "abi_test_last_path_length")
     );
+    // Histograms: the same series; Envoy shows recorded values only after its stats flush
+    // (every 5 s), keyrealm-host at once, so the values are not compared.
+    let names = |text: &str| -> Vec<String> {
+        samples(text, "abi_test_body_bytes")
+            .iter()
+            .map(|l| {
+                l.rsplit_once(' ')
+                    .map(|(n, _)| n.to_string())
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    assert_eq!(names(&host_stats), names(&envoy_stats));
+    assert!(samples(&host_stats, "abi_test_body_bytes")
+        .contains(&"abi_test_body_bytes_sum{} 3".to_string()));
     assert_eq!(envoy_counter.len(), 1, "{envoy_stats}");
     assert!(envoy_counter[0].ends_with(" 2"), "{envoy_counter:?}");
 }
