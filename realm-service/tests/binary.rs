@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use common::{metric_value, HttpClient};
@@ -20,10 +20,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_realm-service");
 struct Server {
     child: Child,
     addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
     fn start(database: &Path, admin_token: Option<&str>) -> Server {
+        Server::start_logging(database, admin_token, "info")
+    }
+
+    /// Starts the binary with `REALM_LOG=<filter>`, keeping everything it logs.
+    fn start_logging(database: &Path, admin_token: Option<&str>, filter: &str) -> Server {
         let mut command = Command::new(BIN);
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--database"])
@@ -31,7 +38,7 @@ impl Server {
             .env_remove("REALM_LISTEN")
             .env_remove("REALM_DATABASE")
             .env_remove("REALM_ADMIN_TOKEN")
-            .env("REALM_LOG", "info")
+            .env("REALM_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -41,9 +48,14 @@ impl Server {
         let mut child = command.spawn().expect("start realm-service");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
-        // Reads the log until the listening line, then keeps draining it.
-        std::thread::spawn(move || {
+        let log = Arc::new(Mutex::new(String::new()));
+        let kept = log.clone();
+        // Reads the log (sending the listening address when it shows), keeps all of it.
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                kept.push_str(&line);
+                kept.push('\n');
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                     let _ = tx.send(addr);
@@ -57,7 +69,23 @@ impl Server {
                 panic!("realm-service did not print 'listening on' within 30 s");
             }
         };
-        Server { child, addr }
+        Server {
+            child,
+            addr,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    /// Stops the process and returns everything it logged.
+    fn stop_and_read_log(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.clone()
     }
 
     fn client(&self) -> HttpClient {
@@ -90,7 +118,7 @@ fn db_in(dir: &tempfile::TempDir) -> PathBuf {
 #[tokio::test]
 async fn the_seed_calls_work_over_tcp_against_the_binary() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&db_in(&dir), Some("seed-admin"));
+    let server = Server::start_logging(&db_in(&dir), Some("seed-admin"), "debug");
     let http = server.client();
     let admin = "seed-admin";
     assert_eq!(http.call("GET", "/health", None, None).await.status, 200);
@@ -159,6 +187,17 @@ async fn the_seed_calls_work_over_tcp_against_the_binary() {
         ),
         1
     );
+
+    // Even at debug level, no secret or token reaches the log.
+    let log = server.stop_and_read_log();
+    assert!(log.contains("listening on"), "{log}");
+    assert!(
+        log.contains("request"),
+        "debug request lines expected:\n{log}"
+    );
+    for secret in ["seed-admin", token.as_str(), secret.as_str(), "another_key"] {
+        assert!(!log.contains(secret), "the log holds a secret:\n{log}");
+    }
 }
 
 #[tokio::test]
