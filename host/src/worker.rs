@@ -107,6 +107,9 @@ impl WorkerFilter {
             match slot.vm.as_mut() {
                 Some(vm) => {
                     let result = f(vm);
+                    if vm.take_other_streams_changed() {
+                        self.notify.notify_waiters();
+                    }
                     if vm.is_broken() {
                         if let Err(e) = &result {
                             tracing::error!("{e}; replacing the instance");

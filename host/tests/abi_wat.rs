@@ -167,6 +167,34 @@ const REFUSING_WAT: &str = r#"
 )
 "#;
 
+/// Pauses every request, except one with `x-release`, which resumes context 2 (the first
+/// request's) through `proxy_set_effective_context` and continues itself.
+const RELEASER_WAT: &str = r#"
+(module
+  (import "env" "proxy_get_header_map_value" (func $get_hdr (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $set_ctx (param i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  (data (i32.const 16) "x-release")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (i32.add (local.get $size) (i32.const 8))))
+    (if (i32.gt_u (global.get $heap) (i32.const 60000)) (then (global.set $heap (i32.const 1024)) (local.set $p (i32.const 1024))))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (i32.eqz (call $get_hdr (i32.const 0) (i32.const 16) (i32.const 9) (i32.const 96) (i32.const 100)))
+      (then
+        (if (call $set_ctx (i32.const 2)) (then unreachable))
+        (drop (call $continue (i32.const 0)))
+        (return (i32.const 0))))
+    (i32.const 1))
+)
+"#;
+
 /// Grows its memory on request.
 const GROWER_WAT: &str = r#"
 (module
@@ -549,4 +577,43 @@ fn the_effective_context_decides_which_stream_a_call_acts_on() {
     // The next callback starts again on its own context.
     assert_eq!(call(&mut vm, "t_continue", first, &[]), 0);
     assert!(vm.stream(first).expect("first").request_continued);
+}
+
+/// A request callback that resumes another paused request (through
+/// `proxy_set_effective_context`) releases it at once, not at the next HTTP call answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_may_resume_another_paused_request() {
+    let upstream = common::spawn_echo().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let module = write_module(dir.path(), RELEASER_WAT);
+    let spec = common::FilterSpec {
+        name: "releaser",
+        root_id: "releaser",
+        wasm: &module,
+        configuration: "",
+        fail_open: false,
+        env: &[],
+        allow_stop_iteration: false,
+    };
+    let yaml = common::envoy_yaml(upstream, &[spec], &[]);
+    let options = HostOptions {
+        workers: Some(1),
+        ..HostOptions::default()
+    };
+    let (host, _cfg) = common::start_host(&yaml, options).await;
+    let addr = host.listener_addrs()[0];
+    let paused = tokio::spawn(async move { common::http(addr, "GET", "/paused", &[], "").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!paused.is_finished(), "the first request waits");
+    let started = Instant::now();
+    let releaser = common::http(addr, "GET", "/release", &[("x-release", "1")], "").await;
+    assert_eq!(releaser.status, 200);
+    let first = tokio::time::timeout(Duration::from_secs(5), paused)
+        .await
+        .expect("released")
+        .expect("task");
+    assert_eq!(first.status, 200);
+    assert!(first.echoed().is_some());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    host.shutdown().await;
 }

@@ -278,6 +278,7 @@ impl VmInstance {
             });
         }
         self.store.data_mut().effective_context = context;
+        self.store.data_mut().call_context = context;
         self.store.set_epoch_deadline(ticks(budget));
         let result = f(&mut self.store);
         self.store.data_mut().effective_context = self.store.data().root_context_id;
@@ -446,6 +447,12 @@ impl VmInstance {
     /// The HTTP calls recorded since the last time this was asked.
     pub fn take_pending_calls(&mut self) -> Vec<PendingHttpCall> {
         std::mem::take(&mut self.store.data_mut().pending_calls)
+    }
+
+    /// Whether the guest continued, answered or reset a stream other than the one whose
+    /// callback ran (through `proxy_set_effective_context`) since the last time this was asked.
+    pub fn take_other_streams_changed(&mut self) -> bool {
+        std::mem::take(&mut self.store.data_mut().other_streams_changed)
     }
 
     /// The new tick period, if the guest changed it.

@@ -225,6 +225,10 @@ pub struct HostState {
     pub tick_period: Duration,
     /// Set when the tick period changed, so the worker re-arms its timer.
     pub tick_changed: bool,
+    /// The context of the callback that is running.
+    pub call_context: u32,
+    /// Set when a call acted on a stream other than `call_context`'s (waiters must look).
+    pub other_streams_changed: bool,
     /// Guest log lines at warning level or above, kept while the instance starts (they explain
     /// a refused configuration).
     pub start_errors: Option<Vec<String>>,
@@ -250,6 +254,8 @@ impl HostState {
             tick_period: Duration::ZERO,
             tick_changed: false,
             start_errors: Some(Vec::new()),
+            call_context: 0,
+            other_streams_changed: false,
         }
     }
 
@@ -273,6 +279,15 @@ impl HostState {
     }
 
     pub fn stream_mut(&mut self) -> Option<&mut StreamState> {
+        self.streams.get_mut(&self.effective_context)
+    }
+
+    /// The stream a flow-control call (continue, local response, close) acts on; notes when it
+    /// is not the running callback's own stream.
+    pub fn controlled_stream(&mut self) -> Option<&mut StreamState> {
+        if self.effective_context != self.call_context {
+            self.other_streams_changed = true;
+        }
         self.streams.get_mut(&self.effective_context)
     }
 }

@@ -10,7 +10,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_continue_stream",
         |mut caller: Caller<'_, HostState>, stream_type: i32| {
-            if let Some(s) = caller.data_mut().stream_mut() {
+            if let Some(s) = caller.data_mut().controlled_stream() {
                 match stream_type {
                     0 => s.request_continued = true,
                     1 => s.response_continued = true,
@@ -24,7 +24,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_close_stream",
         |mut caller: Caller<'_, HostState>, _stream_type: i32| {
-            if let Some(s) = caller.data_mut().stream_mut() {
+            if let Some(s) = caller.data_mut().controlled_stream() {
                 s.closed = true;
             }
             Ok(0i32)
@@ -51,7 +51,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     .ok()
                     .filter(|s| (100..=599).contains(s))
                     .unwrap_or(500);
-                if let Some(s) = caller.data_mut().stream_mut() {
+                if let Some(s) = caller.data_mut().controlled_stream() {
                     s.local_response = Some(LocalResponse {
                         status,
                         details: String::from_utf8_lossy(&details).into_owned(),
