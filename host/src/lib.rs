@@ -288,6 +288,7 @@ fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHos
             let _ = t.join();
         }
     };
+    let mut pending = 0usize;
     for index in 0..workers {
         let mut worker_sockets = Vec::new();
         for s in &sockets {
@@ -312,22 +313,21 @@ fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHos
                 return Err(HostError::Thread(e));
             }
         }
+        pending += 1;
+        if index == 0 {
+            // The first worker starts alone, so that a refused configuration is reported once.
+            if let Err(e) = worker_ready(&ready_rx, &host_log) {
+                stop(threads, &shutdown_tx);
+                return Err(e);
+            }
+            pending -= 1;
+        }
     }
     drop(ready_tx);
-    for _ in 0..workers {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                host_log.write(4, "main", &e.to_string());
-                stop(threads, &shutdown_tx);
-                return Err(HostError::Vm(e));
-            }
-            Err(_) => {
-                stop(threads, &shutdown_tx);
-                return Err(HostError::Thread(std::io::Error::other(
-                    "a worker ended during start-up",
-                )));
-            }
+    for _ in 0..pending {
+        if let Err(e) = worker_ready(&ready_rx, &host_log) {
+            stop(threads, &shutdown_tx);
+            return Err(e);
         }
     }
     if let Some(socket) = admin_socket {
@@ -352,6 +352,23 @@ fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHos
         metrics,
         log: host_log,
     })
+}
+
+/// Waits for one worker's start-up result.
+fn worker_ready(
+    rx: &std::sync::mpsc::Receiver<Result<(), VmError>>,
+    host_log: &log::HostLog,
+) -> Result<(), HostError> {
+    match rx.recv() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            host_log.write(4, "main", &e.to_string());
+            Err(HostError::Vm(e))
+        }
+        Err(_) => Err(HostError::Thread(std::io::Error::other(
+            "a worker ended during start-up",
+        ))),
+    }
 }
 
 fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, HostError> {
