@@ -272,8 +272,10 @@ impl WorkerFilter {
 
     /// Creates an HTTP context on the current instance.
     pub fn create_context(self: &Rc<Self>, info: RequestInfo) -> Result<ContextHandle, VmError> {
+        // Any instance will do (a missing one is started first); the context belongs to the
+        // generation that created it (nothing runs between the call and reading it).
+        let id = self.with_vm(None, |vm| vm.create_http_context(info))?;
         let generation = self.generation();
-        let id = self.with_vm(Some(generation), |vm| vm.create_http_context(info))?;
         Ok(ContextHandle {
             filter: self.clone(),
             generation,
