@@ -6,17 +6,16 @@
 //! [`GatewayKind::start`]. The spec is rendered to one Envoy configuration file
 //! ([`render_config`]); every gateway kind is started from that same file.
 //!
-//! Today there is one kind, [`GatewayKind::Envoy`]: the real Envoy binary named by `ENVOY_BIN`,
-//! started as a child process. To add keyrealm-host (in-process, `keyrealm_host` as a
-//! dependency): add a `Host` variant to [`GatewayKind`] and a
-//! `Host(Option<keyrealm_host::RunningHost>)` variant to `Process`; render the spec with port 0
-//! for the listeners and the admin address; start it with `keyrealm_host::start_with_options`
-//! and `HostOptions { workers: Some(1), env: spec.env, log_path: Some(<dir>/host.log), .. }` (its
-//! own environment and log file, so parallel tests do not mix); take the bound addresses from
-//! `listener_addrs()` / `admin_addr()`; stop it in `Gateway::stop` with
-//! `block_in_place(|| Handle::current().block_on(running.shutdown()))`; a refused configuration is
-//! the `Err` of the start. Then add a `host` test to [`gateway_test!`](crate::gateway_test):
-//! every scenario runs on both gateways.
+//! There are two kinds, and [`gateway_test!`](crate::gateway_test) runs every scenario on both:
+//!
+//! - [`GatewayKind::Envoy`]: the real Envoy binary named by `ENVOY_BIN`, started as a child
+//!   process with `--concurrency 1`, on free ports picked before it starts;
+//! - [`GatewayKind::Host`]: keyrealm-host, started in-process with
+//!   [`keyrealm_host::start_with_options`] and one worker (to match Envoy's `--concurrency 1`,
+//!   so that per-worker state such as the filter's cache is the same), from the same rendered
+//!   file with port 0 for the listeners and the admin address, its own environment
+//!   ([`GatewaySpec::env`]) and its own log file, so that parallel tests do not mix and the
+//!   scenarios' log-line assertions read the same kind of file for both gateways.
 
 use std::fmt;
 use std::fs::File;
@@ -39,20 +38,27 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum GatewayKind {
     /// Real Envoy (`ENVOY_BIN`) with the filter loaded in V8.
     Envoy,
+    /// keyrealm-host, in-process, one worker.
+    Host,
 }
 
 impl GatewayKind {
     /// Starts a gateway serving `spec`; waits until it is ready.
     pub async fn start(self, spec: &GatewaySpec) -> anyhow::Result<Gateway> {
-        match self {
+        let started = Instant::now();
+        let gateway = match self {
             GatewayKind::Envoy => start_envoy(spec).await,
-        }
+            GatewayKind::Host => start_host(spec).await,
+        }?;
+        eprintln!("{self} ready in {:?}", started.elapsed());
+        Ok(gateway)
     }
 
     /// Starts a gateway with `spec`, which is expected to be refused; returns what it logged.
     pub async fn start_expecting_refusal(self, spec: &GatewaySpec) -> anyhow::Result<Refusal> {
         match self {
             GatewayKind::Envoy => start_envoy_expecting_refusal(spec).await,
+            GatewayKind::Host => start_host_expecting_refusal(spec).await,
         }
     }
 }
@@ -61,6 +67,7 @@ impl fmt::Display for GatewayKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             GatewayKind::Envoy => f.write_str("envoy"),
+            GatewayKind::Host => f.write_str("host"),
         }
     }
 }
@@ -227,6 +234,8 @@ pub struct Gateway {
 
 enum Process {
     Envoy(Child),
+    /// `None` once stopped.
+    Host(Option<keyrealm_host::RunningHost>),
 }
 
 impl Gateway {
@@ -289,6 +298,11 @@ impl Gateway {
             Process::Envoy(child) => {
                 let _ = child.kill();
                 let _ = child.wait();
+            }
+            Process::Host(host) => {
+                if let Some(host) = host.take() {
+                    stop_host(host);
+                }
             }
         }
     }
@@ -515,9 +529,10 @@ async fn wait_ready(gateway: &mut Gateway) -> anyhow::Result<()> {
     let url = format!("http://{}/ready", gateway.admin);
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        let Process::Envoy(child) = &mut gateway.process;
-        if let Some(status) = child.try_wait()? {
-            bail!("Envoy exited with {status} before it was ready");
+        if let Process::Envoy(child) = &mut gateway.process {
+            if let Some(status) = child.try_wait()? {
+                bail!("Envoy exited with {status} before it was ready");
+            }
         }
         if let Ok(res) = gateway.http.get(&url).send().await {
             if res.status().as_u16() == 200 {
@@ -570,8 +585,129 @@ async fn start_envoy_expecting_refusal(spec: &GatewaySpec) -> anyhow::Result<Ref
     }
 }
 
+/// How long a stopping keyrealm-host may take to close its connections and join its workers.
+const HOST_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct PreparedHost {
+    dir: tempfile::TempDir,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    options: keyrealm_host::HostOptions,
+}
+
+/// Renders `spec` for keyrealm-host: the same file as for Envoy, with port 0 everywhere.
+fn prepare_host(spec: &GatewaySpec) -> anyhow::Result<PreparedHost> {
+    let wasm = if spec.listeners.iter().any(Option::is_some) {
+        wasm_path()?
+    } else {
+        PathBuf::from("unused.wasm")
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("keyrealm-e2e-host-")
+        .tempdir()?;
+    let listeners = vec![loopback(0); spec.listeners.len()];
+    let config = render_config(spec, &listeners, loopback(0), &wasm);
+    let config_path = dir.path().join("envoy.yaml");
+    std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
+    let log_path = dir.path().join("host.log");
+    let options = keyrealm_host::HostOptions {
+        workers: Some(1),
+        env: spec.env.clone(),
+        log_path: Some(log_path.clone()),
+        ..keyrealm_host::HostOptions::default()
+    };
+    Ok(PreparedHost {
+        dir,
+        config_path,
+        log_path,
+        options,
+    })
+}
+
+async fn start_host(spec: &GatewaySpec) -> anyhow::Result<Gateway> {
+    let prepared = prepare_host(spec)?;
+    let host =
+        match keyrealm_host::start_with_options(&prepared.config_path, prepared.options.clone())
+            .await
+        {
+            Ok(host) => host,
+            Err(err) => bail!(
+                "keyrealm-host did not start: {err}\n---- keyrealm-host log ----\n{}",
+                tail(
+                    &std::fs::read_to_string(&prepared.log_path).unwrap_or_default(),
+                    60
+                )
+            ),
+        };
+    let listeners = host.listener_addrs();
+    let Some(admin) = host.admin_addr() else {
+        stop_host(host);
+        bail!("keyrealm-host has no admin address although the configuration has one");
+    };
+    if listeners.len() != spec.listeners.len() {
+        stop_host(host);
+        bail!(
+            "keyrealm-host bound {} listeners for {} configured",
+            listeners.len(),
+            spec.listeners.len()
+        );
+    }
+    let mut gateway = Gateway {
+        kind: GatewayKind::Host,
+        listeners,
+        admin,
+        log_path: prepared.log_path,
+        process: Process::Host(Some(host)),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?,
+        _dir: prepared.dir,
+    };
+    // `start` returns once it serves; readiness is checked all the same, as for Envoy.
+    wait_ready(&mut gateway).await?;
+    Ok(gateway)
+}
+
+/// A refused configuration is the `Err` of the start; what the host logged (the filter's lines)
+/// is in its log file, the error itself (which quotes them) is `how`.
+async fn start_host_expecting_refusal(spec: &GatewaySpec) -> anyhow::Result<Refusal> {
+    let prepared = prepare_host(spec)?;
+    match keyrealm_host::start_with_options(&prepared.config_path, prepared.options.clone()).await {
+        Ok(host) => {
+            stop_host(host);
+            bail!(
+                "keyrealm-host started instead of refusing the configuration\n---- keyrealm-host log ----\n{}",
+                tail(
+                    &std::fs::read_to_string(&prepared.log_path).unwrap_or_default(),
+                    60
+                )
+            )
+        }
+        Err(err) => Ok(Refusal {
+            how: format!("keyrealm-host refused to start: {err}"),
+            log: std::fs::read_to_string(&prepared.log_path).unwrap_or_default(),
+        }),
+    }
+}
+
+/// Stops `host` and waits (bounded) for its workers, so that nothing of it outlives the test.
+/// Outside a multi-threaded runtime it is only dropped (its threads are told to end).
+fn stop_host(host: keyrealm_host::RunningHost) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        drop(host);
+        return;
+    };
+    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        drop(host);
+        return;
+    }
+    tokio::task::block_in_place(|| {
+        let _ = handle.block_on(tokio::time::timeout(HOST_STOP_TIMEOUT, host.shutdown()));
+    });
+}
+
 /// Declares one `#[tokio::test]` per [`GatewayKind`] for a scenario `async fn(GatewayKind)`:
-/// `gateway_test!(seed_story);` makes `seed_story::envoy` (and, once added, `seed_story::host`).
+/// `gateway_test!(seed_story);` makes `seed_story::envoy` and `seed_story::host`.
 #[macro_export]
 macro_rules! gateway_test {
     ($scenario:ident) => {
@@ -579,6 +715,11 @@ macro_rules! gateway_test {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn envoy() {
                 super::$scenario($crate::gateway::GatewayKind::Envoy).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn host() {
+                super::$scenario($crate::gateway::GatewayKind::Host).await
             }
         }
     };

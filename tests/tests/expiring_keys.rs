@@ -28,10 +28,13 @@ async fn expiring_keys(kind: GatewayKind) {
         }],
     }));
     spec.cluster("realm_us", world.service.addr());
-    // The filter takes its configuration after this instant, so the cp key expires after
-    // `started + CP_TTL` at the earliest.
+    // The filter takes its configuration (on_configure) between these two instants: after
+    // `started` and before the gateway is ready. So the cp key is valid until `started + CP_TTL`
+    // at least, and expired from `ready + CP_TTL` at the latest. (Start-up takes seconds on a
+    // loaded machine: counting the expiry from `started` would test too early.)
     let started = Instant::now();
     let gateway = kind.start(&spec).await.expect("gateway");
+    let ready = Instant::now();
     let http = http_client();
     let mut c = Checks::new();
 
@@ -86,7 +89,7 @@ async fn expiring_keys(kind: GatewayKind) {
     );
 
     tokio::time::sleep(
-        (started + CP_TTL + Duration::from_millis(1500)).saturating_duration_since(Instant::now()),
+        (ready + CP_TTL + Duration::from_millis(1500)).saturating_duration_since(Instant::now()),
     )
     .await;
     let r = send("jafar-key").await;
