@@ -18,8 +18,8 @@ use hyper::{Request, Response};
 use crate::config::{ListenerConfig, RouteMatch};
 use crate::upstream::{build_request, is_hop_by_hop, MAX_BODY};
 use crate::wasm::abi::headers::{get_value, replace_value};
-use crate::wasm::instance::Action;
-use crate::wasm::{HeaderList, LocalResponse, RequestInfo};
+use crate::wasm::instance::{Action, VmError, VmInstance};
+use crate::wasm::{HeaderList, LocalResponse, RequestInfo, StreamState};
 use crate::worker::{ContextHandle, ListenerRuntime, WorkerCtx};
 
 /// How long a client may take to send a request's headers.
@@ -43,9 +43,66 @@ struct Pending {
     body: Vec<u8>,
 }
 
-enum Phase {
+/// Which half of the exchange a filter callback works on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
     Request,
     Response,
+}
+
+impl Direction {
+    /// The stream's header map, body and continue flag for this direction.
+    fn parts(
+        self,
+        s: &mut StreamState,
+    ) -> (&mut Option<HeaderList>, &mut Option<Vec<u8>>, &mut bool) {
+        match self {
+            Direction::Request => (
+                &mut s.request_headers,
+                &mut s.request_body,
+                &mut s.request_continued,
+            ),
+            Direction::Response => (
+                &mut s.response_headers,
+                &mut s.response_body,
+                &mut s.response_continued,
+            ),
+        }
+    }
+
+    /// Whether the guest called `proxy_continue_stream` for this direction.
+    fn continued(self, s: &StreamState) -> bool {
+        match self {
+            Direction::Request => s.request_continued,
+            Direction::Response => s.response_continued,
+        }
+    }
+
+    fn on_headers(
+        self,
+        vm: &mut VmInstance,
+        id: u32,
+        count: usize,
+        eos: bool,
+    ) -> Result<Action, VmError> {
+        match self {
+            Direction::Request => vm.on_request_headers(id, count, eos),
+            Direction::Response => vm.on_response_headers(id, count, eos),
+        }
+    }
+
+    fn on_body(
+        self,
+        vm: &mut VmInstance,
+        id: u32,
+        size: usize,
+        eos: bool,
+    ) -> Result<Action, VmError> {
+        match self {
+            Direction::Request => vm.on_request_body(id, size, eos),
+            Direction::Response => vm.on_response_body(id, size, eos),
+        }
+    }
 }
 
 enum Outcome {
@@ -87,8 +144,8 @@ pub async fn handle(
     let Ok(collected) = collected else {
         return Ok(plain(408, "request timeout"));
     };
-    let body = match collected {
-        Ok(b) => b.to_bytes().to_vec(),
+    let mut body = match collected {
+        Ok(b) => Vec::from(b.to_bytes()),
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
@@ -105,25 +162,24 @@ pub async fn handle(
         protocol: format!("{:?}", parts.version),
         start_time: Some(std::time::SystemTime::now()),
     };
-    let mut body = body;
     let mut guard = ContextsGuard(Vec::new());
     let mut local_reply: Option<LocalResponse> = None;
 
     // Request phase, filter by filter.
     for filter in &rt.filters {
-        let handle = match filter.create_context(info.clone()) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::error!("{e}");
-                if filter.plugin.config.fail_open {
-                    continue;
+        let outcome = match filter.create_context(info.clone()) {
+            Ok(handle) => {
+                guard.0.push(handle.clone());
+                let outcome =
+                    run_filter(&handle, Direction::Request, &mut headers, &mut body).await;
+                if matches!(outcome, Outcome::Failed(_)) {
+                    guard.0.pop();
                 }
-                local_reply = Some(failure_reply());
-                break;
+                outcome
             }
+            Err(e) => Outcome::Failed(e.to_string()),
         };
-        guard.0.push(handle.clone());
-        match request_filter(&handle, &mut headers, &mut body).await {
+        match outcome {
             Outcome::Continue => {}
             Outcome::Local(l) => {
                 local_reply = Some(l);
@@ -132,8 +188,7 @@ pub async fn handle(
             Outcome::Reset => return Err(StreamReset("closed by a filter".into())),
             Outcome::Failed(e) => {
                 tracing::error!("{e}");
-                guard.0.pop();
-                if handle.filter.plugin.config.fail_open {
+                if filter.plugin.config.fail_open {
                     continue;
                 }
                 local_reply = Some(failure_reply());
@@ -154,17 +209,23 @@ pub async fn handle(
     };
 
     // Response phase, in reverse order.
-    for handle in guard.0.clone().iter().rev() {
-        match response_filter(handle, &mut pending).await {
+    for i in (0..guard.0.len()).rev() {
+        let outcome = run_filter(
+            &guard.0[i],
+            Direction::Response,
+            &mut pending.headers,
+            &mut pending.body,
+        )
+        .await;
+        match outcome {
             Outcome::Continue => {}
             Outcome::Local(l) => pending = local_response(l),
             Outcome::Reset => return Err(StreamReset("closed by a filter".into())),
             Outcome::Failed(e) => {
                 tracing::error!("{e}");
-                guard
-                    .0
-                    .retain(|c| c.id != handle.id || !Rc::ptr_eq(&c.filter, &handle.filter));
-                if !handle.filter.plugin.config.fail_open {
+                // A failed context gets no further callbacks.
+                let failed = guard.0.remove(i);
+                if !failed.filter.plugin.config.fail_open {
                     pending = local_response(failure_reply());
                 }
             }
@@ -260,9 +321,12 @@ fn uuid_v4() -> String {
     )
 }
 
-/// Runs one filter's request callbacks, waiting while it keeps the request paused.
-async fn request_filter(
+/// Runs one filter's callbacks for one direction — the headers, then the body if there is one —
+/// waiting while it keeps the stream paused. On `Continue`, `headers` and `body` hold what the
+/// filter left in them.
+async fn run_filter(
     handle: &ContextHandle,
+    dir: Direction,
     headers: &mut HeaderList,
     body: &mut Vec<u8>,
 ) -> Outcome {
@@ -271,10 +335,15 @@ async fn request_filter(
     let h = headers.clone();
     let first = handle.with_vm(|vm, id| {
         if let Some(s) = vm.stream_mut(id) {
-            s.request_headers = Some(h);
-            s.request_continued = false;
+            let (slot, _, continued) = dir.parts(s);
+            *slot = Some(h);
+            *continued = false;
+            if dir == Direction::Response {
+                // A local reply asked for after the request phase has nothing left to answer.
+                s.local_response = None;
+            }
         }
-        vm.on_request_headers(id, count, eos)
+        dir.on_headers(vm, id, count, eos)
     });
     let mut action = match first {
         Ok(a) => a,
@@ -287,13 +356,13 @@ async fn request_filter(
     // paused: the body callback comes only after the filter continues.
     let stop_all = !handle.filter.plugin.config.allow_on_headers_stop_iteration;
     if action == Action::Pause && (stop_all || body.is_empty()) {
-        if let Some(o) = wait_resume(handle, Phase::Request).await {
+        if let Some(o) = wait_resume(handle, dir).await {
             return o;
         }
         action = Action::Continue;
         let _ = handle.with_vm(|vm, id| {
             if let Some(s) = vm.stream_mut(id) {
-                s.request_continued = false;
+                *dir.parts(s).2 = false;
             }
             Ok(())
         });
@@ -303,11 +372,11 @@ async fn request_filter(
         let size = b.len();
         let second = handle.with_vm(|vm, id| {
             if let Some(s) = vm.stream_mut(id) {
-                s.request_body = Some(b);
+                *dir.parts(s).1 = Some(b);
             }
-            vm.on_request_body(id, size, true)
+            dir.on_body(vm, id, size, true)
         });
-        // As in Envoy, a body callback that continues resumes a request paused in its headers.
+        // As in Envoy, a body callback that continues resumes a stream paused in its headers.
         action = match second {
             Ok(a) => a,
             Err(e) => return Outcome::Failed(e.to_string()),
@@ -317,14 +386,15 @@ async fn request_filter(
         }
     }
     if action == Action::Pause {
-        if let Some(o) = wait_resume(handle, Phase::Request).await {
+        if let Some(o) = wait_resume(handle, dir).await {
             return o;
         }
     }
     let taken = handle.with_vm(|vm, id| {
-        Ok(vm
-            .stream_mut(id)
-            .map(|s| (s.request_headers.clone(), s.request_body.clone())))
+        Ok(vm.stream_mut(id).map(|s| {
+            let (h, b, _) = dir.parts(s);
+            (h.clone(), b.clone())
+        }))
     });
     match taken {
         Ok(Some((h, b))) => {
@@ -333,83 +403,6 @@ async fn request_filter(
             }
             if let Some(b) = b {
                 *body = b;
-            }
-            Outcome::Continue
-        }
-        Ok(None) => Outcome::Continue,
-        Err(e) => Outcome::Failed(e.to_string()),
-    }
-}
-
-/// Runs one filter's response callbacks.
-async fn response_filter(handle: &ContextHandle, pending: &mut Pending) -> Outcome {
-    let count = pending.headers.len();
-    let eos = pending.body.is_empty();
-    let h = pending.headers.clone();
-    let first = handle.with_vm(|vm, id| {
-        if let Some(s) = vm.stream_mut(id) {
-            s.response_headers = Some(h);
-            s.response_continued = false;
-            s.local_response = None;
-        }
-        vm.on_response_headers(id, count, eos)
-    });
-    let mut action = match first {
-        Ok(a) => a,
-        Err(e) => return Outcome::Failed(e.to_string()),
-    };
-    if let Some(o) = early_outcome(handle) {
-        return o;
-    }
-    // Envoy (without allow_on_headers_stop_iteration) stops everything while the headers are
-    // paused: the body callback comes only after the filter continues.
-    let stop_all = !handle.filter.plugin.config.allow_on_headers_stop_iteration;
-    if action == Action::Pause && (stop_all || pending.body.is_empty()) {
-        if let Some(o) = wait_resume(handle, Phase::Response).await {
-            return o;
-        }
-        action = Action::Continue;
-        let _ = handle.with_vm(|vm, id| {
-            if let Some(s) = vm.stream_mut(id) {
-                s.response_continued = false;
-            }
-            Ok(())
-        });
-    }
-    if !pending.body.is_empty() {
-        let b = pending.body.clone();
-        let size = b.len();
-        let second = handle.with_vm(|vm, id| {
-            if let Some(s) = vm.stream_mut(id) {
-                s.response_body = Some(b);
-            }
-            vm.on_response_body(id, size, true)
-        });
-        action = match second {
-            Ok(a) => a,
-            Err(e) => return Outcome::Failed(e.to_string()),
-        };
-        if let Some(o) = early_outcome(handle) {
-            return o;
-        }
-    }
-    if action == Action::Pause {
-        if let Some(o) = wait_resume(handle, Phase::Response).await {
-            return o;
-        }
-    }
-    let taken = handle.with_vm(|vm, id| {
-        Ok(vm
-            .stream_mut(id)
-            .map(|s| (s.response_headers.clone(), s.response_body.clone())))
-    });
-    match taken {
-        Ok(Some((h, b))) => {
-            if let Some(h) = h {
-                pending.headers = h;
-            }
-            if let Some(b) = b {
-                pending.body = b;
             }
             Outcome::Continue
         }
@@ -433,29 +426,24 @@ fn early_outcome(handle: &ContextHandle) -> Option<Outcome> {
     }
 }
 
-/// Waits until the filter continues the paused phase, answers locally, resets, or its instance
-/// fails. `None` means it continued.
-async fn wait_resume(handle: &ContextHandle, phase: Phase) -> Option<Outcome> {
+/// Waits until the filter continues the paused direction, answers locally, resets, or its
+/// instance fails. `None` means it continued.
+async fn wait_resume(handle: &ContextHandle, dir: Direction) -> Option<Outcome> {
     let deadline = tokio::time::Instant::now() + PAUSE_LIMIT;
     loop {
         let notified = handle.filter.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let continued = handle.with_vm(|vm, id| {
-            Ok(vm.stream(id).map(|s| match phase {
-                Phase::Request => s.request_continued,
-                Phase::Response => s.response_continued,
-            }))
-        });
-        match continued {
+        let continued = handle.with_vm(|vm, id| Ok(vm.stream(id).map(|s| dir.continued(s))));
+        let continued = match continued {
             Err(e) => return Some(Outcome::Failed(e.to_string())),
             Ok(None) => return Some(Outcome::Failed("the context is gone".into())),
-            Ok(Some(_)) => {}
-        }
+            Ok(Some(c)) => c,
+        };
         if let Some(o) = early_outcome(handle) {
             return Some(o);
         }
-        if continued.ok().flatten() == Some(true) {
+        if continued {
             return None;
         }
         tokio::select! {
