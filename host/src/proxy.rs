@@ -484,22 +484,17 @@ fn router_reply(status: u16, body: &str) -> Pending {
 async fn forward(
     listener: &ListenerConfig,
     ctx: &WorkerCtx,
-    headers: HeaderList,
+    mut headers: HeaderList,
     body: Vec<u8>,
 ) -> Pending {
-    let authority = get_value(&headers, ":authority")
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .unwrap_or_default();
-    let path = get_value(&headers, ":path")
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .unwrap_or_default();
+    let authority = String::from_utf8_lossy(get_value(&headers, ":authority").unwrap_or_default());
+    let path = String::from_utf8_lossy(get_value(&headers, ":path").unwrap_or_default());
     let Some(route) = find_route(listener, &authority, &path) else {
         return router_reply(404, "");
     };
     let Some(cluster) = ctx.clusters.get(&route.cluster) else {
         return router_reply(503, "no healthy upstream");
     };
-    let mut headers = headers;
     if !route.timeout.is_zero() {
         replace_value(
             &mut headers,
@@ -530,7 +525,7 @@ async fn forward(
             ));
             Pending {
                 headers,
-                body: r.body.to_vec(),
+                body: Vec::from(r.body),
             }
         }
         Err(e) => {

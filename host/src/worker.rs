@@ -208,66 +208,67 @@ impl WorkerFilter {
     async fn run_call(self: Rc<Self>, call: PendingHttpCall, generation: u64) {
         let metrics = &self.ctx.metrics.host;
         metrics.http_calls.fetch_add(1, Ordering::Relaxed);
-        let response = match self.ctx.clusters.get(&call.cluster) {
-            Some(cluster) => {
-                let request =
-                    crate::upstream::build_request(&call.headers, Bytes::from(call.body.clone()));
-                match request {
-                    Ok(request) => {
-                        match self.ctx.pool.exchange(cluster, request, call.timeout).await {
-                            Ok(r) => {
-                                let mut headers = vec![(
-                                    ":status".to_string(),
-                                    r.status.to_string().into_bytes(),
-                                )];
-                                headers.extend(r.headers);
-                                Some(CallResponse {
-                                    headers,
-                                    body: r.body.to_vec(),
-                                    trailers: Vec::new(),
-                                })
-                            }
-                            Err(e) => {
-                                // As Envoy: the router's local reply is the call's answer.
-                                tracing::debug!(cluster = %call.cluster, "http call failed: {e}");
-                                metrics.http_call_failures.fetch_add(1, Ordering::Relaxed);
-                                let (status, body) = e.router_reply();
-                                Some(CallResponse {
-                                    headers: vec![
-                                        (":status".to_string(), status.to_string().into_bytes()),
-                                        (
-                                            "content-length".to_string(),
-                                            body.len().to_string().into_bytes(),
-                                        ),
-                                        ("content-type".to_string(), b"text/plain".to_vec()),
-                                    ],
-                                    body: body.as_bytes().to_vec(),
-                                    trailers: Vec::new(),
-                                })
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(cluster = %call.cluster, "http call has a bad request: {e}");
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
+        let (token, context_id) = (call.token, call.context_id);
+        let response = self.call_answer(call).await;
         if response.is_none() {
             metrics.http_call_failures.fetch_add(1, Ordering::Relaxed);
         }
         let delivered = self.with_vm(Some(generation), |vm| {
-            if !vm.context_alive(call.context_id) {
+            if !vm.context_alive(context_id) {
                 return Ok(());
             }
-            vm.on_http_call_response(call.token, response)
+            vm.on_http_call_response(token, response)
         });
         if let Err(e) = delivered {
             tracing::debug!("http call answer not delivered: {e}");
         }
         self.notify.notify_waiters();
+    }
+
+    /// Sends an HTTP call and returns the answer the guest gets; `None` when it cannot be sent
+    /// (unknown cluster, bad request).
+    async fn call_answer(&self, call: PendingHttpCall) -> Option<CallResponse> {
+        let cluster = self.ctx.clusters.get(&call.cluster)?;
+        let request = match crate::upstream::build_request(&call.headers, Bytes::from(call.body)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(cluster = %call.cluster, "http call has a bad request: {e}");
+                return None;
+            }
+        };
+        match self.ctx.pool.exchange(cluster, request, call.timeout).await {
+            Ok(r) => {
+                let mut headers = vec![(":status".to_string(), r.status.to_string().into_bytes())];
+                headers.extend(r.headers);
+                Some(CallResponse {
+                    headers,
+                    body: Vec::from(r.body),
+                    trailers: Vec::new(),
+                })
+            }
+            Err(e) => {
+                // As Envoy: the router's local reply is the call's answer.
+                tracing::debug!(cluster = %call.cluster, "http call failed: {e}");
+                self.ctx
+                    .metrics
+                    .host
+                    .http_call_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                let (status, body) = e.router_reply();
+                Some(CallResponse {
+                    headers: vec![
+                        (":status".to_string(), status.to_string().into_bytes()),
+                        (
+                            "content-length".to_string(),
+                            body.len().to_string().into_bytes(),
+                        ),
+                        ("content-type".to_string(), b"text/plain".to_vec()),
+                    ],
+                    body: body.as_bytes().to_vec(),
+                    trailers: Vec::new(),
+                })
+            }
+        }
     }
 
     /// Creates an HTTP context on the current instance.

@@ -155,7 +155,6 @@ impl VmInstance {
         let instance = pre
             .instantiate(&mut store)
             .map_err(|e| classify(&name, "instantiate", limits.start_budget, e))?;
-        let module = pre.module();
         if instance
             .get_func(&mut store, "proxy_abi_version_0_2_1")
             .is_none()
@@ -165,7 +164,6 @@ impl VmInstance {
         {
             return Err(VmError::UnsupportedAbi { plugin: name });
         }
-        let _ = module;
         let inst_err = |message: String| VmError::Instantiate {
             plugin: name.clone(),
             message,
