@@ -14,10 +14,7 @@ pub fn run(
     metrics: Arc<MetricsRegistry>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::worker::local_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("admin: cannot build a runtime: {e}");
@@ -45,6 +42,8 @@ pub fn run(
                             async move { Ok::<_, std::convert::Infallible>(answer(req.uri().path(), &metrics)) }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(crate::proxy::HEADER_READ_TIMEOUT)
                             .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                             .await;
                     });

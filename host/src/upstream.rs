@@ -48,15 +48,23 @@ impl Pool {
     async fn endpoint(&self, cluster: &ClusterConfig) -> Result<SocketAddr, UpstreamError> {
         let n = self.next.get();
         self.next.set(n.wrapping_add(1));
-        let (host, port) = &cluster.endpoints[n % cluster.endpoints.len()];
+        let (host, port) = n
+            .checked_rem(cluster.endpoints.len())
+            .and_then(|i| cluster.endpoints.get(i))
+            .ok_or_else(|| {
+                UpstreamError::Connect(format!("cluster {} has no endpoints", cluster.name))
+            })?;
         match cluster.discovery {
             DiscoveryType::Static => host
                 .parse()
                 .map(|ip| SocketAddr::new(ip, *port))
                 .map_err(|_| UpstreamError::Connect(format!("bad address {host}"))),
             DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
-                tokio::net::lookup_host((host.as_str(), *port))
+                // Resolution counts as connection set-up: bounded by the connect timeout.
+                let lookup = tokio::net::lookup_host((host.as_str(), *port));
+                tokio::time::timeout(cluster.connect_timeout, lookup)
                     .await
+                    .map_err(|_| UpstreamError::ConnectTimeout)?
                     .map_err(|e| UpstreamError::Connect(format!("resolving {host}: {e}")))?
                     .next()
                     .ok_or_else(|| UpstreamError::Connect(format!("{host} has no address")))

@@ -303,6 +303,13 @@ impl ContextHandle {
     }
 }
 
+/// The single-threaded runtime a worker (or the admin thread) runs its `LocalSet` on.
+pub(crate) fn local_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 /// Runs one worker until `shutdown` turns true. `ready` receives the start-up result.
 pub fn run(
     index: usize,
@@ -311,10 +318,7 @@ pub fn run(
     ready: std::sync::mpsc::Sender<Result<(), VmError>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match local_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(VmError::Instantiate {
