@@ -112,12 +112,7 @@ impl WorkerFilter {
                     }
                     if vm.is_broken() {
                         if let Err(e) = &result {
-                            tracing::error!("{e}; replacing the instance");
-                            self.plugin.log.write(
-                                4,
-                                "wasm",
-                                &format!("{e}; replacing the instance"),
-                            );
+                            self.log_error(&format!("{e}; replacing the instance"));
                         }
                         self.ctx
                             .metrics
@@ -151,15 +146,14 @@ impl WorkerFilter {
                     .fetch_add(1, Ordering::Relaxed);
                 slot.vm = Some(vm);
             }
-            Err(e) => {
-                tracing::error!("cannot replace the failed instance: {e}");
-                self.plugin.log.write(
-                    4,
-                    "wasm",
-                    &format!("cannot replace the failed instance: {e}"),
-                );
-            }
+            Err(e) => self.log_error(&format!("cannot replace the failed instance: {e}")),
         }
+    }
+
+    /// An error about this plugin's instance, to tracing and to the host log.
+    fn log_error(&self, message: &str) {
+        tracing::error!("{message}");
+        self.plugin.log.write(4, "wasm", message);
     }
 
     /// Starts the HTTP calls the guest recorded and re-arms the tick timer if it changed.

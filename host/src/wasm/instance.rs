@@ -196,18 +196,9 @@ impl VmInstance {
             on_tick: opt!("proxy_on_tick"),
             on_http_call_response: opt!("proxy_on_http_call_response"),
         };
-        let init: Option<TypedFunc<(), ()>> = match instance.get_func(&mut store, "_initialize") {
-            Some(f) => Some(
-                f.typed(&store)
-                    .map_err(|e| inst_err(format!("_initialize: {e}")))?,
-            ),
-            None => match instance.get_func(&mut store, "_start") {
-                Some(f) => Some(
-                    f.typed(&store)
-                        .map_err(|e| inst_err(format!("_start: {e}")))?,
-                ),
-                None => None,
-            },
+        let init: Option<TypedFunc<(), ()>> = match opt!("_initialize") {
+            Some(f) => Some(f),
+            None => opt!("_start"),
         };
         let mut vm = VmInstance {
             store,
