@@ -323,16 +323,24 @@ fn uuid_v4() -> String {
 
 /// Runs one filter's callbacks for one direction — the headers, then the body if there is one —
 /// waiting while it keeps the stream paused. On `Continue`, `headers` and `body` hold what the
-/// filter left in them.
+/// filter left in them; on `Failed` they are unchanged when the filter fails open (the request
+/// passes on), and not needed otherwise (as after `Local` and `Reset`).
 async fn run_filter(
     handle: &ContextHandle,
     dir: Direction,
     headers: &mut HeaderList,
     body: &mut Vec<u8>,
 ) -> Outcome {
+    // The stream keeps its own copy (later callbacks and properties read it); the caller's copy
+    // is only needed again if a failure lets the exchange pass unfiltered.
+    let keep = handle.filter.plugin.config.fail_open;
     let count = headers.len();
     let eos = body.is_empty();
-    let h = headers.clone();
+    let h = if keep {
+        headers.clone()
+    } else {
+        std::mem::take(headers)
+    };
     let first = handle.with_vm(|vm, id| {
         if let Some(s) = vm.stream_mut(id) {
             let (slot, _, continued) = dir.parts(s);
@@ -368,7 +376,11 @@ async fn run_filter(
         });
     }
     if !body.is_empty() {
-        let b = body.clone();
+        let b = if keep {
+            body.clone()
+        } else {
+            std::mem::take(body)
+        };
         let size = b.len();
         let second = handle.with_vm(|vm, id| {
             if let Some(s) = vm.stream_mut(id) {
@@ -406,7 +418,7 @@ async fn run_filter(
             }
             Outcome::Continue
         }
-        Ok(None) => Outcome::Continue,
+        Ok(None) => Outcome::Failed("the context is gone".into()),
         Err(e) => Outcome::Failed(e.to_string()),
     }
 }
