@@ -120,6 +120,17 @@ pub struct WasmFilterConfig {
     pub allow_on_headers_stop_iteration: bool,
 }
 
+impl WasmFilterConfig {
+    /// A name for log lines: the plugin name, else the root id.
+    pub fn log_name(&self) -> &str {
+        if self.name.is_empty() {
+            &self.root_id
+        } else {
+            &self.name
+        }
+    }
+}
+
 /// How a cluster finds its endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiscoveryType {

@@ -208,26 +208,8 @@ fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHos
                     m
                 }
             };
-            let name = if w.name.is_empty() {
-                w.root_id.clone()
-            } else {
-                w.name.clone()
-            };
-            let pre = wasm::instance::prelink(&name, &module)?;
-            // Envoy's rules: host_env_keys copies the named variables of the host's
-            // environment (absent ones are skipped), key_values adds fixed ones.
-            let mut env = Vec::new();
-            for k in &w.host_env_keys {
-                let given = options
-                    .env
-                    .iter()
-                    .find(|(name, _)| name == k)
-                    .map(|(_, v)| v.clone());
-                if let Some(v) = given.or_else(|| std::env::var(k).ok()) {
-                    env.push((k.clone(), v));
-                }
-            }
-            env.extend(w.key_values.iter().cloned());
+            let pre = wasm::instance::prelink(w.log_name(), &module)?;
+            let env = wasm::guest_env(w, &options.env);
             plugins.push(Arc::new(Plugin {
                 config: w.clone(),
                 pre,

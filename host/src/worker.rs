@@ -104,30 +104,29 @@ impl WorkerFilter {
                     plugin: self.plugin.log_name().to_string(),
                 });
             }
-            match slot.vm.as_mut() {
-                Some(vm) => {
-                    let result = f(vm);
-                    if vm.take_other_streams_changed() {
-                        self.notify.notify_waiters();
-                    }
-                    if vm.is_broken() {
-                        if let Err(e) = &result {
-                            self.log_error(&format!("{e}; replacing the instance"));
-                        }
-                        self.ctx
-                            .metrics
-                            .host
-                            .vm_failures
-                            .fetch_add(1, Ordering::Relaxed);
-                        self.replace(&mut slot);
-                        self.notify.notify_waiters();
-                    }
-                    result
-                }
-                None => Err(VmError::Broken {
+            // No instance: replacing it failed (`after_call` would have nothing to do).
+            let Some(vm) = slot.vm.as_mut() else {
+                return Err(VmError::Broken {
                     plugin: self.plugin.log_name().to_string(),
-                }),
+                });
+            };
+            let result = f(vm);
+            if vm.take_other_streams_changed() {
+                self.notify.notify_waiters();
             }
+            if vm.is_broken() {
+                if let Err(e) = &result {
+                    self.log_error(&format!("{e}; replacing the instance"));
+                }
+                self.ctx
+                    .metrics
+                    .host
+                    .vm_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.replace(&mut slot);
+                self.notify.notify_waiters();
+            }
+            result
         };
         self.after_call();
         result

@@ -115,12 +115,7 @@ impl Plugin {
     ) -> Result<Arc<Plugin>, instance::VmError> {
         let module = instance::compile("<bytes>", bytes)?;
         let pre = instance::prelink(&config.name, &module)?;
-        let mut env: Vec<(String, String)> = config
-            .host_env_keys
-            .iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
-            .collect();
-        env.extend(config.key_values.iter().cloned());
+        let env = guest_env(&config, &[]);
         Ok(Arc::new(Plugin {
             config,
             pre,
@@ -137,12 +132,32 @@ impl Plugin {
 
     /// A name for log lines: the plugin name, else the root id.
     pub fn log_name(&self) -> &str {
-        if self.config.name.is_empty() {
-            &self.config.root_id
-        } else {
-            &self.config.name
-        }
+        self.config.log_name()
     }
+}
+
+/// The guest's environment, by Envoy's rules: `host_env_keys` copies the named variables of the
+/// host's environment (a value in `overrides` first; absent ones are skipped), `key_values`
+/// adds fixed ones.
+pub(crate) fn guest_env(
+    config: &WasmFilterConfig,
+    overrides: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = config
+        .host_env_keys
+        .iter()
+        .filter_map(|k| {
+            let given = overrides
+                .iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| v.clone());
+            given
+                .or_else(|| std::env::var(k).ok())
+                .map(|v| (k.clone(), v))
+        })
+        .collect();
+    env.extend(config.key_values.iter().cloned());
+    env
 }
 
 /// A header map as the ABI sees it: lower-case names (pseudo-headers included), byte values,

@@ -5,10 +5,6 @@ use wasmtime::{Caller, Linker};
 use super::{finish, read_bytes, read_string, return_bytes, write_u32, AbiResult};
 use crate::wasm::{HostState, Status};
 
-fn vm_id(caller: &Caller<'_, HostState>) -> String {
-    caller.data().plugin.config.vm_id.clone()
-}
-
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
@@ -21,12 +17,10 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          ret_cas: i32| {
             finish((|| -> AbiResult<()> {
                 let key = read_string(&mut caller, key, key_size)?;
-                let vm = vm_id(&caller);
-                let (value, cas) = caller
-                    .data()
-                    .plugin
+                let plugin = &caller.data().plugin;
+                let (value, cas) = plugin
                     .shared_data
-                    .get(&vm, &key)
+                    .get(&plugin.config.vm_id, &key)
                     .ok_or(Status::NotFound)?;
                 super::check_range(&mut caller, ret_cas, 4)?;
                 return_bytes(&mut caller, &value, ret_ptr, ret_size)?;
@@ -46,12 +40,10 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             finish((|| -> AbiResult<()> {
                 let key = read_string(&mut caller, key, key_size)?;
                 let value = read_bytes(&mut caller, value, value_size)?;
-                let vm = vm_id(&caller);
-                match caller
-                    .data()
-                    .plugin
+                let plugin = &caller.data().plugin;
+                match plugin
                     .shared_data
-                    .set(&vm, &key, value, cas as u32)
+                    .set(&plugin.config.vm_id, &key, value, cas as u32)
                 {
                     Status::Ok => Ok(()),
                     other => Err(other.into()),
@@ -65,8 +57,8 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut caller: Caller<'_, HostState>, name: i32, name_size: i32, ret_id: i32| {
             finish((|| -> AbiResult<()> {
                 let name = read_string(&mut caller, name, name_size)?;
-                let vm = vm_id(&caller);
-                let id = caller.data().plugin.queues.register(&vm, &name);
+                let plugin = &caller.data().plugin;
+                let id = plugin.queues.register(&plugin.config.vm_id, &name);
                 write_u32(&mut caller, ret_id, id)
             })())
         },
@@ -81,17 +73,16 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          name_size: i32,
          ret_id: i32| {
             finish((|| -> AbiResult<()> {
-                let mut vm = read_string(&mut caller, vm, vm_size)?;
-                if vm.is_empty() {
-                    vm = vm_id(&caller);
-                }
+                let vm = read_string(&mut caller, vm, vm_size)?;
                 let name = read_string(&mut caller, name, name_size)?;
-                let id = caller
-                    .data()
-                    .plugin
-                    .queues
-                    .resolve(&vm, &name)
-                    .ok_or(Status::NotFound)?;
+                let plugin = &caller.data().plugin;
+                // An empty VM id names the caller's own.
+                let vm = if vm.is_empty() {
+                    &plugin.config.vm_id
+                } else {
+                    &vm
+                };
+                let id = plugin.queues.resolve(vm, &name).ok_or(Status::NotFound)?;
                 write_u32(&mut caller, ret_id, id)
             })())
         },
