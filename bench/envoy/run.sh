@@ -14,7 +14,9 @@
 # each variant is reported. Results: a Markdown table on stdout and in $OUT.
 #
 # Usage: bench/envoy/run.sh            (env: DURATION=10s WARMUP=3s CONNECTIONS=32 THREADS=1
-#                                            CONCURRENCY=1 ROUNDS=3 SKIP_BUILD=0 OUT=...)
+#                                            CONCURRENCY=1 ROUNDS=3 SKIP_BUILD=0 OUT=...
+#                                            VARIANTS="a b c d e" (a and b are needed for the
+#                                            ratios) WASM=<module to test>)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -24,6 +26,7 @@ CONNECTIONS="${CONNECTIONS:-32}"
 THREADS="${THREADS:-1}"
 CONCURRENCY="${CONCURRENCY:-1}"
 ROUNDS="${ROUNDS:-3}"
+VARIANTS="${VARIANTS:-a b c d e}"
 OUT="${OUT:-bench/envoy/results.md}"
 WRK="${WRK:-wrk}"
 ENVOY_BIN="${ENVOY_BIN:-$(scripts/install-envoy.sh)}"
@@ -32,7 +35,7 @@ command -v "$WRK" >/dev/null || { echo "wrk not found (apt-get install wrk)" >&2
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   cargo build --release --target wasm32-wasip1 -p keyrealm-filter >&2
 fi
-WASM="${CARGO_TARGET_DIR:-$PWD/target}/wasm32-wasip1/release/keyrealm_filter.wasm"
+WASM="${WASM:-${CARGO_TARGET_DIR:-$PWD/target}/wasm32-wasip1/release/keyrealm_filter.wasm}"
 [ -f "$WASM" ] || { echo "missing $WASM (scripts/build-wasm.sh)" >&2; exit 1; }
 
 WORK="$(mktemp -d)"
@@ -234,14 +237,14 @@ run_variant() {
 }
 
 for round in $(seq "$ROUNDS"); do
-  for v in a b c d e; do run_variant "$v"; done
+  for v in $VARIANTS; do run_variant "$v"; done
 done
 
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$1" "$2"; }
 {
   echo "| variant | req/s | p50 ms | p99 ms | vs a (no auth) | vs b (native api_key_auth) |"
   echo "|---|---|---|---|---|---|"
-  for v in a b c d e; do
+  for v in $VARIANTS; do
     case "$v" in
       a) name="a: no auth filter" ;;
       b) name="b: native api_key_auth" ;;
