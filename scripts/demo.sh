@@ -16,6 +16,9 @@
 #   scripts/demo.sh once     run the story, then stop everything
 #   scripts/demo.sh stop     stop what a previous run started (the processes in ./.run/pids)
 #
+#   GATEWAY_KIND=host scripts/demo.sh    the same story with keyrealm-host (our own proxy-wasm host
+#                                        on wasmtime) serving the same envoy.yaml instead of Envoy
+#
 # Ports: 8000 (Envoy), 8001 (realm-service), 8080 (echo upstream), 9901 (Envoy admin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -139,9 +142,18 @@ rustup target add wasm32-wasip1
 ENVOY_BIN=$(scripts/install-envoy.sh)
 "$ENVOY_BIN" --version
 
-say "building the filter, realm-service and the echo upstream"
+GATEWAY_KIND=${GATEWAY_KIND:-envoy}
+case "$GATEWAY_KIND" in
+  envoy) GATEWAY_NAME=Envoy ;;
+  host) GATEWAY_NAME=keyrealm-host ;;
+  *) die "GATEWAY_KIND must be envoy or host, not '$GATEWAY_KIND'" ;;
+esac
+
+BINARIES=(-p realm-service -p keyrealm-tests)
+[ "$GATEWAY_KIND" = host ] && BINARIES+=(-p keyrealm-host)
+say "building the filter and the binaries: ${BINARIES[*]//-p /}"
 scripts/build-wasm.sh
-cargo build --release -p realm-service -p keyrealm-tests --bins
+cargo build --release "${BINARIES[@]}" --bins
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 WASM=$TARGET/wasm32-wasip1/release/keyrealm_filter.wasm
 [ -f "$WASM" ] || die "the filter was not built at $WASM"
@@ -177,17 +189,22 @@ export CONSUMER_KEY='$CONSUMER_KEY'
 ENV
 )
 
-say "starting the echo upstream on $UPSTREAM and Envoy on $GATEWAY"
+say "starting the echo upstream on $UPSTREAM and $GATEWAY_NAME on $GATEWAY"
 sed -e "s|\"REALM_ID\"|\"$REALM_ID\"|" \
   -e "s|filename: target/wasm32-wasip1/release/keyrealm_filter.wasm|filename: $WASM|" \
   envoy.yaml >"$RUN/envoy.yaml"
 grep -q "$REALM_ID" "$RUN/envoy.yaml" || die "could not write the realm id into .run/envoy.yaml"
 start_bg echo-upstream "$TARGET/release/echo-upstream" --listen "$UPSTREAM"
 wait_for echo-upstream "http://$UPSTREAM/ready"
-export KEYREALM_DP_TOKEN # Envoy passes it to the filter (host_env_keys)
-start_bg envoy "$ENVOY_BIN" -c "$RUN/envoy.yaml" \
-  --disable-hot-restart --concurrency 2 -l info
-wait_for envoy "http://$ADMIN/ready" 240
+export KEYREALM_DP_TOKEN # the gateway passes it to the filter (host_env_keys)
+if [ "$GATEWAY_KIND" = host ]; then
+  start_bg keyrealm-host "$TARGET/release/keyrealm-host" --config "$RUN/envoy.yaml" --concurrency 2
+  wait_for keyrealm-host "http://$ADMIN/ready" 240
+else
+  start_bg envoy "$ENVOY_BIN" -c "$RUN/envoy.yaml" \
+    --disable-hot-restart --concurrency 2 -l info
+  wait_for envoy "http://$ADMIN/ready" 240
+fi
 
 say "GET /anything with Ariel's key  (curl http://$GATEWAY/anything -H \"apikey:\$CONSUMER_KEY\")"
 OK_BODY=$(mktemp)
@@ -225,7 +242,7 @@ say "the seed's story works: 200 with the key, 401 with another_key"
 if [ "$MODE" = run ]; then
   cat <<MSG
 Everything is still running:
-  Envoy with keyrealm  http://$GATEWAY   (admin http://$ADMIN, stats: curl http://$ADMIN/stats/prometheus | grep keyrealm)
+  $GATEWAY_NAME with keyrealm  http://$GATEWAY   (admin http://$ADMIN, stats: curl http://$ADMIN/stats/prometheus | grep keyrealm)
   realm-service        http://$REALM     (admin API; token in .run/demo.env)
   echo upstream        http://$UPSTREAM
 Try it:   source .run/demo.env && curl -i http://$GATEWAY/anything -H "apikey:\$CONSUMER_KEY"
