@@ -173,7 +173,12 @@ pub async fn handle(
                 let outcome =
                     run_filter(&handle, Direction::Request, &mut headers, &mut body).await;
                 if matches!(outcome, Outcome::Failed(_)) {
-                    guard.0.pop();
+                    // No further callbacks for a failed context, but it still ends (on_log,
+                    // on_done, on_delete) if its instance survived, e.g. a stream paused past
+                    // PAUSE_LIMIT; for an instance that was replaced, finishing does nothing.
+                    if let Some(failed) = guard.0.pop() {
+                        failed.finish();
+                    }
                 }
                 outcome
             }
@@ -223,8 +228,9 @@ pub async fn handle(
             Outcome::Reset => return Err(StreamReset("closed by a filter".into())),
             Outcome::Failed(e) => {
                 tracing::error!("{e}");
-                // A failed context gets no further callbacks.
+                // A failed context gets no further callbacks, but it still ends.
                 let failed = guard.0.remove(i);
+                failed.finish();
                 if !failed.filter.plugin.config.fail_open {
                     pending = local_response(failure_reply());
                 }
