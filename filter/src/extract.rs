@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 
+use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
 use crate::config::Config;
@@ -107,46 +108,15 @@ pub fn find_header<'a>(headers: &'a [(String, String)], header_form: &str) -> Fo
 // application/x-www-form-urlencoded (query strings and form bodies)
 // ---------------------------------------------------------------------------------------------
 
-/// Decodes `%XX` and `+` (as a space). Malformed escapes are kept as they are.
+/// Decodes `%XX` and `+` (as a space). Malformed escapes are kept as they are; invalid
+/// UTF-8 becomes U+FFFD.
 pub fn url_decode(s: &str) -> Cow<'_, str> {
-    if !s.bytes().any(|b| b == b'%' || b == b'+') {
-        return Cow::Borrowed(s);
+    if !s.contains('+') {
+        return percent_decode_str(s).decode_utf8_lossy();
     }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h << 4) | l);
-                    i += 3;
-                }
-                _ => {
-                    out.push(b'%');
-                    i += 1;
-                }
-            },
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    // `+` is replaced before %-decoding so that an escaped `%2B` stays a `+`.
+    let spaced = s.replace('+', " ");
+    Cow::Owned(percent_decode_str(&spaced).decode_utf8_lossy().into_owned())
 }
 
 /// Splits one `name[=value]` pair; the name is decoded, the value is left raw.

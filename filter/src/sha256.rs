@@ -11,26 +11,9 @@ pub fn sha256(data: &[u8]) -> Digest {
 
 /// Parses 64 hex digits (either case) into a digest.
 pub fn parse_sha256_hex(hex: &str) -> Option<Digest> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        let hi = hex_value(pair[0])?;
-        let lo = hex_value(pair[1])?;
-        out[i] = (hi << 4) | lo;
-    }
+    hex::decode_to_slice(hex, &mut out).ok()?;
     Some(out)
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
