@@ -24,6 +24,9 @@ struct Cli {
     /// Also append the log to this file (like Envoy's --log-path).
     #[arg(long = "log-path")]
     log_path: Option<PathBuf>,
+    /// The longest a filter may keep a request paused, in seconds.
+    #[arg(long = "pause-limit-s", default_value_t = 60)]
+    pause_limit_s: u64,
     /// Memory limit of one instance, in MiB.
     #[arg(long = "memory-limit-mib", default_value_t = 256)]
     memory_limit_mib: usize,
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         let limits = keyrealm_host::VmLimits {
             call_budget: std::time::Duration::from_millis(cli.call_budget_ms.max(1)),
             memory_bytes: cli.memory_limit_mib.max(1) << 20,
+            pause_limit: std::time::Duration::from_secs(cli.pause_limit_s.max(1)),
             ..Default::default()
         };
         let options = keyrealm_host::HostOptions {

@@ -27,9 +27,6 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client may take to send a request's body.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The longest a filter may keep a request or response paused.
-pub const PAUSE_LIMIT: Duration = Duration::from_secs(60);
-
 /// The error a handler returns to make hyper reset the connection (`proxy_close_stream`).
 #[derive(Debug, thiserror::Error)]
 #[error("stream reset: {0}")]
@@ -175,7 +172,7 @@ pub async fn handle(
                 if matches!(outcome, Outcome::Failed(_)) {
                     // No further callbacks for a failed context, but it still ends (on_log,
                     // on_done, on_delete) if its instance survived, e.g. a stream paused past
-                    // PAUSE_LIMIT; for an instance that was replaced, finishing does nothing.
+                    // the pause limit; for an instance that was replaced, finishing does nothing.
                     if let Some(failed) = guard.0.pop() {
                         failed.finish();
                     }
@@ -447,7 +444,8 @@ fn early_outcome(handle: &ContextHandle) -> Option<Outcome> {
 /// Waits until the filter continues the paused direction, answers locally, resets, or its
 /// instance fails. `None` means it continued.
 async fn wait_resume(handle: &ContextHandle, dir: Direction) -> Option<Outcome> {
-    let deadline = tokio::time::Instant::now() + PAUSE_LIMIT;
+    let limit = handle.filter.plugin.limits.pause_limit;
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         let notified = handle.filter.notify.notified();
         tokio::pin!(notified);
@@ -467,7 +465,7 @@ async fn wait_resume(handle: &ContextHandle, dir: Direction) -> Option<Outcome> 
         tokio::select! {
             _ = &mut notified => {}
             _ = tokio::time::sleep_until(deadline) => {
-                return Some(Outcome::Failed(format!("a filter kept the stream paused for more than {PAUSE_LIMIT:?}")));
+                return Some(Outcome::Failed(format!("a filter kept the stream paused for more than {limit:?}")));
             }
         }
     }

@@ -283,3 +283,65 @@ async fn shutdown_with_a_request_paused_in_a_filter() {
         "the paused request was not answered, its connection closed"
     );
 }
+
+/// A filter that keeps a request paused past the pause limit (its HTTP call takes 3 s, the limit
+/// is 300 ms) fails that request at the limit: 500, or, with `fail_open`, the request goes on
+/// unfiltered. Either way the failed context still ends: its `on_log` and `on_done` run, as the
+/// lifecycle record that the next request (which makes no call) carries upstream shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_paused_past_the_limit_fails_and_its_context_ends() {
+    let upstream = common::spawn_echo().await;
+    let wasm = common::abi_test_filter_wasm();
+    let configuration = r#"{"http_call": {"cluster": "upstream", "path": "/slow", "timeout_ms": 5000, "when_header": "x-call"}, "record_lifecycle": true}"#;
+    for fail_open in [false, true] {
+        let spec = common::FilterSpec {
+            name: "paused",
+            root_id: "abi_test",
+            wasm: &wasm,
+            configuration,
+            fail_open,
+            env: &[],
+            allow_stop_iteration: false,
+        };
+        let yaml = common::envoy_yaml(upstream, &[spec], &[]);
+        let options = keyrealm_host::HostOptions {
+            workers: Some(1),
+            limits: keyrealm_host::VmLimits {
+                pause_limit: Duration::from_millis(300),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (host, _dir) = common::start_host(&yaml, options).await;
+        let addr = host.listener_addrs()[0];
+
+        let started = std::time::Instant::now();
+        let first = common::http(addr, "GET", "/first", &[("x-call", "1")], "").await;
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_millis(2500),
+            "answered after {took:?}, not at the 300 ms pause limit"
+        );
+        if fail_open {
+            assert_eq!(first.status, 200, "fail_open passes the request on");
+            assert!(first.echoed().is_some(), "and it reached the upstream");
+        } else {
+            assert_eq!(first.status, 500, "{}", first.body);
+            assert!(first.echoed().is_none(), "nothing reached the upstream");
+        }
+        let second = common::get(addr, "/second").await;
+        assert_eq!(second.status, 200, "{}", second.body);
+        let echo = second
+            .echoed()
+            .expect("the second request reached the upstream");
+        let record = common::echoed_header(&echo, "x-lifecycle").unwrap_or_default();
+        let mut events: Vec<&str> = record.split(',').collect();
+        events.sort_unstable();
+        assert_eq!(
+            events,
+            ["done", "log"],
+            "the first request's context ends (on_log, on_done) exactly once: {record:?}"
+        );
+        host.shutdown().await;
+    }
+}

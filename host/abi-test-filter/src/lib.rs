@@ -75,6 +75,8 @@ pub struct Callout {
     /// are paused.
     #[serde(default)]
     pub body_continues: bool,
+    /// Only when the request has this header.
+    pub when_header: Option<String>,
 }
 
 fn default_authority() -> String {
@@ -411,7 +413,11 @@ impl HttpContext for Stream {
             let value = property_text(self.get_property(path));
             self.set_http_request_header(&property_header(p), Some(&value));
         }
-        if let Some(c) = &config.http_call {
+        let call = config.http_call.as_ref().filter(|c| match &c.when_header {
+            Some(h) => self.get_http_request_header(h).is_some(),
+            None => true,
+        });
+        if let Some(c) = call {
             let headers = vec![
                 (":method", c.method.as_str()),
                 (":path", c.path.as_str()),

@@ -74,6 +74,9 @@ pub struct VmLimits {
     pub start_budget: Duration,
     /// Maximum linear memory of one instance, in bytes.
     pub memory_bytes: usize,
+    /// The longest a filter may keep a request or response paused; then the request fails
+    /// (500, or passes with `fail_open`) and its context ends.
+    pub pause_limit: Duration,
 }
 
 impl Default for VmLimits {
@@ -82,6 +85,7 @@ impl Default for VmLimits {
             call_budget: Duration::from_millis(1000),
             start_budget: Duration::from_secs(10),
             memory_bytes: 256 << 20,
+            pause_limit: Duration::from_secs(60),
         }
     }
 }
