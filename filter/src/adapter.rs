@@ -156,6 +156,23 @@ fn to_wasm(action: Action) -> WasmAction {
     }
 }
 
+/// Reads the answer to an HTTP call from the host and hands it to the worker (whichever context
+/// the SDK delivered it to).
+fn deliver_call_response(
+    worker: Option<&Rc<RefCell<Worker>>>,
+    metrics: &MetricIds,
+    context_id: u32,
+    token_id: u32,
+    num_headers: usize,
+    body_size: usize,
+) {
+    let response = call_response(num_headers, body_size);
+    if let Some(Ok(mut w)) = worker.map(|w| w.try_borrow_mut()) {
+        let mut host = WasmHost { metrics };
+        w.on_call_response(context_id, token_id, response, &mut host);
+    }
+}
+
 /// The answer to an HTTP call, read from the host. No headers means the call failed.
 fn call_response(num_headers: usize, body_size: usize) -> CallResponse {
     let status = if num_headers == 0 {
@@ -191,15 +208,14 @@ impl Context for Root {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let response = call_response(num_headers, body_size);
-        if let Some(worker) = &self.worker {
-            if let Ok(mut w) = worker.try_borrow_mut() {
-                let mut host = WasmHost {
-                    metrics: &self.metrics,
-                };
-                w.on_call_response(self.context_id, token_id, response, &mut host);
-            }
-        }
+        deliver_call_response(
+            self.worker.as_ref(),
+            &self.metrics,
+            self.context_id,
+            token_id,
+            num_headers,
+            body_size,
+        );
     }
 }
 
@@ -309,15 +325,14 @@ impl Context for Http {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let response = call_response(num_headers, body_size);
-        if let Some(worker) = &self.worker {
-            if let Ok(mut w) = worker.try_borrow_mut() {
-                let mut host = WasmHost {
-                    metrics: &self.metrics,
-                };
-                w.on_call_response(self.context_id, token_id, response, &mut host);
-            }
-        }
+        deliver_call_response(
+            self.worker.as_ref(),
+            &self.metrics,
+            self.context_id,
+            token_id,
+            num_headers,
+            body_size,
+        );
     }
 
     fn on_done(&mut self) -> bool {
