@@ -61,9 +61,23 @@ pub struct ListenerConfig {
     pub name: String,
     pub address: SocketAddr,
     pub stat_prefix: String,
+    /// Which HTTP versions the listener speaks (`codec_type`).
+    pub codec: Codec,
     pub virtual_hosts: Vec<VirtualHost>,
     /// The wasm filters, in the order of `http_filters` (the router comes last).
     pub wasm_filters: Vec<WasmFilterConfig>,
+}
+
+/// `codec_type` of the HTTP connection manager.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Codec {
+    /// HTTP/1.1, or HTTP/2 when the client starts with the HTTP/2 preface (prior knowledge).
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only (h2c with prior knowledge; no TLS here).
+    Http2,
 }
 
 /// `route_config.virtual_hosts[]`.
@@ -348,16 +362,19 @@ fn parse_listener(
     ])?;
     hcm.expect_type(HCM_TYPE)?;
     let stat_prefix = hcm.req("stat_prefix")?.string()?;
-    if let Some(codec) = hcm.opt("codec_type") {
-        match codec.str()? {
-            "AUTO" | "HTTP1" => {}
+    let codec = match hcm.opt("codec_type") {
+        None => Codec::Auto,
+        Some(node) => match node.str()? {
+            "AUTO" => Codec::Auto,
+            "HTTP1" => Codec::Http1,
+            "HTTP2" => Codec::Http2,
             other => {
-                return Err(codec.err(format!(
-                    "codec_type {other:?} is not supported (AUTO, HTTP1)"
+                return Err(node.err(format!(
+                    "codec_type {other:?} is not supported (AUTO, HTTP1, HTTP2)"
                 )))
             }
-        }
-    }
+        },
+    };
     let rc = hcm.req("route_config")?.map()?;
     rc.allow(&["name", "virtual_hosts"])?;
     if let Some(n) = rc.opt("name") {
@@ -402,6 +419,7 @@ fn parse_listener(
         name,
         address,
         stat_prefix,
+        codec,
         virtual_hosts,
         wasm_filters,
     })
@@ -812,6 +830,23 @@ static_resources:
             e.path,
             "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.config.vm_config.fail_opn"
         );
+    }
+
+    #[test]
+    fn codec_type_chooses_the_http_versions() {
+        let codec = |c: &str| {
+            parse(&GOOD.replace("codec_type: AUTO", &format!("codec_type: {c}")))
+                .map(|cfg| cfg.listeners[0].codec)
+        };
+        assert_eq!(parse(GOOD).expect("valid").listeners[0].codec, Codec::Auto);
+        assert_eq!(codec("HTTP1").expect("valid"), Codec::Http1);
+        assert_eq!(codec("HTTP2").expect("valid"), Codec::Http2);
+        let e = codec("HTTP3").expect_err("HTTP/3 needs QUIC");
+        assert_eq!(
+            e.path,
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.codec_type"
+        );
+        assert!(e.to_string().contains("AUTO, HTTP1, HTTP2"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! keyrealm-host: a proxy-wasm (ABI 0.2.1) host on wasmtime plus an HTTP/1.1 reverse proxy
-//! (hyper, tokio) that serves the subset of Envoy's `envoy.yaml` this project uses, with Envoy's
+//! keyrealm-host: a proxy-wasm (ABI 0.2.1) host on wasmtime plus an HTTP reverse proxy
+//! (hyper, tokio; HTTP/1.1 and h2c) that serves the subset of Envoy's `envoy.yaml` this project uses, with Envoy's
 //! behaviour: static listeners with an HTTP connection manager, prefix/path routes to static
 //! clusters, `envoy.filters.http.wasm` filters, and the admin address (`/ready`,
 //! `/stats/prometheus`).

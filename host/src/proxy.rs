@@ -156,7 +156,7 @@ pub async fn handle(
     let info = RequestInfo {
         source: remote,
         destination: local,
-        protocol: format!("{:?}", parts.version),
+        protocol: protocol_name(parts.version).to_string(),
         start_time: Some(std::time::SystemTime::now()),
     };
     let mut guard = ContextsGuard(Vec::new());
@@ -263,6 +263,17 @@ fn plain(status: u16, body: &'static str) -> HttpResponse {
 }
 
 /// The request as a proxy-wasm header map, with what Envoy's connection manager adds.
+/// The protocol as Envoy's `request.protocol` property names it.
+fn protocol_name(version: hyper::Version) -> &'static str {
+    match version {
+        hyper::Version::HTTP_09 => "HTTP/0.9",
+        hyper::Version::HTTP_10 => "HTTP/1.0",
+        hyper::Version::HTTP_2 => "HTTP/2",
+        hyper::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
 fn request_header_list(parts: &hyper::http::request::Parts) -> HeaderList {
     let authority = parts
         .headers
@@ -297,31 +308,12 @@ fn request_header_list(parts: &hyper::http::request::Parts) -> HeaderList {
         list.push(("x-forwarded-proto".into(), b"http".to_vec()));
     }
     if get_value(&list, "x-request-id").is_none() {
-        list.push(("x-request-id".into(), uuid_v4().into_bytes()));
+        list.push((
+            "x-request-id".into(),
+            uuid::Uuid::new_v4().to_string().into_bytes(),
+        ));
     }
     list
-}
-
-fn uuid_v4() -> String {
-    let mut b = [0u8; 16];
-    if getrandom::fill(&mut b).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        b = nanos.to_le_bytes();
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }
 
 /// Runs one filter's callbacks for one direction — the headers, then the body if there is one —

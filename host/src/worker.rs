@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 
-use crate::config::{ClusterConfig, ListenerConfig};
+use crate::config::{ClusterConfig, Codec, ListenerConfig};
 use crate::metrics::MetricsRegistry;
 use crate::upstream::Pool;
 use crate::wasm::instance::{VmError, VmInstance};
@@ -370,6 +370,20 @@ pub fn run(
     drop(runtime);
 }
 
+/// Runs HTTP/2 streams on the worker's `LocalSet`: the proxy's futures hold the worker's
+/// instances (`Rc`), so they never leave its thread.
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: std::future::Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     rt: Rc<ListenerRuntime>,
@@ -386,6 +400,7 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let local_addr = stream.local_addr().ok();
+        let codec = rt.config.codec;
         let rt = rt.clone();
         let ctx = ctx.clone();
         tokio::task::spawn_local(async move {
@@ -393,12 +408,18 @@ async fn accept_loop(
                 crate::proxy::handle(req, rt.clone(), ctx.clone(), Some(remote), local_addr)
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
+            let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
+            builder
+                .http1()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(crate::proxy::HEADER_READ_TIMEOUT)
-                .serve_connection(io, service)
-                .await
-            {
+                .header_read_timeout(crate::proxy::HEADER_READ_TIMEOUT);
+            builder.http2().timer(hyper_util::rt::TokioTimer::new());
+            let builder = match codec {
+                Codec::Auto => builder,
+                Codec::Http1 => builder.http1_only(),
+                Codec::Http2 => builder.http2_only(),
+            };
+            if let Err(e) = builder.serve_connection(io, service).await {
                 tracing::debug!("connection from {remote}: {e}");
             }
         });

@@ -86,6 +86,8 @@ fn observe(r: &Reply) -> Observed {
 
 /// One request of a scenario.
 struct Req {
+    /// Sent as HTTP/2 (cleartext, prior knowledge) instead of HTTP/1.1.
+    h2: bool,
     method: &'static str,
     path: &'static str,
     headers: Vec<(&'static str, &'static str)>,
@@ -94,6 +96,7 @@ struct Req {
 
 fn get(path: &'static str) -> Req {
     Req {
+        h2: false,
         method: "GET",
         path,
         headers: vec![],
@@ -173,8 +176,15 @@ async fn parity_module(
     tokio::time::sleep(settle).await;
     let mut out = Vec::new();
     for r in requests {
-        let from_envoy = common::http(envoy.listener, r.method, r.path, &r.headers, r.body).await;
-        let from_host = common::http(host_addr, r.method, r.path, &r.headers, r.body).await;
+        let send = |addr| async move {
+            if r.h2 {
+                common::http2(addr, r.method, r.path, &r.headers, r.body).await
+            } else {
+                common::http(addr, r.method, r.path, &r.headers, r.body).await
+            }
+        };
+        let from_envoy = send(envoy.listener).await;
+        let from_host = send(host_addr).await;
         let (e, h) = (observe(&from_envoy), observe(&from_host));
         assert_eq!(
             h, e,
@@ -221,6 +231,7 @@ async fn header_add_replace_remove_on_request_and_response() {
         "response_headers": {"add": [["x-resp-added", "r1"]], "replace": [["content-type", "text/replaced"]], "remove": ["x-echo-upstream-gone"]},
     });
     let req = Req {
+        h2: false,
         method: "GET",
         path: "/headers?q=1",
         headers: vec![
@@ -254,6 +265,7 @@ async fn request_and_response_body_read_and_rewrite() {
         "response_body": {"replace": "rewritten by the filter"},
     });
     let req = Req {
+        h2: false,
         method: "POST",
         path: "/body",
         headers: vec![("content-type", "text/plain")],
@@ -268,6 +280,7 @@ async fn request_and_response_body_read_and_rewrite() {
     assert!(o.upstream.is_none());
     let config = serde_json::json!({"request_body": {"prefix": "<", "suffix": ">"}});
     let req = Req {
+        h2: false,
         method: "POST",
         path: "/body",
         headers: vec![("content-type", "text/plain")],
@@ -286,6 +299,7 @@ async fn local_responses() {
         "response_headers": {"add": [["x-resp-added", "r1"]]},
     });
     let deny = Req {
+        h2: false,
         method: "GET",
         path: "/private",
         headers: vec![("x-deny", "1")],
@@ -414,6 +428,7 @@ async fn properties() {
         "response_properties": ["response.code"],
     });
     let req = Req {
+        h2: false,
         method: "PUT",
         path: "/p/q?a=1&b=2",
         headers: vec![("x-custom", "custom-value")],
@@ -433,6 +448,74 @@ async fn properties() {
     assert_eq!(
         o.client_headers.get("x-prop-response-code"),
         Some(&vec!["200".to_string()])
+    );
+}
+
+/// `codec_type: AUTO` serves HTTP/2 with prior knowledge as well as HTTP/1.1: over h2c the filter
+/// sees the same request (`:authority`, headers, body, `request.protocol` "HTTP/2"), its header and
+/// body edits reach the upstream and the client, and local replies come back, as in Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_prior_knowledge() {
+    let config = serde_json::json!({
+        "request_headers": {"add": [["x-added", "a1"]], "remove": ["x-remove-me"]},
+        "response_headers": {"add": [["x-resp-added", "r1"]]},
+        "request_body": {"prefix": "<", "suffix": ">"},
+        "local_reply": {"status": 403, "body": "denied", "headers": [["x-denied", "1"]], "when_header": "x-deny"},
+        "properties": ["request.protocol", "request.host", "request.path", "request.method"],
+    });
+    let h2 = |method, path, headers, body| Req {
+        h2: true,
+        method,
+        path,
+        headers,
+        body,
+    };
+    let requests = [
+        h2(
+            "GET",
+            "/h2/get?a=1",
+            vec![("x-remove-me", "gone"), ("x-kept", "k")],
+            "",
+        ),
+        h2(
+            "POST",
+            "/h2/post",
+            vec![("content-type", "text/plain")],
+            "body",
+        ),
+        h2("GET", "/h2/deny", vec![("x-deny", "1")], ""),
+        get("/h1"),
+    ];
+    let obs = parity("h2c", config, &[], Duration::ZERO, &requests).await;
+    let get_h2 = &obs[0].1;
+    assert_eq!(get_h2.status, 200);
+    assert_eq!(
+        up_header(get_h2, "x-prop-request-protocol").as_deref(),
+        Some("HTTP/2")
+    );
+    assert_eq!(
+        up_header(get_h2, "x-prop-request-host").as_deref(),
+        Some("example.test")
+    );
+    assert_eq!(up_header(get_h2, "x-added").as_deref(), Some("a1"));
+    assert_eq!(up_header(get_h2, "x-remove-me"), None);
+    assert_eq!(
+        get_h2.client_headers.get("x-resp-added"),
+        Some(&vec!["r1".to_string()])
+    );
+    let post = obs[1]
+        .1
+        .upstream
+        .as_ref()
+        .expect("the POST reached the upstream");
+    assert_eq!(post.body, "<body>");
+    assert_eq!(
+        (obs[2].1.status, obs[2].1.client_body.as_str()),
+        (403, "denied")
+    );
+    assert_eq!(
+        up_header(&obs[3].1, "x-prop-request-protocol").as_deref(),
+        Some("HTTP/1.1")
     );
 }
 
@@ -488,6 +571,7 @@ async fn metrics_defined_by_the_filter() {
 
 fn post_body() -> Req {
     Req {
+        h2: false,
         method: "POST",
         path: "/2",
         headers: vec![],
@@ -501,6 +585,7 @@ fn post_body() -> Req {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_while_headers_are_paused_for_a_call() {
     let post = || Req {
+        h2: false,
         method: "POST",
         path: "/paused",
         headers: vec![("content-type", "text/plain")],
@@ -670,24 +755,28 @@ async fn keyrealm_filter_runs_the_same_in_both() {
         with_id(get("/no-key")),
         with_id(get("/q?apikey=alice-key&x=1")),
         with_id(Req {
+            h2: false,
             method: "GET",
             path: "/h",
             headers: vec![("apikey", "realm-key")],
             body: "",
         }),
         with_id(Req {
+            h2: false,
             method: "GET",
             path: "/h",
             headers: vec![("apikey", "realm-key")],
             body: "",
         }),
         with_id(Req {
+            h2: false,
             method: "GET",
             path: "/h",
             headers: vec![("apikey", "nobody")],
             body: "",
         }),
         with_id(Req {
+            h2: false,
             method: "POST",
             path: "/form",
             headers: vec![("content-type", "application/x-www-form-urlencoded")],
@@ -737,6 +826,7 @@ async fn keyrealm_filter_runs_the_same_in_both() {
 
     let unavailable = vec![
         with_id(Req {
+            h2: false,
             method: "GET",
             path: "/h",
             headers: vec![("apikey", "nobody")],

@@ -345,3 +345,27 @@ async fn a_request_paused_past_the_limit_fails_and_its_context_ends() {
         host.shutdown().await;
     }
 }
+
+/// `codec_type` decides what a listener speaks: `HTTP1` refuses an HTTP/2 client, `HTTP2` an
+/// HTTP/1.1 one, `AUTO` (tested with Envoy in envoy_parity) takes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codec_type_http1_or_http2_only() {
+    let upstream = common::spawn_echo().await;
+    let auto = common::envoy_yaml(upstream, &[], &[]);
+    for (codec, h2_works) in [("HTTP1", false), ("HTTP2", true)] {
+        let yaml = auto.replace("codec_type: AUTO", &format!("codec_type: {codec}"));
+        assert_ne!(yaml, auto);
+        let (host, _dir) = common::start_host(&yaml, keyrealm_host::HostOptions::default()).await;
+        let addr = host.listener_addrs()[0];
+        let h1 = tokio::spawn(async move { common::http(addr, "GET", "/", &[], "").await });
+        let h2 = tokio::spawn(async move { common::http2(addr, "GET", "/", &[], "").await });
+        let (h1, h2) = (h1.await, h2.await);
+        assert_eq!(h2.is_ok(), h2_works, "{codec}: HTTP/2 {h2:?}");
+        assert_eq!(h1.is_ok(), !h2_works, "{codec}: HTTP/1.1 {h1:?}");
+        for reply in [h1, h2].into_iter().flatten() {
+            assert_eq!(reply.status, 200, "{codec}");
+            assert!(reply.echoed().is_some(), "{codec}: reached the upstream");
+        }
+        host.shutdown().await;
+    }
+}

@@ -138,23 +138,59 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Reply {
+    send(addr, hyper::Version::HTTP_11, method, path, headers, body).await
+}
+
+/// One HTTP/2 request (cleartext, prior knowledge) on a fresh connection, with a 10 s limit.
+pub async fn http2(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    send(addr, hyper::Version::HTTP_2, method, path, headers, body).await
+}
+
+async fn send(
+    addr: SocketAddr,
+    version: hyper::Version,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
     tokio::time::timeout(Duration::from_secs(10), async {
         let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
-        let mut builder = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "example.test");
+        let io = TokioIo::new(stream);
+        let mut builder = hyper::Request::builder().method(method);
+        builder = if version == hyper::Version::HTTP_2 {
+            // HTTP/2 carries the authority in the URI (`:authority`), not in a host header.
+            builder.uri(format!("http://example.test{path}"))
+        } else {
+            builder.uri(path).header("host", "example.test")
+        };
         for (k, v) in headers {
             builder = builder.header(*k, *v);
         }
         let req = builder
             .body(Full::new(Bytes::from(body.to_string())))
             .expect("request");
-        let resp = sender.send_request(req).await.expect("send");
+        let resp = if version == hyper::Version::HTTP_2 {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .expect("handshake");
+            tokio::spawn(conn);
+            sender.send_request(req).await.expect("send")
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .expect("handshake");
+            tokio::spawn(conn);
+            sender.send_request(req).await.expect("send")
+        };
+        assert_eq!(resp.version(), version, "answered in the version asked");
         let status = resp.status().as_u16();
         let headers = resp
             .headers()
