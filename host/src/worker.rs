@@ -19,6 +19,7 @@ use crate::config::{ClusterConfig, Codec, ListenerConfig};
 use crate::metrics::MetricsRegistry;
 use crate::upstream::Pool;
 use crate::wasm::instance::{VmError, VmInstance};
+use crate::wasm::shared::QueueOwner;
 use crate::wasm::{CallResponse, PendingHttpCall, Plugin, RequestInfo};
 
 /// What every worker of one host shares.
@@ -54,6 +55,8 @@ pub struct WorkerFilter {
     pub notify: Notify,
     ctx: Rc<WorkerCtx>,
     tick_epoch: Cell<u64>,
+    /// Where shared queues this instance registered announce new items (context id, queue id).
+    queue_ready: tokio::sync::mpsc::UnboundedSender<(u32, u32)>,
 }
 
 /// A handle to an HTTP context: which filter, which instance generation, which context id.
@@ -68,6 +71,7 @@ impl WorkerFilter {
     /// Starts the plugin's instance on this worker.
     pub fn start(plugin: Arc<Plugin>, ctx: Rc<WorkerCtx>) -> Result<Rc<Self>, VmError> {
         let vm = VmInstance::start(plugin.clone(), &plugin.pre)?;
+        let (queue_ready, mut announcements) = tokio::sync::mpsc::unbounded_channel();
         let filter = Rc::new(WorkerFilter {
             plugin,
             slot: RefCell::new(Slot {
@@ -77,6 +81,18 @@ impl WorkerFilter {
             notify: Notify::new(),
             ctx,
             tick_epoch: Cell::new(0),
+            queue_ready,
+        });
+        // `on_queue_ready` runs here, on the worker, never from inside the enqueuing call.
+        let weak = Rc::downgrade(&filter);
+        tokio::task::spawn_local(async move {
+            while let Some((context_id, queue_id)) = announcements.recv().await {
+                let Some(me) = weak.upgrade() else { return };
+                if let Err(e) = me.with_vm(None, |vm| vm.on_queue_ready(context_id, queue_id)) {
+                    tracing::warn!("on_queue_ready: {e}");
+                }
+                me.notify.notify_waiters();
+            }
         });
         filter.after_call();
         Ok(filter)
@@ -155,16 +171,29 @@ impl WorkerFilter {
         self.plugin.log.write(4, "wasm", message);
     }
 
-    /// Starts the HTTP calls the guest recorded and re-arms the tick timer if it changed.
+    /// Starts the HTTP calls the guest recorded, re-arms the tick timer if it changed, and takes
+    /// ownership of the shared queues it registered.
     fn after_call(self: &Rc<Self>) {
-        let (calls, tick, generation) = {
+        let (calls, tick, queues, generation) = {
             let mut slot = self.slot.borrow_mut();
             let generation = slot.generation;
             match slot.vm.as_mut() {
-                Some(vm) => (vm.take_pending_calls(), vm.take_tick_change(), generation),
+                Some(vm) => (
+                    vm.take_pending_calls(),
+                    vm.take_tick_change(),
+                    vm.take_queue_registrations(),
+                    generation,
+                ),
                 None => return,
             }
         };
+        for (queue_id, context_id) in queues {
+            let owner = QueueOwner {
+                notify: self.queue_ready.clone(),
+                context_id,
+            };
+            self.plugin.queues.set_owner(queue_id, owner);
+        }
         for call in calls {
             let me = self.clone();
             tokio::task::spawn_local(async move { me.run_call(call, generation).await });

@@ -400,6 +400,33 @@ async fn shared_data_with_cas_and_tick() {
 }
 
 /// The end-of-stream callbacks come in Envoy's order.
+/// Shared queues: the filter registers a queue on configure and every request enqueues its path;
+/// the registering root context hears of each item (`on_queue_ready`) and moves it to shared
+/// data, which the next requests report. Envoy and keyrealm-host see the same sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_queue_and_on_queue_ready() {
+    let config = serde_json::json!({"queue": "paths"});
+    let obs = parity(
+        "queues",
+        config,
+        &[],
+        Duration::ZERO,
+        &[get("/1"), get("/2"), get("/3")],
+    )
+    .await;
+    let seen: Vec<Option<String>> = obs
+        .iter()
+        .map(|o| up_header(&o.1, "x-queue-seen"))
+        .collect();
+    assert_eq!(
+        seen,
+        [Some("".into()), Some("/1".into()), Some("/1,/2".into())]
+    );
+    assert!(obs
+        .iter()
+        .all(|o| up_header(&o.1, "x-enqueued").as_deref() == Some("ok")));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_of_stream_callbacks_in_order() {
     let config = serde_json::json!({"record_lifecycle": true});

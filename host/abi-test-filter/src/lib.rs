@@ -121,6 +121,10 @@ pub struct Config {
     /// `lifecycle`; each request carries the record so far upstream in `x-lifecycle`.
     #[serde(default)]
     pub record_lifecycle: bool,
+    /// Register a shared queue with this name on configure; each request enqueues its path, and
+    /// `on_queue_ready` moves what is queued to shared data `queue_seen` (comma-separated); each
+    /// request carries the record so far upstream in `x-queue-seen`.
+    pub queue: Option<String>,
     /// Refuse the configuration (tests start-up failure).
     #[serde(default)]
     pub refuse: bool,
@@ -142,6 +146,7 @@ struct Metrics {
 struct Root {
     config: std::rc::Rc<Config>,
     metrics: Option<std::rc::Rc<Metrics>>,
+    queue: Option<u32>,
 }
 
 impl Context for Root {}
@@ -177,8 +182,18 @@ impl RootContext for Root {
                 histogram: define(MetricType::Histogram, "body_bytes"),
             }));
         }
+        self.queue = config
+            .queue
+            .as_ref()
+            .and_then(|name| proxy_wasm::hostcalls::register_shared_queue(name).ok());
         self.config = std::rc::Rc::new(config);
         true
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(item)) = self.dequeue_shared_queue(queue_id) {
+            append_shared(self, "queue_seen", &String::from_utf8_lossy(&item));
+        }
     }
 
     fn on_tick(&mut self) {
@@ -202,6 +217,7 @@ impl RootContext for Root {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
             call: None,
+            queue: self.queue,
         }))
     }
 
@@ -214,6 +230,24 @@ struct Stream {
     config: std::rc::Rc<Config>,
     metrics: Option<std::rc::Rc<Metrics>>,
     call: Option<u32>,
+    queue: Option<u32>,
+}
+
+/// Appends `event` to the comma-separated list in shared data `key` (CAS loop).
+fn append_shared<C: Context + ?Sized>(c: &C, key: &str, event: &str) {
+    loop {
+        let (value, cas) = c.get_shared_data(key);
+        let mut text = value
+            .and_then(|v| String::from_utf8(v).ok())
+            .unwrap_or_default();
+        if !text.is_empty() {
+            text.push(',');
+        }
+        text.push_str(event);
+        if c.set_shared_data(key, Some(text.as_bytes()), cas).is_ok() {
+            return;
+        }
+    }
 }
 
 fn property_header(path: &str) -> String {
@@ -282,24 +316,8 @@ fn edit_body(original: &[u8], edit: &BodyEdit) -> Vec<u8> {
 
 impl Stream {
     fn record(&self, event: &str) {
-        if !self.config.record_lifecycle {
-            return;
-        }
-        loop {
-            let (value, cas) = self.get_shared_data("lifecycle");
-            let mut text = value
-                .and_then(|v| String::from_utf8(v).ok())
-                .unwrap_or_default();
-            if !text.is_empty() {
-                text.push(',');
-            }
-            text.push_str(event);
-            if self
-                .set_shared_data("lifecycle", Some(text.as_bytes()), cas)
-                .is_ok()
-            {
-                return;
-            }
+        if self.config.record_lifecycle {
+            append_shared(self, "lifecycle", event);
         }
     }
 }
@@ -386,6 +404,19 @@ impl HttpContext for Stream {
                 .and_then(|v| String::from_utf8(v).ok())
                 .unwrap_or_default();
             self.set_http_request_header("x-lifecycle", Some(&text));
+        }
+        if let Some(queue) = self.queue {
+            let (value, _) = self.get_shared_data("queue_seen");
+            let text = value
+                .and_then(|v| String::from_utf8(v).ok())
+                .unwrap_or_default();
+            self.set_http_request_header("x-queue-seen", Some(&text));
+            let path = self.get_http_request_header(":path").unwrap_or_default();
+            let status = match self.enqueue_shared_queue(queue, Some(path.as_bytes())) {
+                Ok(()) => "ok".to_string(),
+                Err(s) => format!("{s:?}"),
+            };
+            self.set_http_request_header("x-enqueued", Some(&status));
         }
         if let Some(key) = &config.shared_counter {
             let n = self.count_shared(key);

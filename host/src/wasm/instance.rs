@@ -130,6 +130,7 @@ struct Exports {
     on_log: Option<Cb1>,
     on_delete: Option<Cb1>,
     on_tick: Option<Cb1>,
+    on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     on_http_call_response: Option<Cb5>,
 }
 
@@ -194,6 +195,7 @@ impl VmInstance {
             on_log: opt!("proxy_on_log"),
             on_delete: opt!("proxy_on_delete"),
             on_tick: opt!("proxy_on_tick"),
+            on_queue_ready: opt!("proxy_on_queue_ready"),
             on_http_call_response: opt!("proxy_on_http_call_response"),
         };
         let init: Option<TypedFunc<(), ()>> = match opt!("_initialize") {
@@ -445,6 +447,25 @@ impl VmInstance {
     }
 
     /// The new tick period, if the guest changed it.
+    /// The queues registered since the last look, with the context that registered each.
+    pub fn take_queue_registrations(&mut self) -> Vec<(u32, u32)> {
+        std::mem::take(&mut self.store.data_mut().queue_registrations)
+    }
+
+    /// `proxy_on_queue_ready` on the context that registered the queue, if it still lives.
+    pub fn on_queue_ready(&mut self, context_id: u32, queue_id: u32) -> Result<(), VmError> {
+        let Some(f) = self.exports.on_queue_ready.clone() else {
+            return Ok(());
+        };
+        if !self.context_alive(context_id) {
+            return Ok(());
+        }
+        let budget = self.budget();
+        self.run("proxy_on_queue_ready", context_id, budget, |s| {
+            f.call(s, (context_id as i32, queue_id as i32))
+        })
+    }
+
     pub fn take_tick_change(&mut self) -> Option<Duration> {
         let state = self.store.data_mut();
         if state.tick_changed {

@@ -244,6 +244,9 @@ pub struct HostState {
     pub tick_period: Duration,
     /// Set when the tick period changed, so the worker re-arms its timer.
     pub tick_changed: bool,
+    /// Queues registered during the running call, with the registering context; the worker
+    /// makes itself their owner when the call returns.
+    pub queue_registrations: Vec<(u32, u32)>,
     /// The context of the callback that is running.
     pub call_context: u32,
     /// Set when a call acted on a stream other than `call_context`'s (waiters must look).
@@ -272,6 +275,7 @@ impl HostState {
             call_response: None,
             tick_period: Duration::ZERO,
             tick_changed: false,
+            queue_registrations: Vec::new(),
             start_errors: Some(Vec::new()),
             call_context: 0,
             other_streams_changed: false,

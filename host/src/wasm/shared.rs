@@ -1,5 +1,6 @@
 //! Process-wide state that proxy-wasm shares between instances: shared data (key/value with
-//! compare-and-swap, per VM id, like Envoy) and shared queues.
+//! compare-and-swap, per VM id, like Envoy) and shared queues (per VM id, announcing new items to
+//! the worker of the context that registered the queue last).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -52,16 +53,30 @@ impl SharedData {
     }
 }
 
-/// Shared queues (no `on_queue_ready` notifications; see docs/host.md).
+/// Who hears about items put on a queue: the context that registered it last, on its worker
+/// (Envoy's rule), as `(context id, queue id)` sent to that worker.
+#[derive(Clone)]
+pub struct QueueOwner {
+    pub notify: tokio::sync::mpsc::UnboundedSender<(u32, u32)>,
+    pub context_id: u32,
+}
+
+/// Shared queues, per VM id. Each enqueue tells the queue's owner (`on_queue_ready`).
 #[derive(Default)]
 pub struct SharedQueues {
     inner: Mutex<QueuesInner>,
 }
 
 #[derive(Default)]
+struct Queue {
+    items: VecDeque<Vec<u8>>,
+    owner: Option<QueueOwner>,
+}
+
+#[derive(Default)]
 struct QueuesInner {
     by_name: HashMap<(String, String), u32>,
-    queues: HashMap<u32, VecDeque<Vec<u8>>>,
+    queues: HashMap<u32, Queue>,
     next_id: u32,
 }
 
@@ -75,8 +90,20 @@ impl SharedQueues {
         inner.next_id += 1;
         let id = inner.next_id;
         inner.by_name.insert(key, id);
-        inner.queues.insert(id, VecDeque::new());
+        inner.queues.insert(id, Queue::default());
         id
+    }
+
+    /// Makes `owner` the one told about new items (the last registration wins, as in Envoy);
+    /// items already waiting are announced to it at once.
+    pub fn set_owner(&self, id: u32, owner: QueueOwner) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(q) = inner.queues.get_mut(&id) {
+            if !q.items.is_empty() {
+                let _ = owner.notify.send((owner.context_id, id));
+            }
+            q.owner = Some(owner);
+        }
     }
 
     pub fn resolve(&self, vm_id: &str, name: &str) -> Option<u32> {
@@ -91,7 +118,11 @@ impl SharedQueues {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match inner.queues.get_mut(&id) {
             Some(q) => {
-                q.push_back(value);
+                q.items.push_back(value);
+                if let Some(owner) = &q.owner {
+                    // A worker that is gone has nobody left to tell.
+                    let _ = owner.notify.send((owner.context_id, id));
+                }
                 Status::Ok
             }
             None => Status::NotFound,
@@ -101,7 +132,7 @@ impl SharedQueues {
     pub fn dequeue(&self, id: u32) -> Result<Vec<u8>, Status> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match inner.queues.get_mut(&id) {
-            Some(q) => q.pop_front().ok_or(Status::Empty),
+            Some(q) => q.items.pop_front().ok_or(Status::Empty),
             None => Err(Status::NotFound),
         }
     }

@@ -234,9 +234,9 @@ pub fn keyrealm_filter_wasm() -> PathBuf {
         .clone()
 }
 
-/// A wasm32-wasip1 module of this workspace: built by `scripts/build-wasm.sh` into the target
-/// directory; if it is not there, the test builds it (into a separate target directory, as the
-/// outer cargo holds the lock of the main one).
+/// A wasm32-wasip1 module of this workspace, built by the test itself (cargo makes that a no-op
+/// when it is up to date), so a test never runs a stale module. It goes into a separate target
+/// directory, as the outer cargo holds the lock of the main one.
 pub fn wasm_module(package: &str, file: &str) -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -246,10 +246,6 @@ pub fn wasm_module(package: &str, file: &str) -> PathBuf {
     } else {
         repo_root().join(target)
     };
-    let built = target.join(format!("wasm32-wasip1/release/{file}.wasm"));
-    if built.exists() {
-        return built;
-    }
     let own = target.join("host-tests-wasm");
     let status =
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))

@@ -57,8 +57,13 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut caller: Caller<'_, HostState>, name: i32, name_size: i32, ret_id: i32| {
             finish((|| -> AbiResult<()> {
                 let name = read_string(&mut caller, name, name_size)?;
-                let plugin = &caller.data().plugin;
-                let id = plugin.queues.register(&plugin.config.vm_id, &name);
+                let state = caller.data_mut();
+                let id = state
+                    .plugin
+                    .queues
+                    .register(&state.plugin.config.vm_id, &name);
+                let context = state.effective_context;
+                state.queue_registrations.push((id, context));
                 write_u32(&mut caller, ret_id, id)
             })())
         },
