@@ -6,7 +6,7 @@ use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::api::MAX_BODY_BYTES;
+use crate::api::{BODY_READ_TIMEOUT, MAX_BODY_BYTES};
 use crate::error::{ApiError, InvalidParameter};
 
 /// A JSON body: `Content-Type: application/json`, at most 1 MiB, every field known.
@@ -41,22 +41,31 @@ where
 }
 
 /// Reads the whole body, at most [`MAX_BODY_BYTES`] (413 beyond; also for a streamed body
-/// without a length).
+/// without a length) and within [`BODY_READ_TIMEOUT`] (408 after it: a client that announces a
+/// body and stalls does not hold its connection and task for ever).
 pub async fn read_body(req: Request) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
-        .await
-        .map_err(|error| {
-            let too_large = std::error::Error::source(&error)
-                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body is larger than 1 MiB",
-                )
-            } else {
-                ApiError::invalid_field("body", "readable", "the request body could not be read")
-            }
-        })
+    let read = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES);
+    let Ok(result) = tokio::time::timeout(BODY_READ_TIMEOUT, read).await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        ));
+    };
+    result.map_err(|error| {
+        let too_large = std::error::Error::source(&error)
+            .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body is larger than 1 MiB",
+            )
+        } else {
+            ApiError::invalid_field("body", "readable", "the request body could not be read")
+        }
+    })
 }
 
 /// Parses JSON into `T`, naming the field at fault when it does not fit.

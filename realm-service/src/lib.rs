@@ -31,6 +31,7 @@ pub mod extract;
 pub mod metrics;
 pub mod model;
 pub mod pagination;
+pub mod schema;
 pub mod secrets;
 pub mod server;
 pub mod state;

@@ -17,7 +17,7 @@ pub struct ControlPlane {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateControlPlane {
-    /// 1 to 255 characters.
+    #[schema(schema_with = crate::schema::name)]
     pub name: String,
 }
 
@@ -44,6 +44,7 @@ pub struct CreatedDataPlaneToken {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDataPlaneToken {
+    #[schema(schema_with = crate::schema::optional_name)]
     pub name: Option<String>,
 }
 
@@ -67,24 +68,34 @@ pub struct Realm {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRealm {
+    #[schema(schema_with = crate::schema::name)]
     pub name: String,
+    /// Control planes whose data planes may authenticate; each must exist.
     pub allowed_control_planes: Option<Vec<Uuid>>,
     pub allow_all_control_planes: Option<bool>,
-    /// Minutes, default 10, minimum 5.
+    /// Minutes a data plane may cache a found key.
+    #[schema(schema_with = crate::schema::realm_ttl)]
     pub ttl: Option<i64>,
-    /// Minutes, default 10, minimum 5.
+    /// Minutes a data plane may cache a miss.
+    #[schema(schema_with = crate::schema::realm_ttl)]
     pub negative_ttl: Option<i64>,
+    #[schema(schema_with = crate::schema::groups)]
     pub consumer_groups: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRealm {
+    #[schema(schema_with = crate::schema::optional_name)]
     pub name: Option<String>,
+    /// Replaces the list as a whole; each must exist.
     pub allowed_control_planes: Option<Vec<Uuid>>,
     pub allow_all_control_planes: Option<bool>,
+    #[schema(schema_with = crate::schema::realm_ttl)]
     pub ttl: Option<i64>,
+    #[schema(schema_with = crate::schema::realm_ttl)]
     pub negative_ttl: Option<i64>,
+    #[schema(schema_with = crate::schema::groups)]
     pub consumer_groups: Option<Vec<String>>,
 }
 
@@ -106,11 +117,16 @@ pub struct Consumer {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateConsumer {
+    #[schema(schema_with = crate::schema::username)]
     pub username: String,
+    #[schema(schema_with = crate::schema::optional_name)]
     pub custom_id: Option<String>,
     #[serde(rename = "type")]
+    #[schema(schema_with = crate::schema::optional_name)]
     pub kind: Option<String>,
+    #[schema(schema_with = crate::schema::tags)]
     pub tags: Option<Vec<String>>,
+    #[schema(schema_with = crate::schema::groups)]
     pub consumer_groups: Option<Vec<String>>,
 }
 
@@ -118,14 +134,17 @@ pub struct CreateConsumer {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateConsumer {
+    #[schema(schema_with = crate::schema::optional_username)]
     pub username: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::schema::optional_name)]
     pub custom_id: Option<Option<String>>,
     #[serde(default, rename = "type", deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::schema::optional_name)]
     pub kind: Option<Option<String>>,
+    #[schema(schema_with = crate::schema::tags)]
     pub tags: Option<Vec<String>>,
+    #[schema(schema_with = crate::schema::groups)]
     pub consumer_groups: Option<Vec<String>>,
 }
 
@@ -173,7 +192,9 @@ impl KeyType {
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// Its OpenAPI schema is written by hand ([`crate::schema::create_key`]): a `oneOf` of the
+/// `new` and `legacy` shapes, which a derived schema cannot say.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     #[serde(rename = "type")]
@@ -184,6 +205,14 @@ pub struct CreateKey {
     /// Seconds until the key expires (1 to 315360000).
     pub ttl: Option<i64>,
 }
+
+impl utoipa::PartialSchema for CreateKey {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::schema::create_key()
+    }
+}
+
+impl ToSchema for CreateKey {}
 
 /// A key as listed: never the secret.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -215,6 +244,7 @@ pub struct CreatedKey {
 #[serde(deny_unknown_fields)]
 pub struct AuthenticateRequest {
     /// The key the client presented to the gateway.
+    #[schema(schema_with = crate::schema::presented_secret)]
     pub secret: String,
 }
 

@@ -29,7 +29,12 @@ impl PageRequest {
         let size = match query.get("page[size]") {
             None => DEFAULT_PAGE_SIZE,
             Some(text) => match text.parse::<u32>() {
-                Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+                Ok(n)
+                    if (1..=MAX_PAGE_SIZE).contains(&n)
+                        && text.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    n
+                }
                 _ => {
                     return Err(ApiError::invalid_field(
                         "page[size]",
@@ -68,11 +73,17 @@ fn encode_cursor(seq: i64) -> String {
     format!("{seq:x}")
 }
 
+/// What a cursor looks like (the lower-case hex of a non-negative `i64`), as the OpenAPI
+/// document states it; [`decode_cursor`] accepts exactly the strings this matches.
+pub const CURSOR_PATTERN: &str = "^[0-7]?[0-9a-f]{1,15}$";
+
 fn decode_cursor(text: &str) -> Option<i64> {
-    if text.is_empty() || text.len() > 16 {
+    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if text.is_empty() || text.len() > 16 || !text.bytes().all(hex) {
         return None;
     }
-    i64::from_str_radix(text, 16).ok().filter(|n| *n >= 0)
+    // 16 digits from 8 on overflow an i64 and are refused here.
+    i64::from_str_radix(text, 16).ok()
 }
 
 /// Runs `select` (which must select `seq` first and end in a WHERE clause) for one page.
@@ -159,5 +170,34 @@ pub fn page<T>(
                 size: request.size,
             },
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_only_issued_shapes_decode() {
+        for seq in [0, 1, 15, 16, 255, 0x7fff_ffff_ffff_ffff] {
+            assert_eq!(decode_cursor(&encode_cursor(seq)), Some(seq));
+        }
+        for bad in [
+            "",
+            "+1",
+            "-0",
+            "-1",
+            "A",
+            "0x1",
+            " 1",
+            "1 ",
+            "g",
+            "8000000000000000",
+            "ffffffffffffffff",
+            "00000000000000001",
+        ] {
+            assert_eq!(decode_cursor(bad), None, "{bad:?}");
+        }
+        assert_eq!(decode_cursor("0000000000000001"), Some(1));
     }
 }

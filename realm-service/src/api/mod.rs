@@ -27,6 +27,9 @@ use crate::state::AppState;
 /// [`crate::extract::read_body`], which enforces it.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// How long a request body may take to arrive once the handler starts reading it (408 after).
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The identity endpoint's route template.
 pub const AUTHENTICATE_ROUTE: &str = "/{realmId}/v0/authenticate";
 

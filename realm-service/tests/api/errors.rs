@@ -288,3 +288,241 @@ async fn every_routed_path_is_in_the_openapi_document() {
         );
     }
 }
+
+/// A body stream that sends `first` and then nothing more, without ending.
+fn stalled_body(first: &'static str) -> Body {
+    struct Stall(Option<&'static str>);
+    impl futures_core::Stream for Stall {
+        type Item = Result<String, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            match self.0.take() {
+                Some(chunk) => std::task::Poll::Ready(Some(Ok(chunk.to_string()))),
+                None => std::task::Poll::Pending,
+            }
+        }
+    }
+    Body::from_stream(Stall(Some(first)))
+}
+
+/// A client that starts a body and stalls gets a 408 problem after the body timeout instead of
+/// holding the request (and its connection) open for ever. Tokio's clock is paused, so the 30 s
+/// pass at once.
+#[tokio::test(start_paused = true)]
+async fn a_body_that_stalls_is_408_not_a_hang() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    let started = tokio::time::Instant::now();
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/realms")
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .header("content-type", "application/json")
+        .body(stalled_body("{\"na"))
+        .unwrap();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(120), app.send(request))
+        .await
+        .expect("the admin API answered a stalled body");
+    let body = answer.problem(408);
+    assert_eq!(body["instance"], "/v1/realms");
+    assert_eq!(
+        started.elapsed().as_secs(),
+        realm_service::api::BODY_READ_TIMEOUT.as_secs()
+    );
+
+    let request = Request::builder()
+        .method("POST")
+        .uri(format!("/{}/v0/authenticate", w.realm))
+        .header("authorization", format!("Bearer {}", w.token))
+        .body(stalled_body("{\"secret\": \""))
+        .unwrap();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(120), app.send(request))
+        .await
+        .expect("authenticate answered a stalled body");
+    answer.problem(408);
+    assert_eq!(
+        app.metric("realm_service_authenticate_total{result=\"bad_request\"}")
+            .await,
+        1
+    );
+    // Nothing was created by the stalled request.
+    let realms = app.admin("GET", "/v1/realms", None).await.ok(200);
+    assert_eq!(realms["data"].as_array().unwrap().len(), 1);
+}
+
+/// Every error answer the service gives is `application/problem+json`, so the document must say
+/// so; and every route that reads a JSON body documents the 408/413/415 it can answer.
+#[tokio::test]
+async fn the_openapi_document_describes_error_answers_as_problem_json() {
+    let app = TestApp::new();
+    let document = app.call("GET", "/openapi.json", None, None).await.ok(200);
+    let mut body_routes = 0;
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = operation["responses"].as_object().unwrap();
+            for (status, response) in responses {
+                assert!(
+                    response["description"]
+                        .as_str()
+                        .is_some_and(|d| !d.is_empty()),
+                    "{method} {path} {status} has no description"
+                );
+                let content = response["content"].as_object();
+                for (media_type, media) in content.into_iter().flatten() {
+                    let is_problem = media["schema"]["$ref"] == "#/components/schemas/Problem";
+                    assert_eq!(
+                        is_problem,
+                        media_type == "application/problem+json",
+                        "{method} {path} {status}: {media_type}"
+                    );
+                }
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert!(
+                        response["content"]["application/problem+json"].is_object(),
+                        "{method} {path} {status} is not documented as problem+json"
+                    );
+                }
+            }
+            if operation.get("requestBody").is_some() {
+                body_routes += 1;
+                let mut expected = vec!["400", "408", "413"];
+                if path != "/{realmId}/v0/authenticate" {
+                    expected.push("415");
+                }
+                for status in expected {
+                    assert!(
+                        responses.contains_key(status),
+                        "{method} {path} does not document {status}"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(body_routes, 9);
+
+    // What the document says is what a client gets.
+    let cp = app.control_plane("cp").await;
+    let realm = app.realm(json!({"name": "r"})).await;
+    let consumer = app.consumer(&realm, "u").await;
+    for (method, path) in [
+        ("POST", "/v2/control-planes".to_string()),
+        ("POST", format!("/v2/control-planes/{cp}/data-plane-tokens")),
+        ("POST", "/v1/realms".to_string()),
+        ("PATCH", format!("/v1/realms/{realm}")),
+        ("POST", format!("/v1/realms/{realm}/consumers")),
+        ("PATCH", format!("/v1/realms/{realm}/consumers/{consumer}")),
+        (
+            "POST",
+            format!("/v1/realms/{realm}/consumers/{consumer}/move"),
+        ),
+        (
+            "POST",
+            format!("/v1/realms/{realm}/consumers/{consumer}/keys"),
+        ),
+    ] {
+        app.admin_raw(method, &path, "text/plain", "{}")
+            .await
+            .problem(415);
+        let big = format!("{{\"name\": \"{}\"}}", "x".repeat(1024 * 1024));
+        app.admin_raw(method, &path, "application/json", &big)
+            .await
+            .problem(413);
+    }
+}
+
+/// The limits `/openapi.json` states for request fields are the ones the service enforces: the
+/// documented boundary is accepted, one past it is a 400 naming the field.
+#[tokio::test]
+async fn documented_request_limits_are_the_enforced_ones() {
+    let app = TestApp::new();
+    let document = app.call("GET", "/openapi.json", None, None).await.ok(200);
+    let schemas = &document["components"]["schemas"];
+    let number = |schema: &str, field: &str, limit: &str| {
+        schemas[schema]["properties"][field][limit]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{schema}.{field} has no {limit}"))
+    };
+
+    // Realm ttl / negative_ttl.
+    for field in ["ttl", "negative_ttl"] {
+        let (min, max) = (
+            number("CreateRealm", field, "minimum"),
+            number("CreateRealm", field, "maximum"),
+        );
+        assert_eq!((min, max), (5, 525_600), "{field}");
+        for ok in [min, max] {
+            app.admin("POST", "/v1/realms", Some(json!({"name": "r", field: ok})))
+                .await
+                .ok(201);
+        }
+        for bad in [min - 1, max + 1] {
+            app.admin("POST", "/v1/realms", Some(json!({"name": "r", field: bad})))
+                .await
+                .invalid(field);
+        }
+        assert_eq!(number("UpdateRealm", field, "minimum"), min);
+        assert_eq!(number("UpdateRealm", field, "maximum"), max);
+    }
+
+    // Names: maxLength characters (not bytes), and not only whitespace.
+    let max = number("CreateRealm", "name", "maxLength") as usize;
+    let at_max = "é".repeat(max);
+    app.admin("POST", "/v1/realms", Some(json!({"name": at_max})))
+        .await
+        .ok(201);
+    app.admin(
+        "POST",
+        "/v1/realms",
+        Some(json!({"name": format!("{at_max}é")})),
+    )
+    .await
+    .invalid("name");
+    let pattern = schemas["CreateRealm"]["properties"]["name"]["pattern"]
+        .as_str()
+        .unwrap();
+    assert_eq!(pattern, realm_service::schema::not_blank_pattern());
+    for blank in [" ", "\t\n", "\u{3000}\u{00A0}"] {
+        app.admin("POST", "/v1/realms", Some(json!({"name": blank})))
+            .await
+            .invalid("name");
+    }
+    // Characters outside the whitespace class are a name, whatever other engines call them.
+    app.admin("POST", "/v1/realms", Some(json!({"name": "\u{1c}"})))
+        .await
+        .ok(201);
+
+    // Tags: at most maxItems, each within the item's maxLength.
+    let realm = app.realm(json!({"name": "r"})).await;
+    let tags = &schemas["CreateConsumer"]["properties"]["tags"];
+    let max_items = tags["maxItems"].as_u64().unwrap() as usize;
+    let max_tag = tags["items"]["maxLength"].as_u64().unwrap() as usize;
+    let path = format!("/v1/realms/{realm}/consumers");
+    let many: Vec<String> = (0..max_items).map(|i| format!("t{i}")).collect();
+    app.admin("POST", &path, Some(json!({"username": "a", "tags": many})))
+        .await
+        .ok(201);
+    let too_many: Vec<String> = (0..=max_items).map(|i| format!("t{i}")).collect();
+    app.admin(
+        "POST",
+        &path,
+        Some(json!({"username": "b", "tags": too_many})),
+    )
+    .await
+    .invalid("tags");
+    app.admin(
+        "POST",
+        &path,
+        Some(json!({"username": "c", "tags": ["x".repeat(max_tag + 1)]})),
+    )
+    .await
+    .invalid("tags[0]");
+    app.admin(
+        "POST",
+        &path,
+        Some(json!({"username": "d", "tags": ["x".repeat(max_tag)]})),
+    )
+    .await
+    .ok(201);
+}

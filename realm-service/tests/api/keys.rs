@@ -219,3 +219,54 @@ async fn get_list_and_delete_key_errors() {
         .await
         .problem(404);
 }
+
+/// `/openapi.json` describes a key request as one of two shapes, and the service accepts exactly
+/// those: `{type: new}` (a null `secret` is no secret) and `{type: legacy, secret}`.
+#[tokio::test]
+async fn the_documented_key_shapes_are_the_accepted_ones() {
+    let app = TestApp::new();
+    let document = app.call("GET", "/openapi.json", None, None).await.ok(200);
+    let shapes = document["components"]["schemas"]["CreateKey"]["oneOf"]
+        .as_array()
+        .expect("CreateKey is a oneOf");
+    assert_eq!(shapes.len(), 2);
+    assert_eq!(shapes[0]["properties"]["type"]["enum"], json!(["new"]));
+    assert_eq!(shapes[0]["properties"]["secret"]["type"], "null");
+    assert_eq!(shapes[0]["required"], json!(["type"]));
+    assert_eq!(shapes[1]["properties"]["type"]["enum"], json!(["legacy"]));
+    assert_eq!(shapes[1]["required"], json!(["type", "secret"]));
+    assert_eq!(shapes[1]["properties"]["secret"]["maxLength"], 1024);
+    for shape in shapes {
+        assert_eq!(shape["additionalProperties"], false);
+        assert_eq!(shape["properties"]["ttl"]["minimum"], 1);
+        assert_eq!(shape["properties"]["ttl"]["maximum"], 315_360_000);
+    }
+
+    let realm = app.realm(json!({"name": "r"})).await;
+    let consumer = app.consumer(&realm, "u").await;
+    let path = format!("/v1/realms/{realm}/consumers/{consumer}/keys");
+    for ok in [
+        json!({"type": "new"}),
+        json!({"type": "new", "secret": null, "tags": null, "ttl": null}),
+        json!({"type": "legacy", "secret": "s".repeat(1024), "ttl": 315_360_000}),
+        json!({"type": "legacy", "secret": " ", "tags": ["t"], "ttl": 1}),
+    ] {
+        app.admin("POST", &path, Some(ok.clone())).await.ok(201);
+    }
+    for (bad, field) in [
+        (json!({"type": "new", "secret": "x"}), "secret"),
+        (json!({"type": "legacy"}), "secret"),
+        (json!({"type": "legacy", "secret": null}), "secret"),
+        (json!({"type": "legacy", "secret": ""}), "secret"),
+        (
+            json!({"type": "legacy", "secret": "s".repeat(1025)}),
+            "secret",
+        ),
+        (json!({"type": "new", "ttl": 0}), "ttl"),
+        (json!({"type": "new", "ttl": 315_360_001}), "ttl"),
+        (json!({"type": "NEW"}), "type"),
+        (json!({}), "type"),
+    ] {
+        app.admin("POST", &path, Some(bad)).await.invalid(field);
+    }
+}

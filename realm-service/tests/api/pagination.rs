@@ -125,3 +125,78 @@ async fn every_list_has_the_same_page_shape() {
             .invalid("sort");
     }
 }
+
+/// Only cursors of the shape the service issues (and `/openapi.json` states) are accepted;
+/// anything else, such as a sign or upper case that a lenient number parser would take, is a
+/// 400 naming the parameter. `page[size]` is digits only.
+#[tokio::test]
+async fn cursors_and_sizes_of_another_shape_are_400() {
+    let app = TestApp::new();
+    for i in 0..3 {
+        app.realm(json!({"name": format!("r{i}")})).await;
+    }
+    let first = app
+        .admin("GET", "/v1/realms?page[size]=1", None)
+        .await
+        .ok(200);
+    let next = first["meta"]["page"]["next"].as_str().unwrap().to_string();
+    let second = app.admin("GET", &next, None).await.ok(200);
+    assert_eq!(second["data"].as_array().unwrap().len(), 1);
+    assert_ne!(second["data"][0]["id"], first["data"][0]["id"]);
+
+    let document = app.call("GET", "/openapi.json", None, None).await.ok(200);
+    let parameters = document["paths"]["/v1/realms"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let schema_of = |name: &str| {
+        parameters
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["schema"].clone())
+            .unwrap()
+    };
+    assert_eq!(
+        schema_of("page[after]")["pattern"],
+        "^[0-7]?[0-9a-f]{1,15}$"
+    );
+    assert_eq!(
+        schema_of("page[before]")["pattern"],
+        "^[0-7]?[0-9a-f]{1,15}$"
+    );
+    assert_eq!(schema_of("page[size]")["minimum"], 1);
+    assert_eq!(schema_of("page[size]")["maximum"], 1000);
+
+    for name in ["page%5Bafter%5D", "page%5Bbefore%5D"] {
+        for cursor in [
+            "",
+            "%2B1",
+            "-0",
+            "-1",
+            "A",
+            "0x1",
+            "%201",
+            "8000000000000000",
+            "g",
+        ] {
+            let field = if name.contains("after") {
+                "page[after]"
+            } else {
+                "page[before]"
+            };
+            app.admin("GET", &format!("/v1/realms?{name}={cursor}"), None)
+                .await
+                .invalid(field);
+        }
+    }
+    for size in ["%2B5", "0", "-1", "1001", "1e2", "", "4294967297"] {
+        app.admin("GET", &format!("/v1/realms?page%5Bsize%5D={size}"), None)
+            .await
+            .invalid("page[size]");
+    }
+    app.admin("GET", "/v1/realms?page[size]=1000&page[after]=0", None)
+        .await
+        .ok(200);
+    app.admin("GET", "/v1/realms?page[after]=7fffffffffffffff", None)
+        .await
+        .ok(200);
+}
