@@ -68,8 +68,27 @@ pub async fn read_body(req: Request) -> Result<Bytes, ApiError> {
     })
 }
 
-/// Parses JSON into `T`, naming the field at fault when it does not fit.
+/// Does the JSON text start as an object? Every request body is one; serde would otherwise
+/// also build a struct from an array of its fields in order (`["prod", null, true]`).
+pub fn is_json_object(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|b| *b == b'{')
+}
+
+/// Parses a JSON object into `T`, naming the field at fault when it does not fit.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let blank = bytes
+        .iter()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if !blank && !is_json_object(bytes) {
+        return Err(ApiError::invalid_field(
+            "body",
+            "type",
+            "must be a JSON object",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: Result<T, _> = serde_path_to_error::deserialize(&mut de);
     let value = match value {
@@ -209,5 +228,18 @@ mod tests {
         assert_eq!(field_of(r#"{"name": "#), "body");
         assert_eq!(field_of(r#"{"name": "x"} trailing"#), "body");
         assert_eq!(field_of(r#"[]"#), "body");
+    }
+
+    #[test]
+    fn only_an_object_is_a_body() {
+        let error = parse_json::<Body>(br#" ["x", ["a"]]"#).unwrap_err();
+        assert_eq!(error.invalid_parameters[0].rule.as_deref(), Some("type"));
+        for text in ["null", "\"x\"", "1", "true", "[\"x\"]"] {
+            assert_eq!(field_of(text), "body", "{text}");
+        }
+        assert!(parse_json::<Body>(b"\r\n\t {\"name\": \"x\"}").is_ok());
+        // An empty body is still reported as malformed JSON.
+        let error = parse_json::<Body>(b"  ").unwrap_err();
+        assert_eq!(error.invalid_parameters[0].rule.as_deref(), Some("json"));
     }
 }

@@ -74,9 +74,11 @@ pub struct CreateRealm {
     pub allowed_control_planes: Option<Vec<Uuid>>,
     pub allow_all_control_planes: Option<bool>,
     /// Minutes a data plane may cache a found key.
+    #[serde(default, deserialize_with = "integer")]
     #[schema(schema_with = crate::schema::realm_ttl)]
     pub ttl: Option<i64>,
     /// Minutes a data plane may cache a miss.
+    #[serde(default, deserialize_with = "integer")]
     #[schema(schema_with = crate::schema::realm_ttl)]
     pub negative_ttl: Option<i64>,
     #[schema(schema_with = crate::schema::groups)]
@@ -91,8 +93,10 @@ pub struct UpdateRealm {
     /// Replaces the list as a whole; each must exist.
     pub allowed_control_planes: Option<Vec<Uuid>>,
     pub allow_all_control_planes: Option<bool>,
+    #[serde(default, deserialize_with = "integer")]
     #[schema(schema_with = crate::schema::realm_ttl)]
     pub ttl: Option<i64>,
+    #[serde(default, deserialize_with = "integer")]
     #[schema(schema_with = crate::schema::realm_ttl)]
     pub negative_ttl: Option<i64>,
     #[schema(schema_with = crate::schema::groups)]
@@ -157,6 +161,31 @@ where
     Option::<T>::deserialize(de).map(Some)
 }
 
+/// An optional integer field. JSON has numbers, not integers: as in JSON Schema's `integer`,
+/// a number with no fractional part (`60.0`, `6e1`) is one. Beyond the `i64` range it saturates,
+/// so the range check names the field; a fraction is a 400 (`type`).
+fn integer<'de, D>(de: D) -> Result<Option<i64>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    use serde::de::{Error, Unexpected};
+    let Some(number) = Option::<serde_json::Number>::deserialize(de)? else {
+        return Ok(None);
+    };
+    if let Some(n) = number.as_i64() {
+        return Ok(Some(n));
+    }
+    if number.as_u64().is_some() {
+        return Ok(Some(i64::MAX));
+    }
+    match number.as_f64() {
+        // `as` saturates at the i64 bounds.
+        Some(f) if f.is_finite() && f.fract() == 0.0 => Ok(Some(f as i64)),
+        Some(f) => Err(D::Error::invalid_type(Unexpected::Float(f), &"an integer")),
+        None => Err(D::Error::custom("not a number")),
+    }
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MoveConsumer {
@@ -203,6 +232,7 @@ pub struct CreateKey {
     pub secret: Option<String>,
     pub tags: Option<Vec<String>>,
     /// Seconds until the key expires (1 to 315360000).
+    #[serde(default, deserialize_with = "integer")]
     pub ttl: Option<i64>,
 }
 

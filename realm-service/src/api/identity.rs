@@ -18,7 +18,7 @@ use super::{bearer, optional, strings_at, uuid_at, AUTHENTICATE_ROUTE};
 use crate::cache::{KeyAnswer, RealmPolicy};
 use crate::clock;
 use crate::error::{to_problem, ApiError, Problem};
-use crate::extract::{parse_id, parse_json, read_body};
+use crate::extract::{is_json_object, parse_id, parse_json, read_body};
 use crate::metrics::AuthOutcome;
 use crate::model::{AuthenticateRequest, Credential, Identity};
 use crate::secrets::{self, SecretHash};
@@ -193,10 +193,14 @@ fn parse_request(
 ) -> Result<(Uuid, SecretHash), ApiError> {
     let realm = realm?;
     let body = body?;
-    // The common case straight through serde_json; the slower path only to name what is wrong.
-    let request: AuthenticateRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(_) => parse_json(&body)?,
+    // The common case straight through serde_json; the slower path only to name what is wrong
+    // (and to refuse an array, which serde would take for the struct's fields in order).
+    let fast = is_json_object(&body)
+        .then(|| serde_json::from_slice::<AuthenticateRequest>(&body).ok())
+        .flatten();
+    let request: AuthenticateRequest = match fast {
+        Some(request) => request,
+        None => parse_json(&body)?,
     };
     if request.secret.is_empty() {
         return Err(ApiError::invalid_field(

@@ -526,3 +526,83 @@ async fn documented_request_limits_are_the_enforced_ones() {
     .await
     .ok(201);
 }
+
+/// serde builds a struct from a JSON array of its fields in order; the API takes objects only,
+/// so such a body is a 400 on every route and creates nothing.
+#[tokio::test]
+async fn a_json_array_is_not_a_body() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    let realms_before = app.admin("GET", "/v1/realms", None).await.ok(200)["data"]
+        .as_array()
+        .unwrap()
+        .len();
+    for (method, path, body) in [
+        ("POST", "/v2/control-planes".to_string(), r#"["cp"]"#),
+        (
+            "POST",
+            format!("/v2/control-planes/{}/data-plane-tokens", w.cp),
+            r#"["dp"]"#,
+        ),
+        (
+            "POST",
+            "/v1/realms".to_string(),
+            r#"["prod", null, true, 30, 30, ["g"]]"#,
+        ),
+        (
+            "PATCH",
+            format!("/v1/realms/{}", w.realm),
+            r#"["renamed", null, true, 30, 30, ["g"]]"#,
+        ),
+        (
+            "POST",
+            format!("/v1/realms/{}/consumers", w.realm),
+            r#"["u2", null, null, [], []]"#,
+        ),
+        (
+            "PATCH",
+            format!("/v1/realms/{}/consumers/{}", w.realm, w.consumer),
+            r#"["u3", null, null, [], []]"#,
+        ),
+        (
+            "POST",
+            format!("/v1/realms/{}/consumers/{}/move", w.realm, w.consumer),
+            &format!(r#"["{}"]"#, w.realm),
+        ),
+        (
+            "POST",
+            format!("/v1/realms/{}/consumers/{}/keys", w.realm, w.consumer),
+            r#"["legacy", "from-an-array", [], 60]"#,
+        ),
+    ] {
+        let body = app
+            .admin_raw(method, &path, "application/json", body)
+            .await
+            .invalid("body");
+        assert_eq!(
+            body["invalid_parameters"][0]["rule"], "type",
+            "{method} {path}"
+        );
+    }
+    let request = Request::builder()
+        .method("POST")
+        .uri(format!("/{}/v0/authenticate", w.realm))
+        .header("authorization", format!("Bearer {}", w.token))
+        .body(Body::from(format!(r#"["{}"]"#, w.secret)))
+        .unwrap();
+    app.send(request).await.invalid("body");
+    // Nothing changed: the same realms, and the realm and consumer kept their names.
+    let realms = app.admin("GET", "/v1/realms", None).await.ok(200);
+    assert_eq!(realms["data"].as_array().unwrap().len(), realms_before);
+    assert_eq!(realms["data"][0]["name"], "prod");
+    assert_eq!(realms["data"][0]["allow_all_control_planes"], false);
+    let consumers = app
+        .admin("GET", &format!("/v1/realms/{}/consumers", w.realm), None)
+        .await
+        .ok(200);
+    assert_eq!(consumers["data"].as_array().unwrap().len(), 1);
+    assert_eq!(consumers["data"][0]["username"], "Ariel");
+    app.authenticate(&w.realm, &w.token, "from-an-array")
+        .await
+        .problem(404);
+}

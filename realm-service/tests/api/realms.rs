@@ -243,3 +243,68 @@ async fn force_deleting_a_realm_revokes_its_keys() {
         .problem(404);
     assert!(gone["negative_ttl"].is_number());
 }
+
+/// JSON has numbers, not integers: `/openapi.json` says `integer` (JSON Schema: a number with no
+/// fractional part), so `30.0` and `3e1` are 30 minutes; a fraction is a 400 (`type`) and a
+/// number past any range a 400 naming the field, never a 5xx.
+#[tokio::test]
+async fn a_whole_number_with_a_fraction_or_exponent_is_an_integer() {
+    let app = TestApp::new();
+    let created = app
+        .admin_raw(
+            "POST",
+            "/v1/realms",
+            "application/json",
+            r#"{"name": "r", "ttl": 30.0, "negative_ttl": 3e1}"#,
+        )
+        .await
+        .ok(201);
+    assert_eq!(created["ttl"], 30);
+    assert_eq!(created["negative_ttl"], 30);
+    let realm = id(&created);
+    let patched = app
+        .admin_raw(
+            "PATCH",
+            &format!("/v1/realms/{realm}"),
+            "application/json",
+            r#"{"ttl": 6.0E1}"#,
+        )
+        .await
+        .ok(200);
+    assert_eq!(patched["ttl"], 60);
+    for (body, rule) in [
+        (r#"{"name": "r", "ttl": 30.5}"#, "type"),
+        (r#"{"name": "r", "ttl": 1e20}"#, "max"),
+        (r#"{"name": "r", "ttl": 99999999999999999999}"#, "max"),
+        (r#"{"name": "r", "ttl": -1e20}"#, "min"),
+        (r#"{"name": "r", "ttl": "30"}"#, "type"),
+    ] {
+        let answer = app
+            .admin_raw("POST", "/v1/realms", "application/json", body)
+            .await
+            .invalid("ttl");
+        assert_eq!(answer["invalid_parameters"][0]["rule"], rule, "{body}");
+    }
+
+    let consumer = app.consumer(&realm, "u").await;
+    let key = app
+        .admin_raw(
+            "POST",
+            &format!("/v1/realms/{realm}/consumers/{consumer}/keys"),
+            "application/json",
+            r#"{"type": "new", "ttl": 3600.0}"#,
+        )
+        .await
+        .ok(201);
+    let created_at = key["created_at"].as_str().unwrap();
+    let expires_at = key["expires_at"].as_str().unwrap();
+    assert_ne!(created_at, expires_at);
+    app.admin_raw(
+        "POST",
+        &format!("/v1/realms/{realm}/consumers/{consumer}/keys"),
+        "application/json",
+        r#"{"type": "new", "ttl": 0.5}"#,
+    )
+    .await
+    .invalid("ttl");
+}
