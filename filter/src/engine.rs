@@ -539,9 +539,21 @@ impl Worker {
                         .map(|l| now >= l.deadline_ms)
                         .unwrap_or(false)
                     {
-                        // A look-up past its deadline is dead (the tick has not run yet).
+                        // A look-up past its deadline is dead (the tick has not run yet): give
+                        // it up as the tick would, so that the requests waiting on it are
+                        // answered now rather than left paused, then ask again for this one.
                         if let Some(dead) = self.lookups.remove(&key) {
                             self.tokens.remove(&dead.token);
+                            let cause = "no answer within timeout_ms".to_string();
+                            self.resolve(
+                                current,
+                                key,
+                                dead,
+                                RealmAnswer::Unavailable { cause },
+                                host,
+                            );
+                            // `resolve` acted on each waiting request's context.
+                            host.set_effective_context(ctx);
                         }
                     }
                     if let Some(lookup) = self.lookups.get_mut(&key) {

@@ -530,3 +530,29 @@ fn a_dead_look_up_is_not_joined() {
     h.tick();
     assert_eq!(h.worker.lookups_in_flight(), 0);
 }
+
+#[test]
+fn requests_waiting_on_a_dead_look_up_are_answered_when_a_new_request_replaces_it() {
+    let mut h = Harness::new(&config(&realm(REALM_A, "us"), ""));
+    // A request waits for a call whose answer never comes (its receiver is still there).
+    let waiter = h.start(key("realm-key"));
+    // Past the deadline, a new request for the same key arrives before the tick.
+    h.host.now += 2_000;
+    let later = h.start(key("realm-key"));
+    assert_eq!(
+        h.host.calls.len(),
+        2,
+        "a new call, not a wait on the dead one"
+    );
+    // The waiter is not left paused until the proxy's stream timeout: it is given up like the
+    // tick gives up a dead look-up (503), at the latest on the next tick.
+    h.tick();
+    assert_eq!(h.outcome(waiter).status(), 503, "{:?}", h.outcome(waiter));
+    let t = h.last_call().token;
+    h.answer(t, Some(201), &found("rc-1", "ariel", "rk-1", 10));
+    assert_realm_consumer(&h.outcome(later));
+    h.done(waiter);
+    h.done(later);
+    assert_eq!(h.worker.tracked_requests(), 0);
+    assert_eq!(h.worker.lookups_in_flight(), 0);
+}
