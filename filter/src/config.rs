@@ -320,6 +320,7 @@ fn validate(
     let mut credentials: HashMap<Digest, CpCredential> = HashMap::new();
     let mut consumer_ids: HashSet<String> = HashSet::new();
     let mut usernames: HashSet<String> = HashSet::new();
+    let mut custom_ids: HashSet<String> = HashSet::new();
     let mut credential_ids: HashSet<String> = HashSet::new();
     for (ci, consumer) in raw.consumers.unwrap_or_default().into_iter().enumerate() {
         let field = |f: &str| format!("consumers[{ci}].{f}");
@@ -333,6 +334,9 @@ fn validate(
             ("custom_id", consumer.custom_id.as_ref()),
         ] {
             if let Some(v) = value {
+                if v.is_empty() {
+                    return Err(ConfigError::new(field(name), "must not be empty"));
+                }
                 if !is_header_safe(v) {
                     return Err(ConfigError::new(
                         field(name),
@@ -358,6 +362,14 @@ fn validate(
                 return Err(ConfigError::new(
                     field("username"),
                     format!("{username:?} is used by another consumer"),
+                ));
+            }
+        }
+        if let Some(custom_id) = &consumer.custom_id {
+            if !custom_ids.insert(custom_id.clone()) {
+                return Err(ConfigError::new(
+                    field("custom_id"),
+                    format!("{custom_id:?} is used by another consumer"),
                 ));
             }
         }

@@ -214,3 +214,32 @@ fn keys_are_kept_as_digests_only() {
     let debug = format!("{c:?}");
     assert!(!debug.contains("plain-key"), "{debug}");
 }
+
+#[test]
+fn consumer_names_are_non_empty_and_custom_ids_unique_as_in_kong() {
+    // Kong's strings have a minimum length of 1 and custom_id is unique: an empty username
+    // would otherwise satisfy "a username or a custom_id" and go upstream as an empty
+    // X-Consumer-Username.
+    let cases = [
+        (
+            r#"{"consumers":[{"id":"c1","username":""}]}"#,
+            "consumers[0].username",
+            "must not be empty",
+        ),
+        (
+            r#"{"consumers":[{"id":"c1","username":"a","custom_id":""}]}"#,
+            "consumers[0].custom_id",
+            "must not be empty",
+        ),
+        (
+            r#"{"consumers":[{"id":"c1","custom_id":"x"},{"id":"c2","custom_id":"x"}]}"#,
+            "consumers[1].custom_id",
+            "used by another consumer",
+        ),
+    ];
+    for (json, field, reason) in cases {
+        let e = refused(json);
+        assert_eq!(e.field, field, "field for {json}: {e}");
+        assert!(e.reason.contains(reason), "reason for {json}: {e}");
+    }
+}
