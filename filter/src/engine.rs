@@ -250,7 +250,12 @@ impl Worker {
             host.increment(Metric::RequestsPreflight);
             return Action::Continue;
         }
-        let body = if config.key_in_body && !end_of_stream {
+        // Only form, JSON and multipart bodies can carry the key: another body is not waited
+        // for (it would be buffered whole for nothing).
+        let body = if config.key_in_body
+            && !end_of_stream
+            && body_kind(header(&headers, "content-type")) != BodyKind::Other
+        {
             BodyInput::Pending
         } else {
             BodyInput::Absent

@@ -515,3 +515,27 @@ fn a_body_the_proxy_never_delivers_is_refused_after_a_while() {
         .iter()
         .any(|(_, l)| l.contains("allow_on_headers_stop_iteration")));
 }
+
+#[test]
+fn a_body_that_cannot_hold_a_key_is_not_waited_for() {
+    // key_in_body reads only form, JSON and multipart bodies. An upload of another type (or
+    // without a content type) cannot carry the key, so the decision is made on the headers:
+    // the upload is not buffered whole first (in Envoy: held until it ends, or 413 past the
+    // buffer limit), and a proxy that gives paused headers no body still gets an answer.
+    let mut h = harness(r#""key_names":["k1","k2"],"key_in_body":true"#);
+    h.body_with_paused_headers = false;
+    for content_type in [
+        "application/octet-stream",
+        "text/plain",
+        "multipart/form-data",
+    ] {
+        let o =
+            h.send(Req::new("POST", "/upload?k2=alice-key").body(content_type, "k1=someone-else"));
+        assert_alice(&o);
+        assert_eq!(o.body(), "k1=someone-else", "the body is untouched");
+        let o = h.send(Req::new("PUT", "/upload").body(content_type, "k1=x"));
+        assert_401(&o, "No API key found in request");
+    }
+    let o = h.send(Req::new("PUT", "/upload?k1=alice-key").raw_body("apikey=x"));
+    assert_alice(&o);
+}
