@@ -107,6 +107,10 @@ struct Pending {
     next_source: usize,
     unavailable: bool,
     request_id: Option<String>,
+    /// The look-up this request waits for (set when it starts waiting). A host may give a
+    /// finished stream's context id to a new request: only a request that waits for *this*
+    /// (realm, key) takes a look-up's answer.
+    waiting_on: Option<CacheKey>,
 }
 
 /// The body as far as the decision is concerned.
@@ -476,6 +480,7 @@ impl Worker {
                         next_source: 0,
                         unavailable: false,
                         request_id: None,
+                        waiting_on: None,
                     };
                     return self.walk(ctx, current, pending, request_id, host);
                 }
@@ -567,6 +572,7 @@ impl Worker {
                         lookup.participants.push(ctx);
                         pending.next_source -= 1;
                         pending.request_id = request_id.map(str::to_string);
+                        pending.waiting_on = Some(key);
                         self.requests.insert(ctx, RequestState::Waiting(pending));
                         return Step::Stop;
                     }
@@ -591,6 +597,7 @@ impl Worker {
                             self.tokens.insert(token, key);
                             pending.next_source -= 1;
                             pending.request_id = request_id.map(str::to_string);
+                            pending.waiting_on = Some(key);
                             self.requests.insert(ctx, RequestState::Waiting(pending));
                             return Step::Stop;
                         }
@@ -615,6 +622,14 @@ impl Worker {
             Failure::Unauthorized
         };
         self.fail(ctx, &config, request_id, failure, host)
+    }
+
+    /// Whether request `ctx` is waiting for the look-up of `key`.
+    fn waits_on(&self, ctx: u32, key: &CacheKey) -> bool {
+        matches!(
+            self.requests.get(&ctx),
+            Some(RequestState::Waiting(p)) if p.waiting_on.as_ref() == Some(key)
+        )
     }
 
     fn stale(&self, config: &Config, key: &CacheKey, now: u64) -> Option<Rc<Identity>> {
@@ -762,9 +777,13 @@ impl Worker {
             }
         }
         for ctx in lookup.participants {
+            if !self.waits_on(ctx, &key) {
+                continue; // gone, or its id now belongs to another request
+            }
             let Some(RequestState::Waiting(mut pending)) = self.requests.remove(&ctx) else {
                 continue;
             };
+            pending.waiting_on = None;
             host.set_effective_context(ctx);
             // The entry this request was waiting on is done with.
             pending.next_source += 1;
@@ -836,7 +855,7 @@ impl Worker {
                 .participants
                 .iter()
                 .copied()
-                .filter(|p| matches!(self.requests.get(p), Some(RequestState::Waiting(_))))
+                .filter(|p| self.waits_on(*p, &key))
                 .collect();
             let expired = now >= lookup.deadline_ms;
             if live.is_empty() {

@@ -556,3 +556,48 @@ fn requests_waiting_on_a_dead_look_up_are_answered_when_a_new_request_replaces_i
     assert_eq!(h.worker.tracked_requests(), 0);
     assert_eq!(h.worker.lookups_in_flight(), 0);
 }
+
+#[test]
+fn a_reused_context_id_never_gets_the_answer_for_its_predecessor_s_key() {
+    let mut h = Harness::new(&config(&realm(REALM_A, "us"), ""));
+    let owner = h.start(key("key-of-ariel"));
+    let gone = h.start(key("key-of-ariel"));
+    h.done(gone);
+    // The host gives the finished stream's id to a new request with another key.
+    h.start_as(gone, key("key-of-nobody"));
+    assert_eq!(h.host.calls.len(), 2);
+    let (first, second) = (h.host.calls[0].token, h.host.calls[1].token);
+    h.answer(first, Some(201), &found("rc-1", "ariel", "rk-1", 10));
+    assert_realm_consumer(&h.outcome(owner));
+    assert_eq!(
+        h.outcome(gone),
+        Outcome::Paused,
+        "still waiting for the answer about its own key"
+    );
+    h.answer(second, Some(404), &not_found(5));
+    assert_eq!(h.outcome(gone).status(), 401);
+
+    // Nor is its key asked again under its predecessor's look-up (whose answer would then be
+    // cached for the other key) when that look-up has lost its receiver.
+    let mut h = Harness::new(&config(&realm(REALM_A, "us"), ""));
+    let owner = h.start(key("key-of-ariel"));
+    let gone = h.start(key("key-of-ariel"));
+    h.done(gone);
+    h.start_as(gone, key("key-of-nobody"));
+    h.done(owner);
+    h.tick();
+    assert_eq!(h.host.calls.len(), 2, "{:?}", h.host.calls);
+    let second = h.host.calls[1].token;
+    h.answer(second, Some(201), &found("rc-2", "nobody", "rk-2", 10));
+    assert_eq!(h.outcome(gone).header("x-consumer-id"), Some("rc-2"));
+    // ariel's key was never answered: it costs a call of its own.
+    let later = h.start(key("key-of-ariel"));
+    assert_eq!(h.host.calls.len(), 3);
+    assert_eq!(h.last_call().body, r#"{"secret":"key-of-ariel"}"#);
+    h.answer(
+        h.last_call().token,
+        Some(201),
+        &found("rc-1", "ariel", "rk-1", 10),
+    );
+    assert_realm_consumer(&h.outcome(later));
+}

@@ -344,6 +344,12 @@ impl Harness {
     pub fn start(&mut self, req: Req) -> u32 {
         self.next_ctx += 1;
         let ctx = self.next_ctx;
+        self.start_as(ctx, req);
+        ctx
+    }
+
+    /// Starts a request on a given context id (a host may reuse the id of a finished stream).
+    pub fn start_as(&mut self, ctx: u32, req: Req) {
         self.host.requests.insert(
             ctx,
             FakeRequest {
@@ -361,7 +367,6 @@ impl Harness {
             .on_request_headers(ctx, !has_body, &mut self.host);
         self.after_headers(ctx, action);
         self.pump();
-        ctx
     }
 
     /// Sends a request and returns what became of it.
