@@ -91,8 +91,8 @@ fn header_safe(s: &str) -> bool {
     !s.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f)
 }
 
-/// Classifies the answer to an authenticate call: 201 found, 404 not found, anything else (and
-/// no answer at all) unavailable.
+/// Classifies the answer to an authenticate call: 201 found, 404 with `negative_ttl` not found,
+/// anything else (and no answer at all) unavailable.
 pub fn classify(response: &CallResponse) -> RealmAnswer {
     let unavailable = |cause: String| RealmAnswer::Unavailable { cause };
     let Some(status) = response.status else {
@@ -144,14 +144,20 @@ pub fn classify(response: &CallResponse) -> RealmAnswer {
                 expires_at_ms,
             }
         }
-        404 => {
-            let negative = serde_json::from_slice::<NotFoundBody>(&response.body)
-                .ok()
-                .and_then(|b| b.negative_ttl);
-            RealmAnswer::NotFound {
-                negative_ttl_ms: minutes_to_ms(negative),
-            }
-        }
+        // The realm service's "not found" always carries `negative_ttl`; a 404 without it comes
+        // from something else (a proxy's missing route, a wrong service behind the cluster) and
+        // must not turn good keys into 401s.
+        404 => match serde_json::from_slice::<NotFoundBody>(&response.body) {
+            Ok(NotFoundBody {
+                negative_ttl: Some(negative),
+            }) => RealmAnswer::NotFound {
+                negative_ttl_ms: minutes_to_ms(Some(negative)),
+            },
+            _ => unavailable(
+                "404 without negative_ttl: not the realm service's answer (wrong cluster or route?)"
+                    .to_string(),
+            ),
+        },
         401 => unavailable("401: the data-plane token was refused".to_string()),
         403 => unavailable("403: the realm does not allow this control plane".to_string()),
         other => unavailable(format!("unexpected status {other}")),

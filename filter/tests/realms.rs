@@ -239,6 +239,12 @@ fn an_unavailable_realm_is_503_never_401() {
         (Some(401), r#"{"status":401}"#),
         (Some(403), r#"{"status":403}"#),
         (Some(201), "not json"),
+        // A 404 that is not the realm service's answer (no negative_ttl): a proxy's "no route",
+        // a wrong service behind the cluster. Never "not found", which would be a 401.
+        (Some(404), ""),
+        (Some(404), "Not Found"),
+        (Some(404), r#"{"status":404,"title":"Not Found"}"#),
+        (Some(404), r#"{"status":404,"negative_ttl":"ten"}"#),
     ] {
         let mut h = Harness::new(&config(&format!("{},{CP}", realm(REALM_A, "us")), ""));
         let ctx = h.start(key("some-key"));
