@@ -158,8 +158,17 @@ fn strip_position(message: &str) -> String {
 
 /// A path segment that must be a UUID.
 pub fn parse_id(field: &str, value: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(value)
-        .map_err(|_| ApiError::invalid_field(field, "uuid", format!("'{value}' is not a UUID")))
+    parse_uuid(value)
+        .ok_or_else(|| ApiError::invalid_field(field, "uuid", format!("'{value}' is not a UUID")))
+}
+
+/// A UUID in its standard hyphenated form (`format: uuid` in the OpenAPI document), either case.
+/// The `uuid` crate also reads the simple, braced and URN forms; ids here are written one way.
+pub fn parse_uuid(value: &str) -> Option<Uuid> {
+    if value.len() != 36 {
+        return None;
+    }
+    Uuid::parse_str(value).ok()
 }
 
 /// The query string as (name, value) pairs; only `allowed` names, each at most once.

@@ -71,6 +71,7 @@ pub struct CreateRealm {
     #[schema(schema_with = crate::schema::name)]
     pub name: String,
     /// Control planes whose data planes may authenticate; each must exist.
+    #[serde(default, deserialize_with = "uuids")]
     pub allowed_control_planes: Option<Vec<Uuid>>,
     pub allow_all_control_planes: Option<bool>,
     /// Minutes a data plane may cache a found key.
@@ -91,6 +92,7 @@ pub struct UpdateRealm {
     #[schema(schema_with = crate::schema::optional_name)]
     pub name: Option<String>,
     /// Replaces the list as a whole; each must exist.
+    #[serde(default, deserialize_with = "uuids")]
     pub allowed_control_planes: Option<Vec<Uuid>>,
     pub allow_all_control_planes: Option<bool>,
     #[serde(default, deserialize_with = "integer")]
@@ -186,9 +188,33 @@ where
     }
 }
 
+/// A UUID in a request body, in the hyphenated form `format: uuid` means
+/// ([`crate::extract::parse_uuid`]).
+struct Hyphenated(Uuid);
+
+impl<'de> Deserialize<'de> for Hyphenated {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, Unexpected};
+        let text = String::deserialize(de)?;
+        crate::extract::parse_uuid(&text)
+            .map(Hyphenated)
+            .ok_or_else(|| D::Error::invalid_value(Unexpected::Str(&text), &"a hyphenated UUID"))
+    }
+}
+
+fn uuid<'de, D: Deserializer<'de>>(de: D) -> Result<Uuid, D::Error> {
+    Hyphenated::deserialize(de).map(|h| h.0)
+}
+
+fn uuids<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Vec<Uuid>>, D::Error> {
+    Ok(Option::<Vec<Hyphenated>>::deserialize(de)?
+        .map(|ids| ids.into_iter().map(|h| h.0).collect()))
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MoveConsumer {
+    #[serde(deserialize_with = "uuid")]
     pub target_realm_id: Uuid,
 }
 

@@ -606,3 +606,84 @@ async fn a_json_array_is_not_a_body() {
         .await
         .problem(404);
 }
+
+/// `/openapi.json` declares ids as `format: uuid` (the hyphenated form); the simple, braced and
+/// URN spellings that the `uuid` crate would also read are a 400 naming the field, in a path, in
+/// a body, and at authenticate. Upper-case hex is the same UUID.
+#[tokio::test]
+async fn ids_in_other_uuid_spellings_are_400() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    let spellings = |id: &str| {
+        [
+            id.replace('-', ""),
+            format!("%7B{id}%7D"),
+            format!("urn:uuid:{id}"),
+        ]
+    };
+    for other in spellings(&w.realm) {
+        app.admin("GET", &format!("/v1/realms/{other}"), None)
+            .await
+            .invalid("realmId");
+        app.call(
+            "POST",
+            &format!("/{other}/v0/authenticate"),
+            Some(&w.token),
+            Some(json!({"secret": w.secret})),
+        )
+        .await
+        .invalid("realmId");
+    }
+    for other in spellings(&w.consumer) {
+        app.admin(
+            "GET",
+            &format!("/v1/realms/{}/consumers/{other}", w.realm),
+            None,
+        )
+        .await
+        .invalid("consumerId");
+    }
+    let target = app.realm(json!({"name": "target"})).await;
+    for other in [target.replace('-', ""), format!("{{{target}}}")] {
+        app.admin(
+            "POST",
+            &format!("/v1/realms/{}/consumers/{}/move", w.realm, w.consumer),
+            Some(json!({"target_realm_id": other})),
+        )
+        .await
+        .invalid("target_realm_id");
+    }
+    let cp = w.cp.replace('-', "");
+    app.admin(
+        "POST",
+        "/v1/realms",
+        Some(json!({"name": "r", "allowed_control_planes": [w.cp, cp]})),
+    )
+    .await
+    .invalid("allowed_control_planes[1]");
+
+    // The hyphenated form, in either case, works everywhere.
+    let upper = w.realm.to_uppercase();
+    let realm = app
+        .admin("GET", &format!("/v1/realms/{upper}"), None)
+        .await
+        .ok(200);
+    assert_eq!(realm["id"], w.realm.as_str());
+    app.authenticate(&upper, &w.token, &w.secret).await.ok(201);
+    let created = app
+        .admin(
+            "POST",
+            "/v1/realms",
+            Some(json!({"name": "r", "allowed_control_planes": [w.cp.to_uppercase()]})),
+        )
+        .await
+        .ok(201);
+    assert_eq!(created["allowed_control_planes"], json!([w.cp]));
+    app.admin(
+        "POST",
+        &format!("/v1/realms/{}/consumers/{}/move", w.realm, w.consumer),
+        Some(json!({"target_realm_id": target.to_uppercase()})),
+    )
+    .await
+    .ok(201);
+}
