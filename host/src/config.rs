@@ -260,7 +260,10 @@ fn parse_cluster(node: &Node) -> Result<ClusterConfig> {
     ])?;
     let name = c.req("name")?.string()?;
     let connect_timeout = match c.opt("connect_timeout") {
-        Some(t) => t.duration()?,
+        Some(t) => match t.duration()? {
+            d if d.is_zero() => return Err(t.err("connect_timeout must be greater than 0s")),
+            d => d,
+        },
         None => Duration::from_secs(5),
     };
     let discovery = match c.opt("type") {
@@ -381,8 +384,19 @@ fn parse_listener(
         n.str()?;
     }
     let mut virtual_hosts = Vec::new();
+    // Envoy refuses a domain (compared without case) that appears twice in a route configuration.
+    let mut domains_seen = std::collections::HashSet::new();
     for vh in rc.req("virtual_hosts")?.seq()? {
-        virtual_hosts.push(parse_virtual_host(&vh, clusters)?);
+        let parsed = parse_virtual_host(&vh, clusters)?;
+        for (i, d) in parsed.domains.iter().enumerate() {
+            if !domains_seen.insert(d.to_ascii_lowercase()) {
+                return Err(ConfigError {
+                    path: format!("{}.domains[{i}]", vh.path),
+                    message: format!("duplicate domain {d:?} (domains must be unique)"),
+                });
+            }
+        }
+        virtual_hosts.push(parsed);
     }
     let hf_node = hcm.req("http_filters")?;
     let hfs = hf_node.seq()?;
@@ -665,17 +679,32 @@ impl<'a> Node<'a> {
         }
     }
 
-    /// A protobuf Duration in its JSON/YAML form: `"0.25s"`, `"5s"`.
+    /// A protobuf Duration in its JSON/YAML form, as Envoy reads it: `"5s"`, `"0.25s"` (digits,
+    /// at most nine after the point, no sign or exponent), at most 9223372035 seconds.
     fn duration(&self) -> Result<Duration> {
         let s = self
             .str()
             .map_err(|_| self.err("expected a duration such as \"5s\""))?;
-        let secs = s
-            .strip_suffix('s')
-            .and_then(|n| n.parse::<f64>().ok())
-            .filter(|n| n.is_finite() && *n >= 0.0)
-            .ok_or_else(|| self.err(format!("{s:?} is not a duration such as \"5s\"")))?;
-        Ok(Duration::from_secs_f64(secs))
+        let bad = || self.err(format!("{s:?} is not a duration such as \"5s\""));
+        let number = s.strip_suffix('s').ok_or_else(bad)?;
+        let (secs, frac) = match number.split_once('.') {
+            Some((secs, frac)) => (secs, Some(frac)),
+            None => (number, None),
+        };
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(secs) || frac.is_some_and(|f| !digits(f) || f.len() > 9) {
+            return Err(bad());
+        }
+        let out_of_range = || self.err(format!("{s:?} is out of range (at most 9223372035s)"));
+        let secs: u64 = secs.parse().map_err(|_| out_of_range())?;
+        if secs > 9_223_372_035 {
+            return Err(out_of_range());
+        }
+        let nanos = match frac {
+            Some(f) => format!("{f:0<9}").parse::<u32>().map_err(|_| bad())?,
+            None => 0,
+        };
+        Ok(Duration::new(secs, nanos))
     }
 }
 
@@ -862,5 +891,63 @@ static_resources:
         let e = parse(&GOOD.replace("connect_timeout: 0.25s", "connect_timeout: soon"))
             .expect_err("fail");
         assert_eq!(e.path, "static_resources.clusters[0].connect_timeout");
+    }
+
+    /// Durations are read as Envoy reads them (checked with `envoy --mode validate`): digits
+    /// with at most nine decimals, no sign or exponent, at most 9223372035 s. An out-of-range one
+    /// used to panic in `Duration::from_secs_f64`. `connect_timeout` must be above zero.
+    #[test]
+    fn durations_follow_envoys_rules_and_a_zero_connect_timeout_is_rejected() {
+        let route = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0].route.timeout";
+        let timeout = |t: &str| {
+            parse(&GOOD.replace("timeout: 2.5s", &format!("timeout: {t}")))
+                .map(|c| c.listeners[0].virtual_hosts[0].routes[0].timeout)
+        };
+        for bad in [
+            "1e20s",
+            "99999999999999999999s",
+            "9223372036s",
+            "1e3s",
+            "-1s",
+            ".5s",
+            "1.s",
+            "1.1234567891s",
+            "5",
+        ] {
+            let e = timeout(bad).expect_err(bad);
+            assert_eq!(e.path, route, "{bad}: {e}");
+        }
+        assert_eq!(
+            timeout("9223372035s").expect("Envoy's largest"),
+            Duration::from_secs(9_223_372_035)
+        );
+        assert_eq!(
+            timeout("1.123456789s").expect("nine decimals"),
+            Duration::new(1, 123_456_789)
+        );
+        assert_eq!(
+            timeout("01s").expect("leading zero"),
+            Duration::from_secs(1)
+        );
+        assert_eq!(timeout("0s").expect("no timeout"), Duration::ZERO);
+        let e = parse(&GOOD.replace("connect_timeout: 0.25s", "connect_timeout: 0s"))
+            .expect_err("Envoy requires connect_timeout > 0");
+        assert_eq!(e.path, "static_resources.clusters[0].connect_timeout");
+    }
+
+    /// Envoy refuses a domain that appears twice in one route configuration.
+    #[test]
+    fn duplicate_domains_are_rejected() {
+        let twice = GOOD.replace(
+            "            - name: all\n              domains: [\"*\"]\n",
+            "            - name: other\n              domains: [\"a.test\", \"*\"]\n              routes: []\n            - name: all\n              domains: [\"A.test\"]\n",
+        );
+        assert_ne!(twice, GOOD);
+        let e = parse(&twice).expect_err("duplicate domain");
+        assert_eq!(
+            e.path,
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[1].domains[0]"
+        );
+        assert!(e.to_string().contains("duplicate domain"), "{e}");
     }
 }

@@ -235,7 +235,7 @@ pub async fn handle(
         }
     }
 
-    let response = to_response(pending);
+    let response = to_response(pending, parts.method == hyper::Method::HEAD);
     for c in std::mem::take(&mut guard.0) {
         c.finish();
     }
@@ -297,10 +297,23 @@ fn request_header_list(parts: &hyper::http::request::Parts) -> HeaderList {
         (":method".into(), parts.method.as_str().as_bytes().to_vec()),
         (":scheme".into(), b"http".to_vec()),
     ];
+    let h2 = parts.version == hyper::Version::HTTP_2;
     for (k, v) in &parts.headers {
         let name = k.as_str();
         if name == "host" || is_hop_by_hop(name) {
             continue;
+        }
+        // Envoy answers `Expect: 100-continue` itself and strips it (no proxy_100_continue).
+        if name == "expect" && v.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+            continue;
+        }
+        // HTTP/2 may split cookies into several fields; Envoy joins them (RFC 9113 8.2.3).
+        if h2 && name == "cookie" {
+            if let Some((_, joined)) = list.iter_mut().find(|(k, _)| k == "cookie") {
+                joined.extend_from_slice(b"; ");
+                joined.extend_from_slice(v.as_bytes());
+                continue;
+            }
         }
         list.push((name.to_string(), v.as_bytes().to_vec()));
     }
@@ -553,41 +566,57 @@ fn find_route<'a>(
     authority: &str,
     path: &str,
 ) -> Option<&'a crate::config::Route> {
-    let host = authority.rsplit_once(':').map_or(authority, |(h, p)| {
-        if p.chars().all(|c| c.is_ascii_digit()) {
-            h
-        } else {
-            authority
-        }
-    });
-    let host = host.to_ascii_lowercase();
-    let domain_matches = |d: &str| {
-        let d = d.to_ascii_lowercase();
-        d == "*"
-            || d == host
-            || d == authority
-            || d.strip_prefix('*')
-                .is_some_and(|suffix| host.ends_with(suffix))
-            || d.strip_suffix('*')
-                .is_some_and(|prefix| host.starts_with(prefix))
-    };
-    let vh = listener
-        .virtual_hosts
-        .iter()
-        .find(|vh| vh.domains.iter().any(|d| d != "*" && domain_matches(d)))
-        .or_else(|| {
-            listener
-                .virtual_hosts
-                .iter()
-                .find(|vh| vh.domains.iter().any(|d| d == "*"))
-        })?;
+    let vh = find_virtual_host(listener, authority)?;
     vh.routes.iter().find(|r| match &r.matcher {
         RouteMatch::Prefix(p) => path.starts_with(p.as_str()),
         RouteMatch::Path(p) => path.split('?').next() == Some(p.as_str()),
     })
 }
 
-fn to_response(pending: Pending) -> HttpResponse {
+/// Envoy's virtual host search: the whole Host value (port included, case-insensitive) against
+/// exact domains, then suffix wildcards (`*.foo.com`), then prefix wildcards (`foo.*`), the
+/// longest wildcard first, then `*`. A wildcard stands for at least one character.
+fn find_virtual_host<'a>(
+    listener: &'a ListenerConfig,
+    authority: &str,
+) -> Option<&'a crate::config::VirtualHost> {
+    let host = authority.to_ascii_lowercase();
+    let domains = || {
+        listener.virtual_hosts.iter().flat_map(|vh| {
+            vh.domains
+                .iter()
+                .filter(|d| d.as_str() != "*")
+                .map(move |d| (d.to_ascii_lowercase(), vh))
+        })
+    };
+    if let Some((_, vh)) = domains().find(|(d, _)| !d.contains('*') && *d == host) {
+        return Some(vh);
+    }
+    let longest = |wildcard: fn(&str) -> Option<&str>, matches: fn(&str, &str) -> bool| {
+        domains()
+            .filter_map(|(d, vh)| {
+                let fixed = wildcard(&d)?;
+                (host.len() > fixed.len() && matches(&host, fixed)).then_some((fixed.len(), vh))
+            })
+            .fold(None, |best: Option<(usize, _)>, (len, vh)| match best {
+                Some((best_len, _)) if best_len >= len => best,
+                _ => Some((len, vh)),
+            })
+            .map(|(_, vh)| vh)
+    };
+    longest(|d| d.strip_prefix('*'), |h, s| h.ends_with(s))
+        .or_else(|| longest(|d| d.strip_suffix('*'), |h, p| h.starts_with(p)))
+        .or_else(|| {
+            listener
+                .virtual_hosts
+                .iter()
+                .find(|vh| vh.domains.iter().any(|d| d == "*"))
+        })
+}
+
+/// The response for the client. Its content-length is the body's, except in the answer to a
+/// HEAD request, which has no body and keeps the content-length it was given (as Envoy does).
+fn to_response(pending: Pending, head: bool) -> HttpResponse {
     let status = get_value(&pending.headers, ":status")
         .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u16>().ok())
         .and_then(|s| hyper::StatusCode::from_u16(s).ok())
@@ -596,7 +625,7 @@ fn to_response(pending: Pending) -> HttpResponse {
     *response.status_mut() = status;
     let map = response.headers_mut();
     for (k, v) in &pending.headers {
-        if k.starts_with(':') || k == "content-length" || is_hop_by_hop(k) {
+        if k.starts_with(':') || (k == "content-length" && !head) || is_hop_by_hop(k) {
             continue;
         }
         if let (Ok(name), Ok(value)) = (

@@ -617,3 +617,52 @@ async fn a_callback_may_resume_another_paused_request() {
     assert!(started.elapsed() < Duration::from_secs(5));
     host.shutdown().await;
 }
+
+/// 1024 iovecs that all point at the same 64 KiB: `fd_write` reports all 64 MiB written but
+/// copies (and logs) at most `MAX_WRITE` bytes, instead of 1024 times the guest's memory.
+const FD_WRITE_WAT: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "write_amplified") (result i32)
+    (local $i i32)
+    (memory.fill (i32.const 0) (i32.const 97) (i32.const 65536))
+    (loop $fill
+      (i32.store (i32.add (i32.const 65536) (i32.shl (local.get $i) (i32.const 3))) (i32.const 0))
+      (i32.store (i32.add (i32.const 65540) (i32.shl (local.get $i) (i32.const 3))) (i32.const 65536))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $fill (i32.lt_u (local.get $i) (i32.const 1024))))
+    (call $fd_write (i32.const 1) (i32.const 65536) (i32.const 1024) (i32.const 73728)))
+  (func (export "write_bad_iovec") (result i32)
+    (i32.store (i32.const 65536) (i32.const 0))
+    (i32.store (i32.const 65540) (i32.const 1048576))
+    (call $fd_write (i32.const 1) (i32.const 65536) (i32.const 1) (i32.const 73728)))
+  (func (export "written") (result i32) (i32.load (i32.const 73728)))
+)
+"#;
+
+#[test]
+fn fd_write_copies_a_bounded_amount_whatever_the_iovecs_say() {
+    let p = plugin(FD_WRITE_WAT, VmLimits::default());
+    let mut vm = start(&p);
+    let root = vm.root_context_id();
+    assert_eq!(call(&mut vm, "write_amplified", root, &[]), 0, "ESUCCESS");
+    assert_eq!(
+        call(&mut vm, "written", root, &[]),
+        64 << 20,
+        "everything counts as written, so the guest does not retry"
+    );
+    let text = p.log.text();
+    let longest = text.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest > 60_000, "the write was logged: {longest}");
+    assert!(longest <= (1 << 20) + 200, "a log line of {longest} bytes");
+    assert_eq!(
+        call(&mut vm, "write_bad_iovec", root, &[]),
+        21,
+        "an iovec past the end of memory is EFAULT"
+    );
+    assert!(!vm.is_broken());
+}

@@ -945,3 +945,211 @@ async fn two_filters_in_a_chain() {
     assert_eq!(seen[1].status, 418);
     host.shutdown().await;
 }
+
+/// Starts Envoy and keyrealm-host with the abi-test-filter doing nothing, in front of the echo.
+async fn both_plain() -> (common::Envoy, keyrealm_host::RunningHost, tempfile::TempDir) {
+    let upstream = common::spawn_echo().await;
+    let wasm = common::abi_test_filter_wasm();
+    let spec = FilterSpec {
+        name: "plain",
+        root_id: "abi_test",
+        wasm: &wasm,
+        configuration: "{}",
+        fail_open: false,
+        env: &[],
+        allow_stop_iteration: false,
+    };
+    let yaml = common::envoy_yaml(upstream, &[spec], &[]);
+    let envoy = common::start_envoy(&yaml, &[]).await;
+    let (host, dir) = common::start_host(
+        &yaml,
+        keyrealm_host::HostOptions {
+            workers: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    (envoy, host, dir)
+}
+
+/// A HEAD answer carries the upstream's content-length (the length a GET would have), as
+/// Envoy passes it on; the body is empty in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_keeps_the_upstreams_content_length() {
+    let (envoy, host, _dir) = both_plain().await;
+    let addr = host.listener_addrs()[0];
+    let from_envoy = common::http(envoy.listener, "HEAD", "/head", &[], "").await;
+    let from_host = common::http(addr, "HEAD", "/head", &[], "").await;
+    assert_eq!(from_envoy.status, 200);
+    let envoy_len = from_envoy.header("content-length").map(str::to_string);
+    let len: usize = envoy_len
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .expect("Envoy answers HEAD with a content-length");
+    assert!(len > 0, "the echo's GET body is not empty");
+    assert_eq!(
+        (
+            from_host.status,
+            from_host.header("content-length").map(str::to_string)
+        ),
+        (from_envoy.status, envoy_len),
+        "HEAD: keyrealm-host (left) differs from Envoy (right)"
+    );
+    assert_eq!(
+        (from_host.body.as_str(), from_envoy.body.as_str()),
+        ("", "")
+    );
+    host.shutdown().await;
+}
+
+/// `Expect: 100-continue` is answered by the proxy and stripped, as Envoy does without
+/// `proxy_100_continue`: the upstream never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_not_forwarded() {
+    let requests = [Req {
+        h2: false,
+        method: "POST",
+        path: "/expect",
+        headers: vec![("expect", "100-continue"), ("content-type", "text/plain")],
+        body: "payload",
+    }];
+    let obs = parity(
+        "expect",
+        serde_json::json!({}),
+        &[],
+        Duration::ZERO,
+        &requests,
+    )
+    .await;
+    let up = obs[0].1.upstream.as_ref().expect("reached the upstream");
+    assert_eq!(up.body, "payload");
+    assert_eq!(up_header(&obs[0].1, "expect"), None);
+}
+
+/// One raw HTTP/1.1 request with the given Host header; the status code (10 s limit).
+async fn raw_status(addr: SocketAddr, host: &str, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.expect("read");
+        let text = String::from_utf8_lossy(&out);
+        text.split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no status line in {text:?}"))
+    })
+    .await
+    .expect("request timed out")
+}
+
+/// Virtual hosts are chosen as Envoy chooses them: an exact domain before a suffix wildcard
+/// before a prefix wildcard before `*` (the longest wildcard first), whatever their order in
+/// the file; the Host header's port takes part in the match; a wildcard never matches an
+/// empty part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_host_selection_follows_envoys_order() {
+    let upstream = common::spawn_echo().await;
+    let base = common::envoy_yaml(upstream, &[], &[]);
+    let default_vh = r#"            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: upstream, timeout: 2s}
+"#;
+    // Each virtual host routes only its own path, so the status tells which one was chosen.
+    let vhs = r#"            virtual_hosts:
+            - name: any
+              domains: ["*"]
+              routes:
+              - match: {path: "/any"}
+                route: {cluster: upstream, timeout: 2s}
+            - name: prefix
+              domains: ["api.*"]
+              routes:
+              - match: {path: "/prefix"}
+                route: {cluster: upstream, timeout: 2s}
+            - name: suffix
+              domains: ["*.example.test"]
+              routes:
+              - match: {path: "/suffix"}
+                route: {cluster: upstream, timeout: 2s}
+            - name: longer-suffix
+              domains: ["*.api.example.test"]
+              routes:
+              - match: {path: "/longer"}
+                route: {cluster: upstream, timeout: 2s}
+            - name: exact
+              domains: ["api.example.test"]
+              routes:
+              - match: {path: "/exact"}
+                route: {cluster: upstream, timeout: 2s}
+            - name: dash
+              domains: ["*-dash.test"]
+              routes:
+              - match: {path: "/dash"}
+                route: {cluster: upstream, timeout: 2s}
+"#;
+    assert!(base.contains(default_vh));
+    let yaml = base.replace(default_vh, vhs);
+    let envoy = common::start_envoy(&yaml, &[]).await;
+    let (host, _dir) = common::start_host(
+        &yaml,
+        keyrealm_host::HostOptions {
+            workers: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = host.listener_addrs()[0];
+    let cases = [
+        ("api.example.test", "/exact", 200),
+        ("api.example.test", "/suffix", 404),
+        ("api.example.test", "/prefix", 404),
+        ("v1.api.example.test", "/longer", 200),
+        ("www.example.test", "/suffix", 200),
+        ("api.other", "/prefix", 200),
+        ("other", "/any", 200),
+        ("API.Example.Test", "/exact", 200),
+        ("api.example.test:8080", "/exact", 0),
+        ("a-dash.test", "/dash", 200),
+        ("-dash.test", "/dash", 404),
+    ];
+    for (authority, path, expected) in cases {
+        let from_envoy = raw_status(envoy.listener, authority, path).await;
+        let from_host = raw_status(addr, authority, path).await;
+        assert_eq!(
+            from_host, from_envoy,
+            "Host {authority}, {path}: keyrealm-host (left) differs from Envoy (right)"
+        );
+        if expected != 0 {
+            assert_eq!(from_envoy, expected, "Host {authority}, {path}");
+        }
+    }
+    host.shutdown().await;
+}
+
+/// Over HTTP/2 a client may split `cookie` into several fields; Envoy joins them with "; "
+/// (RFC 9113 8.2.3) before the filters and the upstream see them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cookie_fields_are_joined() {
+    let config = serde_json::json!({
+        "properties": ["request.headers.cookie"],
+    });
+    let requests = [Req {
+        h2: true,
+        method: "GET",
+        path: "/cookies",
+        headers: vec![("cookie", "a=1"), ("cookie", "b=2")],
+        body: "",
+    }];
+    let obs = parity("cookies", config, &[], Duration::ZERO, &requests).await;
+    assert_eq!(up_header(&obs[0].1, "cookie").as_deref(), Some("a=1; b=2"));
+    assert_eq!(
+        up_header(&obs[0].1, "x-prop-request-headers-cookie").as_deref(),
+        Some("a=1; b=2")
+    );
+}

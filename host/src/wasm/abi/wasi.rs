@@ -16,6 +16,8 @@ const EBADF: i32 = 8;
 const EFAULT: i32 = 21;
 const EINVAL: i32 = 28;
 const ENOSYS: i32 = 52;
+/// The most one `fd_write` copies out of guest memory (and logs).
+pub const MAX_WRITE: usize = 1 << 20;
 
 fn errno(result: AbiResult<()>) -> wasmtime::Result<i32> {
     match result {
@@ -55,11 +57,17 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             errno((|| -> AbiResult<()> {
                 let count = usize::try_from(iovs_len).unwrap_or(0).min(1024);
                 let table = read_bytes(&mut caller, iovs, (count * 8) as i32)?;
+                // Every iovec is checked, but at most MAX_WRITE bytes are copied: iovecs may all
+                // point at the same large region (1024 x the guest's memory otherwise).
                 let mut out = Vec::new();
+                let mut written: u64 = 0;
                 for iov in table.chunks_exact(8) {
                     let ptr = u32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
                     let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
-                    out.extend(read_bytes(&mut caller, ptr as i32, len as i32)?);
+                    super::check_range(&mut caller, ptr as i32, len as usize)?;
+                    written += u64::from(len);
+                    let take = len.min((MAX_WRITE - out.len()) as u32);
+                    out.extend(read_bytes(&mut caller, ptr as i32, take as i32)?);
                 }
                 let text = String::from_utf8_lossy(&out);
                 let plugin = caller.data().plugin.log_name().to_string();
@@ -72,7 +80,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                         tracing::warn!(target: "wasm", plugin = %plugin, stream = "stderr", "{line}");
                     }
                 }
-                write_u32(&mut caller, ret, out.len() as u32)
+                write_u32(&mut caller, ret, u32::try_from(written).unwrap_or(u32::MAX))
             })())
         },
     )?;
