@@ -24,6 +24,8 @@ use crate::worker::{ContextHandle, ListenerRuntime, WorkerCtx};
 
 /// How long a client may take to send a request's headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most request header bytes a client may send (Envoy's `max_request_headers_kb` default).
+pub const MAX_REQUEST_HEADERS: usize = 60 * 1024;
 /// How long a client may take to send a request's body.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -136,6 +138,16 @@ pub async fn handle(
 ) -> Result<HttpResponse, StreamReset> {
     ctx.metrics.host.requests.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
+    // Envoy's `max_request_headers_kb`: the header map's names and values, path included.
+    let header_bytes = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum::<usize>()
+        + parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if header_bytes > MAX_REQUEST_HEADERS {
+        return Ok(plain(431, "Request Header Fields Too Large"));
+    }
     let collected =
         tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await;
     let Ok(collected) = collected else {

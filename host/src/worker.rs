@@ -442,7 +442,13 @@ async fn accept_loop(
                 .http1()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(crate::proxy::HEADER_READ_TIMEOUT);
-            builder.http2().timer(hyper_util::rt::TokioTimer::new());
+            // The request header limit is Envoy's, checked by the proxy; the HTTP/2 header list
+            // (which also counts 32 bytes per field) must let such requests through (hyper's
+            // default is 16 KiB).
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .max_header_list_size(2 * crate::proxy::MAX_REQUEST_HEADERS as u32);
             let builder = match codec {
                 Codec::Auto => builder,
                 Codec::Http1 => builder.http1_only(),

@@ -1153,3 +1153,50 @@ async fn http2_cookie_fields_are_joined() {
         Some("a=1; b=2")
     );
 }
+
+/// Request headers are limited as Envoy limits them (`max_request_headers_kb`, 60 KiB): over
+/// HTTP/1.1 a 65 KB header is refused with 431 (it used to reach the upstream), and over
+/// HTTP/2 a 20 KB one is accepted (it used to get 431, from hyper's 16 KiB default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_header_size_limit_is_envoys() {
+    let (envoy, host, _dir) = both_plain().await;
+    let addr = host.listener_addrs()[0];
+    // (HTTP/2, header value size, status Envoy answers; 0: Envoy resets the stream)
+    for (h2, size, expected) in [
+        (false, 59_000usize, 200),
+        (false, 65_000, 431),
+        (true, 20_000, 200),
+        (true, 59_000, 200),
+        (true, 70_000, 0),
+    ] {
+        let mut statuses = Vec::new();
+        for a in [envoy.listener, addr] {
+            let value = "v".repeat(size);
+            // A reset stream makes the helper panic; that is an answer too.
+            let r = tokio::spawn(async move {
+                let headers = [("x-big", value.as_str())];
+                if h2 {
+                    common::http2(a, "GET", "/big", &headers, "").await
+                } else {
+                    common::http(a, "GET", "/big", &headers, "").await
+                }
+            })
+            .await;
+            statuses.push(r.map(|r| r.status).unwrap_or(0));
+        }
+        let (from_envoy, from_host) = (statuses[0], statuses[1]);
+        assert_eq!(from_envoy, expected, "Envoy, h2 {h2}, {size} bytes");
+        if expected == 0 {
+            assert!(
+                matches!(from_host, 0 | 431),
+                "h2 {h2}, {size} bytes: keyrealm-host answered {from_host}"
+            );
+        } else {
+            assert_eq!(
+                from_host, from_envoy,
+                "h2 {h2}, {size} bytes: keyrealm-host (left) differs from Envoy (right)"
+            );
+        }
+    }
+    host.shutdown().await;
+}
