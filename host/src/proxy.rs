@@ -535,6 +535,19 @@ async fn forward(
             route.timeout.as_millis().to_string().into_bytes(),
         );
     }
+    // As Envoy's upstream codec, a header a filter made invalid fails the request with a 503
+    // that names it.
+    for (k, v) in &headers {
+        if k.starts_with(':') {
+            continue;
+        }
+        if hyper::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            return router_reply(503, &format!("invalid header name: {k}"));
+        }
+        if hyper::header::HeaderValue::from_bytes(v).is_err() {
+            return router_reply(503, &format!("invalid header value for: {k}"));
+        }
+    }
     let request = match build_request(&headers, Bytes::from(body)) {
         Ok(r) => r,
         Err(e) => {
@@ -631,8 +644,11 @@ fn find_virtual_host<'a>(
 fn to_response(pending: Pending, head: bool) -> HttpResponse {
     let status = get_value(&pending.headers, ":status")
         .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u16>().ok())
-        .and_then(|s| hyper::StatusCode::from_u16(s).ok())
-        .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        .and_then(|s| hyper::StatusCode::from_u16(s).ok());
+    let Some(status) = status else {
+        // What Envoy's codec answers for a response whose `:status` is not a number.
+        return plain(502, "missing required header: :status");
+    };
     let mut response = Response::new(Full::new(Bytes::from(pending.body)));
     *response.status_mut() = status;
     let map = response.headers_mut();

@@ -1200,3 +1200,48 @@ async fn request_header_size_limit_is_envoys() {
     }
     host.shutdown().await;
 }
+
+/// What a filter may get wrong, answered as Envoy answers it: a request header with an invalid
+/// name or value is the router's 503 naming it (not a bare 400), a `:status` that is not a
+/// number is 502 `missing required header: :status` (not 500 with the upstream's body), and a
+/// local reply may use any three-digit status from 200 (600 was turned into 500).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_filter_gets_wrong_is_answered_as_envoy_answers() {
+    let cases = [
+        (
+            serde_json::json!({"request_headers": {"add": [["x-bad", "a\nb"]]}}),
+            503,
+            "invalid header value for: x-bad",
+        ),
+        (
+            serde_json::json!({"request_headers": {"add": [["bad name", "v"]]}}),
+            503,
+            "invalid header name: bad name",
+        ),
+        (
+            serde_json::json!({"response_headers": {"replace": [[":status", "abc"]]}}),
+            502,
+            "missing required header: :status",
+        ),
+        (
+            serde_json::json!({"local_reply": {"status": 600, "body": "six hundred"}}),
+            600,
+            "six hundred",
+        ),
+    ];
+    for (config, status, body) in cases {
+        let obs = parity(
+            "wrong",
+            config.clone(),
+            &[],
+            Duration::ZERO,
+            &[get("/wrong")],
+        )
+        .await;
+        assert_eq!(
+            (obs[0].1.status, obs[0].1.client_body.as_str()),
+            (status, body),
+            "{config}"
+        );
+    }
+}

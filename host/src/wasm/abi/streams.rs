@@ -49,7 +49,8 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let headers = deserialize_map(&header_bytes).ok_or(Status::BadArgument)?;
                 let status = u16::try_from(status)
                     .ok()
-                    .filter(|s| (100..=599).contains(s))
+                    // Any three-digit status Envoy sends (1xx is not a final answer).
+                    .filter(|s| (200..=999).contains(s))
                     .unwrap_or(500);
                 if let Some(s) = caller.data_mut().controlled_stream() {
                     s.local_response = Some(LocalResponse {
