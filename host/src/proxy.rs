@@ -153,6 +153,9 @@ pub async fn handle(
     let Ok(collected) = collected else {
         return Ok(plain(408, "request timeout"));
     };
+    if let Some(reply) = refused_upgrade(&parts) {
+        return Ok(reply);
+    }
     let mut body = match collected {
         Ok(b) => Vec::from(b.to_bytes()),
         Err(e) => {
@@ -274,6 +277,25 @@ fn plain(status: u16, body: &'static str) -> HttpResponse {
     r
 }
 
+/// Envoy without `upgrade_configs` refuses an upgrade (`Connection: upgrade` and an `Upgrade`
+/// other than `h2c`, which it drops and serves as a plain request) with an empty 403.
+fn refused_upgrade(parts: &hyper::http::request::Parts) -> Option<HttpResponse> {
+    let upgrade = parts.headers.get(hyper::header::UPGRADE)?;
+    let asks = parts
+        .headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !asks || upgrade.as_bytes().eq_ignore_ascii_case(b"h2c") {
+        return None;
+    }
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = hyper::StatusCode::FORBIDDEN;
+    Some(r)
+}
+
 /// The request as a proxy-wasm header map, with what Envoy's connection manager adds.
 /// The protocol as Envoy's `request.protocol` property names it.
 fn protocol_name(version: hyper::Version) -> &'static str {
@@ -310,9 +332,24 @@ fn request_header_list(parts: &hyper::http::request::Parts) -> HeaderList {
         (":scheme".into(), b"http".to_vec()),
     ];
     let h2 = parts.version == hyper::Version::HTTP_2;
+    // Headers the client named in `Connection` are hop-by-hop too (Envoy removes them).
+    let nominated: Vec<String> = parts
+        .headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
     for (k, v) in &parts.headers {
         let name = k.as_str();
-        if name == "host" || is_hop_by_hop(name) {
+        // `TE: trailers` is the one TE value Envoy passes on.
+        let te_trailers = name == "te" && v.as_bytes().eq_ignore_ascii_case(b"trailers");
+        if name == "host"
+            || (is_hop_by_hop(name) && !te_trailers)
+            || nominated.iter().any(|t| t == name)
+        {
             continue;
         }
         // Envoy answers `Expect: 100-continue` itself and strips it (no proxy_100_continue).

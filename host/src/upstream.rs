@@ -218,7 +218,12 @@ pub fn build_request(
         builder = builder.header(hyper::header::HOST, authority);
     }
     for (k, v) in headers {
-        if k.starts_with(':') || k == "host" || k == "content-length" || is_hop_by_hop(k) {
+        let te_trailers = k == "te" && v.eq_ignore_ascii_case(b"trailers");
+        if k.starts_with(':')
+            || k == "host"
+            || k == "content-length"
+            || (is_hop_by_hop(k) && !te_trailers)
+        {
             continue;
         }
         builder = builder.header(k.as_str(), v.as_slice());

@@ -1245,3 +1245,47 @@ async fn what_a_filter_gets_wrong_is_answered_as_envoy_answers() {
         );
     }
 }
+
+/// Hop-by-hop request headers as Envoy treats them: headers named in `Connection` are removed
+/// (also from what filters see), `TE: trailers` is kept, an `Upgrade: h2c` attempt is served as
+/// a plain request, and any other upgrade is refused with 403 (no `upgrade_configs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_request_headers_as_envoy() {
+    let config = serde_json::json!({
+        "properties": ["request.headers.x-foo", "request.headers.te", "request.headers.http2-settings"],
+    });
+    let req = |headers: Vec<(&'static str, &'static str)>| Req {
+        h2: false,
+        method: "GET",
+        path: "/hop",
+        headers,
+        body: "",
+    };
+    let requests = [
+        req(vec![
+            ("connection", "x-foo"),
+            ("x-foo", "1"),
+            ("x-kept", "k"),
+        ]),
+        req(vec![("te", "trailers")]),
+        req(vec![("te", "gzip")]),
+        req(vec![
+            ("upgrade", "h2c"),
+            ("connection", "upgrade, http2-settings"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        ]),
+        req(vec![("connection", "upgrade"), ("upgrade", "websocket")]),
+    ];
+    let obs = parity("hop", config, &[], Duration::ZERO, &requests).await;
+    assert_eq!(up_header(&obs[0].1, "x-foo"), None);
+    assert_eq!(
+        up_header(&obs[0].1, "x-prop-request-headers-x-foo").as_deref(),
+        Some("<none>")
+    );
+    assert_eq!(up_header(&obs[0].1, "x-kept").as_deref(), Some("k"));
+    assert_eq!(up_header(&obs[1].1, "te").as_deref(), Some("trailers"));
+    assert_eq!(up_header(&obs[2].1, "te"), None);
+    assert_eq!(obs[3].1.status, 200);
+    assert_eq!(up_header(&obs[3].1, "http2-settings"), None);
+    assert_eq!(obs[4].1.status, 403);
+}
