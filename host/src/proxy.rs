@@ -277,6 +277,26 @@ fn plain(status: u16, body: &'static str) -> HttpResponse {
     r
 }
 
+/// The `x-envoy-*` request headers Envoy's connection manager removes from a request it
+/// considers external (`cleanInternalHeaders` and `x-envoy-internal`), before the filters.
+const ENVOY_EXTERNAL_STRIPPED: &[&str] = &[
+    "x-envoy-internal",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+    "x-envoy-original-url",
+    "x-envoy-hedge-on-per-try-timeout",
+];
+
 /// Envoy without `upgrade_configs` refuses an upgrade (`Connection: upgrade` and an `Upgrade`
 /// other than `h2c`, which it drops and serves as a plain request) with an empty 403.
 fn refused_upgrade(parts: &hyper::http::request::Parts) -> Option<HttpResponse> {
@@ -349,6 +369,7 @@ fn request_header_list(parts: &hyper::http::request::Parts) -> HeaderList {
         if name == "host"
             || (is_hop_by_hop(name) && !te_trailers)
             || nominated.iter().any(|t| t == name)
+            || ENVOY_EXTERNAL_STRIPPED.contains(&name)
         {
             continue;
         }

@@ -1289,3 +1289,53 @@ async fn hop_by_hop_request_headers_as_envoy() {
     assert_eq!(up_header(&obs[3].1, "http2-settings"), None);
     assert_eq!(obs[4].1.status, 403);
 }
+
+/// The `x-envoy-*` request headers Envoy's connection manager strips from an external request
+/// (a client could otherwise set retries, timeouts or trace decisions) are removed before the
+/// filters; the others pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_control_headers_from_clients_are_stripped() {
+    let config = serde_json::json!({
+        "properties": ["request.headers.x-envoy-retry-on", "request.headers.x-envoy-internal"],
+    });
+    let requests = [Req {
+        h2: false,
+        method: "GET",
+        path: "/control",
+        headers: vec![
+            ("x-envoy-internal", "true"),
+            ("x-envoy-retry-on", "5xx"),
+            ("x-envoy-retry-grpc-on", "cancelled"),
+            ("x-envoy-max-retries", "3"),
+            ("x-envoy-retriable-status-codes", "503"),
+            ("x-envoy-retriable-header-names", "x-a"),
+            ("x-envoy-upstream-alt-stat-name", "alt"),
+            ("x-envoy-upstream-rq-timeout-ms", "1"),
+            ("x-envoy-upstream-rq-per-try-timeout-ms", "1"),
+            ("x-envoy-upstream-rq-timeout-alt-response", "204"),
+            ("x-envoy-expected-rq-timeout-ms", "5"),
+            ("x-envoy-force-trace", "1"),
+            ("x-envoy-ip-tags", "t"),
+            ("x-envoy-original-url", "http://a/b"),
+            ("x-envoy-hedge-on-per-try-timeout", "true"),
+            ("x-envoy-decorator-operation", "op"),
+            ("x-envoy-original-path", "/o"),
+        ],
+        body: "",
+    }];
+    let obs = parity("control", config, &[], Duration::ZERO, &requests).await;
+    let o = &obs[0].1;
+    assert_eq!(o.status, 200);
+    assert_eq!(up_header(o, "x-envoy-retry-on"), None);
+    assert_eq!(
+        up_header(o, "x-prop-request-headers-x-envoy-retry-on").as_deref(),
+        Some("<none>")
+    );
+    assert_eq!(up_header(o, "x-envoy-internal"), None);
+    assert_eq!(up_header(o, "x-envoy-upstream-rq-timeout-ms"), None);
+    assert_eq!(
+        up_header(o, "x-envoy-expected-rq-timeout-ms").as_deref(),
+        Some("2000")
+    );
+    assert_eq!(up_header(o, "x-envoy-original-path").as_deref(), Some("/o"));
+}
