@@ -345,11 +345,16 @@ fn request_header_list(parts: &hyper::http::request::Parts) -> HeaderList {
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
+    // Envoy takes the scheme a proxy in front forwarded (`x-forwarded-proto`), if it is one.
+    let scheme: &[u8] = match parts.headers.get("x-forwarded-proto").map(|v| v.as_bytes()) {
+        Some(b"https") => b"https",
+        _ => b"http",
+    };
     let mut list: HeaderList = vec![
         (":authority".into(), authority),
         (":path".into(), path.as_bytes().to_vec()),
         (":method".into(), parts.method.as_str().as_bytes().to_vec()),
-        (":scheme".into(), b"http".to_vec()),
+        (":scheme".into(), scheme.to_vec()),
     ];
     let h2 = parts.version == hyper::Version::HTTP_2;
     // Headers the client named in `Connection` are hop-by-hop too (Envoy removes them).

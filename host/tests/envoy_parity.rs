@@ -1339,3 +1339,33 @@ async fn envoy_control_headers_from_clients_are_stripped() {
     );
     assert_eq!(up_header(o, "x-envoy-original-path").as_deref(), Some("/o"));
 }
+
+/// Behind a proxy that terminated TLS (`x-forwarded-proto: https`), Envoy's `:scheme` (and the
+/// `request.scheme` property) is `https`, as the forwarded protocol says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheme_follows_x_forwarded_proto() {
+    let config = serde_json::json!({"properties": ["request.scheme"]});
+    let req = |xfp: &'static str| Req {
+        h2: false,
+        method: "GET",
+        path: "/scheme",
+        headers: vec![("x-forwarded-proto", xfp)],
+        body: "",
+    };
+    let obs = parity(
+        "scheme",
+        config,
+        &[],
+        Duration::ZERO,
+        &[req("https"), req("http")],
+    )
+    .await;
+    assert_eq!(
+        up_header(&obs[0].1, "x-prop-request-scheme").as_deref(),
+        Some("https")
+    );
+    assert_eq!(
+        up_header(&obs[1].1, "x-prop-request-scheme").as_deref(),
+        Some("http")
+    );
+}

@@ -191,8 +191,9 @@ async fn dropping_the_host_stops_it() {
 }
 
 /// Shared data is shared by the instances of all workers, and CAS keeps concurrent updates from
-/// different workers from losing any: 40 concurrent requests on separate connections (which
-/// the 2 workers accept between them) each get a distinct count.
+/// different workers from losing any: after a first request created the counter, 39 concurrent
+/// requests on separate connections (which the 2 workers accept between them) each get a
+/// distinct count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_data_cas_across_workers() {
     let upstream = common::spawn_echo().await;
@@ -213,13 +214,21 @@ async fn shared_data_cas_across_workers() {
     };
     let (host, _dir) = common::start_host(&yaml, options).await;
     let addr = host.listener_addrs()[0];
+    // The first count creates the key, and a set without CAS is unconditional (Envoy's rule):
+    // two workers creating it at once would both write 1. Create it first.
+    let first = common::get(addr, "/count").await;
+    let echo = first.echoed().expect("echo");
+    assert_eq!(
+        common::echoed_header(&echo, "x-shared-count").as_deref(),
+        Some("1")
+    );
     let mut tasks = Vec::new();
-    for _ in 0..40 {
+    for _ in 0..39 {
         tasks.push(tokio::spawn(
             async move { common::get(addr, "/count").await },
         ));
     }
-    let mut counts = Vec::new();
+    let mut counts = vec![1];
     for t in tasks {
         let r = t.await.expect("request task");
         assert_eq!(r.status, 200);
