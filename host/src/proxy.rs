@@ -628,10 +628,12 @@ async fn forward(
                     headers.push((k, v));
                 }
             }
-            headers.push((
-                "x-envoy-upstream-service-time".into(),
+            // Envoy's own value replaces one the upstream sent.
+            replace_value(
+                &mut headers,
+                "x-envoy-upstream-service-time",
                 started.elapsed().as_millis().to_string().into_bytes(),
-            ));
+            );
             Pending {
                 headers,
                 body: Vec::from(r.body),

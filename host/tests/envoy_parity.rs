@@ -1369,3 +1369,86 @@ async fn scheme_follows_x_forwarded_proto() {
         Some("http")
     );
 }
+
+/// An upstream that answers every request with `response` (raw HTTP/1.1 bytes) and closes.
+async fn spawn_raw_upstream(response: &'static str) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s.write_all(response.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Response headers from the upstream as Envoy passes them on: hop-by-hop ones dropped, its
+/// own `x-envoy-upstream-service-time` replacing the upstream's (it was sent twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_response_headers_as_envoy() {
+    let upstream = spawn_raw_upstream(
+        "HTTP/1.1 200 OK\r\nconnection: close\r\nkeep-alive: timeout=5\r\nproxy-connection: x\r\n\
+         x-envoy-upstream-service-time: 99999\r\nx-up: 1\r\ncontent-length: 2\r\n\r\nok",
+    )
+    .await;
+    let yaml = common::envoy_yaml(upstream, &[], &[]);
+    let envoy = common::start_envoy(&yaml, &[]).await;
+    let (host, _dir) = common::start_host(
+        &yaml,
+        keyrealm_host::HostOptions {
+            workers: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = host.listener_addrs()[0];
+    let seen = |r: &Reply| {
+        let mut h: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| !["date", "server", "connection"].contains(&k.as_str()))
+            .map(|(k, v)| {
+                let v = if k == "x-envoy-upstream-service-time" {
+                    // A duration: only whether it is the upstream's matters.
+                    (v == "99999").to_string()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        h.sort();
+        (r.status, h, r.body.clone())
+    };
+    let from_envoy = seen(&common::http(envoy.listener, "GET", "/", &[], "").await);
+    let from_host = seen(&common::http(addr, "GET", "/", &[], "").await);
+    assert_eq!(
+        from_host, from_envoy,
+        "keyrealm-host (left) differs from Envoy (right)"
+    );
+    let times: Vec<_> = from_envoy
+        .1
+        .iter()
+        .filter(|(k, _)| k == "x-envoy-upstream-service-time")
+        .collect();
+    assert_eq!(times.len(), 1);
+    assert_eq!(times[0].1, "false", "Envoy's own service time");
+    host.shutdown().await;
+}
