@@ -138,6 +138,9 @@ pub async fn handle(
 ) -> Result<HttpResponse, StreamReset> {
     ctx.metrics.host.requests.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
+    if let Some(reply) = refused_by_codec(&parts) {
+        return Ok(reply);
+    }
     // Envoy's `max_request_headers_kb`: the header map's names and values, path included.
     let header_bytes = parts
         .headers
@@ -277,6 +280,23 @@ fn plain(status: u16, body: &'static str) -> HttpResponse {
     r
 }
 
+/// What Envoy's HTTP/1 codec refuses before anything else runs: HTTP/1.0 and older (426, no
+/// `accept_http_10`), HTTP/1.1 without a Host (400).
+fn refused_by_codec(parts: &hyper::http::request::Parts) -> Option<HttpResponse> {
+    match parts.version {
+        hyper::Version::HTTP_09 | hyper::Version::HTTP_10 => Some(plain(426, "Upgrade Required")),
+        hyper::Version::HTTP_11
+            if parts.uri.authority().is_none()
+                && !parts.headers.contains_key(hyper::header::HOST) =>
+        {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = hyper::StatusCode::BAD_REQUEST;
+            Some(r)
+        }
+        _ => None,
+    }
+}
+
 /// The `x-envoy-*` request headers Envoy's connection manager removes from a request it
 /// considers external (`cleanInternalHeaders` and `x-envoy-internal`), before the filters.
 const ENVOY_EXTERNAL_STRIPPED: &[&str] = &[
@@ -329,17 +349,18 @@ fn protocol_name(version: hyper::Version) -> &'static str {
 }
 
 fn request_header_list(parts: &hyper::http::request::Parts) -> HeaderList {
-    let authority = parts
-        .headers
-        .get(hyper::header::HOST)
-        .map(|v| v.as_bytes().to_vec())
-        .or_else(|| {
-            parts
-                .uri
-                .authority()
-                .map(|a| a.as_str().as_bytes().to_vec())
-        })
-        .unwrap_or_default();
+    // As Envoy: the authority of an absolute URI (or HTTP/2's `:authority`) first, else the
+    // Host header, repeated ones joined with ",".
+    let authority = match parts.uri.authority() {
+        Some(a) => a.as_str().as_bytes().to_vec(),
+        None => parts
+            .headers
+            .get_all(hyper::header::HOST)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect::<Vec<_>>()
+            .join(&b","[..]),
+    };
     let path = parts
         .uri
         .path_and_query()

@@ -1452,3 +1452,74 @@ async fn upstream_response_headers_as_envoy() {
     assert_eq!(times[0].1, "false", "Envoy's own service time");
     host.shutdown().await;
 }
+
+/// One raw request; the status code and the body of the answer (5 s limit).
+async fn raw_exchange(addr: SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(request.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no status line in {text:?}"));
+        let body = text
+            .find("\r\n\r\n")
+            .map(|i| text[i + 4..].to_string())
+            .unwrap_or_default();
+        (status, body)
+    })
+    .await
+    .expect("request timed out")
+}
+
+/// Odd HTTP/1 requests answered as Envoy answers them: HTTP/1.0 is 426 (no `accept_http_10`),
+/// HTTP/1.1 without Host is 400, an absolute URI's authority is `:authority`, repeated Host
+/// headers are one value joined with ",".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_http1_requests_as_envoy() {
+    let (envoy, host, _dir) = both_plain().await;
+    let addr = host.listener_addrs()[0];
+    let cases = [
+        ("GET /v10 HTTP/1.0\r\nHost: example.test\r\n\r\n", 426, None),
+        ("GET /nohost HTTP/1.1\r\nConnection: close\r\n\r\n", 400, None),
+        (
+            "GET http://other.test/abs?q=1 HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n",
+            200,
+            Some("other.test"),
+        ),
+        (
+            "GET /dup HTTP/1.1\r\nHost: example.test\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+            200,
+            Some("example.test,other.test"),
+        ),
+    ];
+    for (request, status, upstream_host) in cases {
+        let (envoy_status, envoy_body) = raw_exchange(envoy.listener, request).await;
+        let (host_status, host_body) = raw_exchange(addr, request).await;
+        let line = request.lines().next().unwrap_or_default();
+        assert_eq!(envoy_status, status, "Envoy, {line}");
+        assert_eq!(
+            host_status, envoy_status,
+            "{line}: keyrealm-host differs from Envoy"
+        );
+        match upstream_host {
+            Some(h) => {
+                for body in [&envoy_body, &host_body] {
+                    let echo: Value = serde_json::from_str(body).expect("echo JSON");
+                    assert_eq!(
+                        common::echoed_header(&echo, "host").as_deref(),
+                        Some(h),
+                        "{line}"
+                    );
+                }
+            }
+            None => assert_eq!(host_body, envoy_body, "{line}: body"),
+        }
+    }
+    host.shutdown().await;
+}
