@@ -409,17 +409,34 @@ fn parse_listener(
         if router_seen {
             return Err(hf.err("the router must be the last HTTP filter"));
         }
-        match n.str()? {
-            "envoy.filters.http.router" => {
+        // Envoy picks the filter by its typed_config's type; the name only matters without one.
+        let name = n.str()?;
+        let type_node = match m.opt("typed_config") {
+            Some(tc) => Some(tc.map()?.req("@type")?),
+            None => None,
+        };
+        let type_url = match &type_node {
+            Some(t) => Some(t.str()?),
+            None => None,
+        };
+        match (type_url, name) {
+            (Some(ROUTER_TYPE), _) | (None, "envoy.filters.http.router") => {
                 if let Some(tc) = m.opt("typed_config") {
                     let tc = tc.map()?;
                     tc.allow(&["@type"])?;
-                    tc.expect_type(ROUTER_TYPE)?;
                 }
                 router_seen = true;
             }
-            "envoy.filters.http.wasm" => wasm_filters.push(parse_wasm(&m.req("typed_config")?, clusters)?),
-            other => {
+            (Some(WASM_TYPE), _) | (None, "envoy.filters.http.wasm") => {
+                wasm_filters.push(parse_wasm(&m.req("typed_config")?, clusters)?)
+            }
+            (Some(other), _) => {
+                let t = type_node.as_ref().unwrap_or(&n);
+                return Err(t.err(format!(
+                    "HTTP filter type {other:?} is not supported ({WASM_TYPE}, {ROUTER_TYPE})"
+                )));
+            }
+            (None, other) => {
                 return Err(n.err(format!(
                     "HTTP filter {other:?} is not supported (envoy.filters.http.wasm, envoy.filters.http.router)"
                 )))
@@ -949,5 +966,25 @@ static_resources:
             "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[1].domains[0]"
         );
         assert!(e.to_string().contains("duplicate domain"), "{e}");
+    }
+
+    /// Envoy chooses an HTTP filter by its typed_config's type, whatever its name.
+    #[test]
+    fn http_filters_are_chosen_by_type_not_name() {
+        let renamed = GOOD
+            .replace("- name: envoy.filters.http.wasm", "- name: keyrealm-auth")
+            .replace("- name: envoy.filters.http.router", "- name: my-router");
+        assert_ne!(renamed, GOOD);
+        let c = parse(&renamed).expect("Envoy accepts any filter name");
+        assert_eq!(c.listeners[0].wasm_filters.len(), 1);
+        let e = parse(&GOOD.replace(
+            "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+        ))
+        .expect_err("an unsupported filter type");
+        assert_eq!(
+            e.path,
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.@type"
+        );
     }
 }
