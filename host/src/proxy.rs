@@ -619,6 +619,9 @@ async fn forward(
             route.timeout.as_millis().to_string().into_bytes(),
         );
     }
+    if get_value(&headers, ":method").is_none_or(<[u8]>::is_empty) {
+        return router_reply(503, "missing required header: :method");
+    }
     // As Envoy's upstream codec, a header a filter made invalid fails the request with a 503
     // that names it.
     for (k, v) in &headers {

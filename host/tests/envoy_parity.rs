@@ -1202,7 +1202,8 @@ async fn request_header_size_limit_is_envoys() {
 }
 
 /// What a filter may get wrong, answered as Envoy answers it: a request header with an invalid
-/// name or value is the router's 503 naming it (not a bare 400), a `:status` that is not a
+/// name or value is the router's 503 naming it (not a bare 400), a removed `:method` is 503
+/// `missing required header: :method` (it went upstream as GET), a `:status` that is not a
 /// number is 502 `missing required header: :status` (not 500 with the upstream's body), and a
 /// local reply may use any three-digit status from 200 (600 was turned into 500).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1217,6 +1218,11 @@ async fn what_a_filter_gets_wrong_is_answered_as_envoy_answers() {
             serde_json::json!({"request_headers": {"add": [["bad name", "v"]]}}),
             503,
             "invalid header name: bad name",
+        ),
+        (
+            serde_json::json!({"request_headers": {"remove": [":method"]}}),
+            503,
+            "missing required header: :method",
         ),
         (
             serde_json::json!({"response_headers": {"replace": [[":status", "abc"]]}}),
