@@ -317,17 +317,23 @@ const ENVOY_EXTERNAL_STRIPPED: &[&str] = &[
     "x-envoy-hedge-on-per-try-timeout",
 ];
 
-/// Envoy without `upgrade_configs` refuses an upgrade (`Connection: upgrade` and an `Upgrade`
-/// other than `h2c`, which it drops and serves as a plain request) with an empty 403.
-fn refused_upgrade(parts: &hyper::http::request::Parts) -> Option<HttpResponse> {
-    let upgrade = parts.headers.get(hyper::header::UPGRADE)?;
-    let asks = parts
+/// The tokens of the request's `Connection` headers, lower case.
+fn connection_tokens(parts: &hyper::http::request::Parts) -> impl Iterator<Item = String> + '_ {
+    parts
         .headers
         .get_all(hyper::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+}
+
+/// Envoy without `upgrade_configs` refuses an upgrade (`Connection: upgrade` and an `Upgrade`
+/// other than `h2c`, which it drops and serves as a plain request) with an empty 403.
+fn refused_upgrade(parts: &hyper::http::request::Parts) -> Option<HttpResponse> {
+    let upgrade = parts.headers.get(hyper::header::UPGRADE)?;
+    let asks = connection_tokens(parts).any(|t| t == "upgrade");
     if !asks || upgrade.as_bytes().eq_ignore_ascii_case(b"h2c") {
         return None;
     }
@@ -379,15 +385,7 @@ fn request_header_list(parts: &hyper::http::request::Parts) -> HeaderList {
     ];
     let h2 = parts.version == hyper::Version::HTTP_2;
     // Headers the client named in `Connection` are hop-by-hop too (Envoy removes them).
-    let nominated: Vec<String> = parts
-        .headers
-        .get_all(hyper::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect();
+    let nominated: Vec<String> = connection_tokens(parts).collect();
     for (k, v) in &parts.headers {
         let name = k.as_str();
         // `TE: trailers` is the one TE value Envoy passes on.
