@@ -9,4 +9,5 @@ mod errors;
 mod identity;
 mod keys;
 mod pagination;
+mod races;
 mod realms;
