@@ -251,3 +251,52 @@ async fn deleting_a_control_plane_revokes_its_tokens_and_leaves_realms() {
         .ok(200);
     assert_eq!(realm["allowed_control_planes"], json!([]));
 }
+
+#[tokio::test]
+async fn data_plane_tokens_and_keys_are_not_admin_tokens() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    // The data-plane token is warm in the authenticate cache.
+    app.authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .ok(201);
+    let consumer = format!("/v1/realms/{}/consumers/{}", w.realm, w.consumer);
+    let routes = [
+        ("GET", "/v2/control-planes".to_string()),
+        ("GET", format!("/v2/control-planes/{}", w.cp)),
+        ("DELETE", format!("/v2/control-planes/{}", w.cp)),
+        (
+            "POST",
+            format!("/v2/control-planes/{}/data-plane-tokens", w.cp),
+        ),
+        (
+            "GET",
+            format!("/v2/control-planes/{}/data-plane-tokens", w.cp),
+        ),
+        ("GET", "/v1/realms".to_string()),
+        ("PATCH", format!("/v1/realms/{}", w.realm)),
+        ("DELETE", format!("/v1/realms/{}?force=true", w.realm)),
+        ("GET", format!("/v1/realms/{}/consumers", w.realm)),
+        ("GET", consumer.clone()),
+        ("DELETE", consumer.clone()),
+        ("GET", format!("{consumer}/keys")),
+        ("POST", format!("{consumer}/keys")),
+        ("DELETE", format!("{consumer}/keys/{}", w.key)),
+    ];
+    for token in [w.token.as_str(), w.secret.as_str()] {
+        for (method, path) in &routes {
+            app.call(method, path, Some(token), Some(json!({"type": "new"})))
+                .await
+                .problem(401);
+        }
+    }
+    // Nothing was changed by the refused calls.
+    app.authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .ok(201);
+    let keys = app
+        .admin("GET", &format!("{consumer}/keys"), None)
+        .await
+        .ok(200);
+    assert_eq!(keys["data"].as_array().unwrap().len(), 1);
+}

@@ -342,3 +342,72 @@ async fn every_write_path_is_seen_at_once_by_cached_lookups() {
         .await
         .problem(401);
 }
+
+#[tokio::test]
+async fn cached_misses_and_policies_follow_realm_patches_at_once() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    let other = app.control_plane("other").await;
+    let other_token = app.dp_token(&other).await;
+    let realm_path = format!("/v1/realms/{}", w.realm);
+    // A miss, asked twice (the second from the cache), carries the realm's negative_ttl ...
+    for _ in 0..2 {
+        let miss = app
+            .authenticate(&w.realm, &w.token, "no-such-key")
+            .await
+            .problem(404);
+        assert_eq!(miss["negative_ttl"], 10);
+    }
+    app.admin("PATCH", &realm_path, Some(json!({"negative_ttl": 7})))
+        .await
+        .ok(200);
+    // ... and the patched one at once.
+    let miss = app
+        .authenticate(&w.realm, &w.token, "no-such-key")
+        .await
+        .problem(404);
+    assert_eq!(miss["negative_ttl"], 7);
+    // allow_all_control_planes lets in control planes that are not in the list; the list
+    // still applies once it is turned off.
+    app.authenticate(&w.realm, &other_token, &w.secret)
+        .await
+        .problem(403);
+    app.admin(
+        "PATCH",
+        &realm_path,
+        Some(json!({"allow_all_control_planes": true})),
+    )
+    .await
+    .ok(200);
+    app.authenticate(&w.realm, &other_token, &w.secret)
+        .await
+        .ok(201);
+    app.authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .ok(201);
+    app.admin(
+        "PATCH",
+        &realm_path,
+        Some(json!({"allow_all_control_planes": false, "allowed_control_planes": [other]})),
+    )
+    .await
+    .ok(200);
+    app.authenticate(&w.realm, &other_token, &w.secret)
+        .await
+        .ok(201);
+    app.authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .problem(403);
+    // A deleted realm: a cached hit becomes the unknown-realm 404.
+    app.authenticate(&w.realm, &other_token, &w.secret)
+        .await
+        .ok(201);
+    app.admin("DELETE", &format!("{realm_path}?force=true"), None)
+        .await
+        .ok(204);
+    let gone = app
+        .authenticate(&w.realm, &other_token, &w.secret)
+        .await
+        .problem(404);
+    assert_eq!(gone["negative_ttl"], 5);
+}
