@@ -200,3 +200,87 @@ async fn cursors_and_sizes_of_another_shape_are_400() {
         .await
         .ok(200);
 }
+
+#[tokio::test]
+async fn a_walk_that_races_creates_deletes_and_moves_sees_each_stable_row_once() {
+    let app = TestApp::new();
+    let realm = app.realm(json!({"name": "walked"})).await;
+    let elsewhere = app.realm(json!({"name": "elsewhere"})).await;
+    // An older consumer of another realm, moved in during the walk: its position is older
+    // than the cursor, so this walk may miss it, but never returns anything twice.
+    let incoming = app.consumer(&elsewhere, "incoming").await;
+    let mut stable = Vec::new();
+    for i in 0..12 {
+        stable.push(app.consumer(&realm, &format!("user-{i:02}")).await);
+    }
+    let doomed = [stable.remove(4), stable.remove(8)];
+    let outgoing = stable.remove(9);
+    let mut seen = Vec::new();
+    let mut next = Some(format!("/v1/realms/{realm}/consumers?page[size]=3"));
+    let mut added = Vec::new();
+    let mut pages = 0;
+    while let Some(path) = next {
+        let body = app.admin("GET", &path, None).await.ok(200);
+        seen.extend(body["data"].as_array().unwrap().iter().map(id));
+        next = body["meta"]["page"]["next"].as_str().map(str::to_string);
+        pages += 1;
+        assert!(pages <= 10, "the walk does not end");
+        match pages {
+            1 => {
+                for doomed in &doomed {
+                    app.admin(
+                        "DELETE",
+                        &format!("/v1/realms/{realm}/consumers/{doomed}"),
+                        None,
+                    )
+                    .await
+                    .ok(204);
+                }
+                added.push(app.consumer(&realm, "late-1").await);
+            }
+            2 => {
+                app.admin(
+                    "POST",
+                    &format!("/v1/realms/{elsewhere}/consumers/{incoming}/move"),
+                    Some(json!({"target_realm_id": realm})),
+                )
+                .await
+                .ok(201);
+                app.admin(
+                    "POST",
+                    &format!("/v1/realms/{realm}/consumers/{outgoing}/move"),
+                    Some(json!({"target_realm_id": elsewhere})),
+                )
+                .await
+                .ok(201);
+                added.push(app.consumer(&realm, "late-2").await);
+            }
+            _ => {}
+        }
+    }
+    let unique: HashSet<_> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "a row came twice: {seen:?}");
+    for consumer in stable.iter().chain(&added) {
+        assert!(unique.contains(consumer), "{consumer} was skipped");
+    }
+    for doomed in &doomed {
+        assert!(!unique.contains(doomed), "deleted {doomed} was listed");
+    }
+    assert!(
+        !unique.contains(&outgoing),
+        "the moved-out consumer was listed"
+    );
+    // Items come in creation order.
+    let listed = app
+        .admin("GET", &format!("/v1/realms/{realm}/consumers"), None)
+        .await
+        .ok(200);
+    let names: Vec<_> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["username"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.first().map(String::as_str), Some("incoming"));
+    assert_eq!(names.last().map(String::as_str), Some("late-2"));
+}
