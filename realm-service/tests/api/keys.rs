@@ -270,3 +270,51 @@ async fn the_documented_key_shapes_are_the_accepted_ones() {
         app.admin("POST", &path, Some(bad)).await.invalid(field);
     }
 }
+
+#[tokio::test]
+async fn an_expired_key_keeps_its_secret_taken_until_it_is_deleted() {
+    let app = TestApp::new();
+    let w = app.world().await;
+    let keys = format!("/v1/realms/{}/consumers/{}/keys", w.realm, w.consumer);
+    let expiring = app
+        .admin(
+            "POST",
+            &keys,
+            Some(json!({"type": "legacy", "secret": "short-lived", "ttl": 1})),
+        )
+        .await
+        .ok(201);
+    // Times are whole seconds; 2.1 s is past any 1 s key's expiry.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    app.authenticate(&w.realm, &w.token, "short-lived")
+        .await
+        .problem(404);
+    // Still listed, and the secret is still taken in the realm.
+    let listed = app.admin("GET", &keys, None).await.ok(200);
+    assert!(listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["id"] == expiring["id"]));
+    app.admin(
+        "POST",
+        &keys,
+        Some(json!({"type": "legacy", "secret": "short-lived"})),
+    )
+    .await
+    .problem(409);
+    // Deleted, the secret can be given again and works.
+    app.admin("DELETE", &format!("{keys}/{}", id(&expiring)), None)
+        .await
+        .ok(204);
+    app.admin(
+        "POST",
+        &keys,
+        Some(json!({"type": "legacy", "secret": "short-lived"})),
+    )
+    .await
+    .ok(201);
+    app.authenticate(&w.realm, &w.token, "short-lived")
+        .await
+        .ok(201);
+}
