@@ -90,9 +90,14 @@ impl AuthCache {
 
     /// Forget everything (called after every committed write).
     pub fn invalidate(&self) {
-        let mut maps = self.maps.write();
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        *maps = Maps::default();
+        let old = {
+            let mut maps = self.maps.write();
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            std::mem::take(&mut *maps)
+        };
+        // Freeing up to a few hundred thousand entries happens after the lock is released, so
+        // look-ups are not held up by it.
+        drop(old);
     }
 
     fn store(&self, generation: Generation, f: impl FnOnce(&mut Maps)) {
