@@ -10,6 +10,8 @@
 //! - [`echo`]: the echo upstream (also the `echo-upstream` binary used by `scripts/demo.sh`);
 //! - [`gateway`]: the gateway under test behind [`gateway::GatewayKind`], and the config renderer;
 //! - [`realm`]: the in-process realm service and its admin API client;
+//! - [`fixtures`]: shared set-ups (a control plane, its data-plane token and a realm; Kong's
+//!   key-auth consumers);
 //! - [`client`], [`checks`], [`hang`]: request helpers, an expectation collector, broken realm services.
 //!
 //! Needs `ENVOY_BIN` (see `scripts/install-envoy.sh`) and the built filter; either missing is a
