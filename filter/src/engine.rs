@@ -166,6 +166,12 @@ pub const BODY_WAIT_MS: u64 = 10_000;
 /// Extra time past `timeout_ms` after which a look-up without answer is given up by the tick.
 const DEADLINE_GRACE_MS: u64 = 500;
 
+/// When a realm call started at `now` is given up if no answer came: its timeout plus the grace.
+fn lookup_deadline(config: &Config, now: u64) -> u64 {
+    let timeout = config.realm_service.as_ref().map_or(0, |rs| rs.timeout_ms);
+    now + timeout + DEADLINE_GRACE_MS
+}
+
 /// The per-VM state of the filter.
 pub struct Worker {
     config: Rc<Config>,
@@ -578,11 +584,6 @@ impl Worker {
                     }
                     match self.dispatch(realm, &pending.key, &config, host) {
                         Ok(token) => {
-                            let timeout = config
-                                .realm_service
-                                .as_ref()
-                                .map(|rs| rs.timeout_ms)
-                                .unwrap_or(0);
                             self.lookups.insert(
                                 key,
                                 Lookup {
@@ -590,7 +591,7 @@ impl Worker {
                                     receiver: current,
                                     realm: realm.clone(),
                                     participants: vec![ctx],
-                                    deadline_ms: now + timeout + DEADLINE_GRACE_MS,
+                                    deadline_ms: lookup_deadline(&config, now),
                                     orphaned: false,
                                 },
                             );
@@ -950,15 +951,10 @@ impl Worker {
         self.tokens.remove(&lookup.token);
         match result {
             Ok(token) => {
-                let timeout = config
-                    .realm_service
-                    .as_ref()
-                    .map(|rs| rs.timeout_ms)
-                    .unwrap_or(0);
                 lookup.token = token;
                 lookup.receiver = root;
                 lookup.orphaned = false;
-                lookup.deadline_ms = now + timeout + DEADLINE_GRACE_MS;
+                lookup.deadline_ms = lookup_deadline(&config, now);
                 self.tokens.insert(token, key);
                 self.lookups.insert(key, lookup);
             }
