@@ -481,10 +481,7 @@ fn reconfiguration_keeps_the_cache_of_the_same_realm() {
     let t = h.last_call().token;
     h.answer(t, Some(201), &found("rc-1", "ariel", "rk-1", 10));
     assert_eq!(h.outcome(ctx).status(), 200);
-    h.worker.configure(support::parse_config(&config(
-        &format!("{CP},{}", realm(REALM_A, "eu")),
-        "",
-    )));
+    h.new_root(&config(&format!("{CP},{}", realm(REALM_A, "eu")), ""));
     assert_realm_consumer(&h.send(key("realm-key")));
     assert_eq!(h.host.calls.len(), 1);
 }

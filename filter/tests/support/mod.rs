@@ -1,4 +1,4 @@
-//! A fake proxy for driving `keyrealm_filter::engine::Worker` natively.
+//! A fake proxy for driving the engine (`keyrealm_filter::engine::Worker`) natively.
 //!
 //! It behaves like Envoy where that matters to the filter: a request paused on its headers gets no
 //! body callbacks until it is resumed; request headers can only be changed before they continue
@@ -7,9 +7,12 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use keyrealm_filter::config::{self, Config};
-use keyrealm_filter::engine::{Action, Host, Level, Worker};
+use keyrealm_filter::engine::{
+    Action, CallHandle, CallRequest, Filter, Headers, Host, Level, SharedState, Worker,
+};
 use keyrealm_filter::metrics::Metric;
 use keyrealm_filter::realm::CallResponse;
 
@@ -81,8 +84,8 @@ impl FakeHost {
 }
 
 impl Host for FakeHost {
-    fn request_headers(&mut self) -> Vec<(String, String)> {
-        self.req().headers.clone()
+    fn request_headers(&mut self) -> Headers {
+        self.req().headers.iter().map(|(n, v)| (n, v)).collect()
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) {
@@ -136,30 +139,26 @@ impl Host for FakeHost {
         self.resumed.push(ctx);
     }
 
-    fn dispatch_call(
-        &mut self,
-        cluster: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-        timeout_ms: u64,
-    ) -> Result<u32, String> {
+    fn dispatch_call(&mut self, call: &CallRequest<'_>) -> Result<CallHandle, String> {
         if let Some(e) = &self.refuse_dispatch {
             return Err(e.clone());
         }
         self.next_token += 1;
         let token = self.next_token;
+        let receiver = self.current_receiver();
         self.calls.push(Call {
             token,
-            receiver: self.current_receiver(),
-            cluster: cluster.to_string(),
-            headers: headers
+            receiver,
+            cluster: call.cluster.to_string(),
+            headers: call
+                .headers
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            body: String::from_utf8(body.to_vec()).unwrap(),
-            timeout_ms,
+            body: String::from_utf8(call.body.to_vec()).unwrap(),
+            timeout_ms: call.timeout_ms,
         });
-        Ok(token)
+        Ok(CallHandle { token, receiver })
     }
 
     fn now_ms(&mut self) -> u64 {
@@ -168,10 +167,6 @@ impl Host for FakeHost {
 
     fn log(&mut self, level: Level, message: &str) {
         self.logs.push((level, message.to_string()));
-    }
-
-    fn increment(&mut self, metric: Metric) {
-        *self.metrics.entry(metric).or_default() += 1;
     }
 
     fn set_effective_context(&mut self, context_id: u32) {
@@ -310,8 +305,11 @@ impl Req {
     }
 }
 
-/// A worker and a fake host.
+/// A worker, the state it shares, the filter of the current root context, and a fake host.
 pub struct Harness {
+    pub shared: Arc<SharedState>,
+    /// The configuration new requests run under (the latest root context).
+    pub filter: Arc<Filter>,
     pub worker: Worker,
     pub host: FakeHost,
     /// Whether a request paused on its headers still gets its body (Envoy with
@@ -329,8 +327,11 @@ pub fn parse_config(json: &str) -> Config {
 
 impl Harness {
     pub fn new(json: &str) -> Harness {
+        let shared = SharedState::new(1);
         Harness {
-            worker: Worker::new(parse_config(json)),
+            filter: Filter::new(parse_config(json), &shared),
+            worker: Worker::new(shared.clone()),
+            shared,
             host: FakeHost {
                 now: 1_000_000,
                 ..FakeHost::default()
@@ -338,6 +339,12 @@ impl Harness {
             body_with_paused_headers: true,
             next_ctx: 100,
         }
+    }
+
+    /// A new root context with this configuration, as Envoy creates on a configuration change
+    /// (in the same VM): new requests run under it; requests under way keep theirs.
+    pub fn new_root(&mut self, json: &str) {
+        self.filter = Filter::new(parse_config(json), &self.shared);
     }
 
     /// Starts a request; returns its context id. It runs as far as the filter lets it.
@@ -362,9 +369,10 @@ impl Harness {
         self.host.effective = ctx;
         set_current(ctx);
         let has_body = self.host.requests[&ctx].has_body;
+        let filter = self.filter.clone();
         let action = self
             .worker
-            .on_request_headers(ctx, !has_body, &mut self.host);
+            .on_request_headers(&filter, ctx, !has_body, &mut self.host);
         self.after_headers(ctx, action);
         self.pump();
     }
@@ -488,7 +496,11 @@ impl Harness {
         self.host.calls.last().unwrap()
     }
 
-    pub fn metric(&self, m: Metric) -> u64 {
+    /// A counter's value (the worker's counts, flushed as the adapter does on its tick).
+    pub fn metric(&mut self, m: Metric) -> u64 {
+        let metrics = &mut self.host.metrics;
+        self.worker
+            .drain_counters(|metric, n| *metrics.entry(metric).or_default() += n);
         self.host.metrics.get(&m).copied().unwrap_or(0)
     }
 }
