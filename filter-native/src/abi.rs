@@ -292,13 +292,13 @@ impl std::fmt::Display for CalloutError {
 }
 
 impl FilterHandle {
-    /// The request headers (values that are not UTF-8 are converted lossily).
-    pub fn request_headers(self) -> Vec<(String, String)> {
+    /// Hands each request header to `each` (name, value), without keeping Envoy's buffers.
+    pub fn request_headers(self, mut each: impl FnMut(&[u8], &[u8])) {
         // SAFETY: a live filter (see the type's comment); no pointers passed.
         let n =
             unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, REQUEST_HEADER) };
         if n == 0 {
-            return Vec::new();
+            return;
         }
         let mut raw = vec![RawHeader::NULL; n];
         // SAFETY: `raw` has room for the `n` headers Envoy just counted; the filter is live.
@@ -306,32 +306,27 @@ impl FilterHandle {
             envoy_dynamic_module_callback_http_get_headers(self.0, REQUEST_HEADER, raw.as_mut_ptr())
         };
         if !ok {
-            return Vec::new();
+            return;
         }
-        raw.iter()
-            .map(|h| {
-                // SAFETY: Envoy filled these with pointers into its header map, valid until this
-                // hook returns or a setter is called; we copy them out before either happens.
-                let (k, v) = unsafe {
-                    (
-                        RawBuffer {
-                            ptr: h.key_ptr,
-                            length: h.key_length,
-                        }
-                        .as_slice(),
-                        RawBuffer {
-                            ptr: h.value_ptr,
-                            length: h.value_length,
-                        }
-                        .as_slice(),
-                    )
-                };
+        for h in &raw {
+            // SAFETY: Envoy filled these with pointers into its header map, valid until this
+            // hook returns or a setter is called; `each` copies them before either happens.
+            let (k, v) = unsafe {
                 (
-                    String::from_utf8_lossy(k).into_owned(),
-                    String::from_utf8_lossy(v).into_owned(),
+                    RawBuffer {
+                        ptr: h.key_ptr,
+                        length: h.key_length,
+                    }
+                    .as_slice(),
+                    RawBuffer {
+                        ptr: h.value_ptr,
+                        length: h.value_length,
+                    }
+                    .as_slice(),
                 )
-            })
-            .collect()
+            };
+            each(k, v);
+        }
     }
 
     /// Sets (replaces) a request header.
@@ -489,8 +484,8 @@ impl FilterHandle {
         unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.0) }
     }
 
-    /// Increments a counter defined by this filter's configuration.
-    pub fn increment_counter(self, id: usize) {
+    /// Adds `n` to a counter defined by this filter's configuration.
+    pub fn increment_counter(self, id: usize, n: u64) {
         // SAFETY: live filter; no labels (null, 0) as defined.
         unsafe {
             envoy_dynamic_module_callback_http_filter_increment_counter(
@@ -498,7 +493,7 @@ impl FilterHandle {
                 id,
                 std::ptr::null_mut(),
                 0,
-                1,
+                n,
             );
         }
     }

@@ -2,10 +2,12 @@
 //! through [`NativeHost`], an implementation of the engine's [`Host`] on the ABI handles.
 //!
 //! Threads: Envoy creates filter configurations on the main thread and runs every hook of an
-//! HTTP stream on that stream's worker thread. The configuration object is shared by all
-//! workers, so it holds only `Send + Sync` data (the JSON, counter ids); each worker thread
-//! builds its own engine from that JSON ([`ThreadState`], thread-local), so the request path
-//! takes no lock.
+//! HTTP stream on that stream's worker thread. One [`SharedState`] per process (the realm answer
+//! cache, negative entries, look-ups in flight) is shared by every worker thread and every
+//! configuration (so a configuration change keeps it); a configuration is an engine
+//! [`Filter`] (`Send + Sync`), shared by all workers; each worker thread has its own engine
+//! [`Worker`] ([`ThreadState`], thread-local) for its requests. A request of one worker that
+//! waits for a look-up started on another is woken through Envoy's scheduler ([`FilterWaker`]).
 //!
 //! Re-entrancy: a callback into Envoy may call back into the module synchronously (a local reply
 //! runs the response hooks and `on_local_reply`; resuming a request may end its stream). Those
@@ -13,13 +15,16 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keyrealm_filter::config;
-use keyrealm_filter::engine::{error_body, Action, Host, Level as EngineLevel, Worker};
+use keyrealm_filter::engine::lookups::Waker;
+use keyrealm_filter::engine::{
+    error_body, Action, CallHandle, CallRequest, Filter, Headers, Host, Level as EngineLevel,
+    SharedState, Worker, PROCESS_SHARDS,
+};
 use keyrealm_filter::metrics::Metric;
 use keyrealm_filter::realm::CallResponse;
 
@@ -38,6 +43,14 @@ const TICK_PERIOD: Duration = Duration::from_millis(200);
 
 /// Scheduler event: run the engine's tick on this thread.
 const EVENT_TICK: u64 = 1;
+/// Scheduler event: answers for this thread's requests were posted by another worker.
+const EVENT_MAIL: u64 = 2;
+
+/// The process's one shared state (cache, negative entries, look-ups in flight).
+fn shared_state() -> &'static Arc<SharedState> {
+    static SHARED: OnceLock<Arc<SharedState>> = OnceLock::new();
+    SHARED.get_or_init(|| SharedState::new(PROCESS_SHARDS))
+}
 
 /// A filter configuration, shared by every worker.
 pub struct FilterConfig {
@@ -45,13 +58,9 @@ pub struct FilterConfig {
 }
 
 struct ConfigShared {
-    id: u64,
-    /// The JSON configuration, validated on the main thread; each worker parses its own copy.
-    json: Vec<u8>,
+    filter: Arc<Filter>,
     /// Counter ids, by [`Metric::index`] (`None`: Envoy refused to define it).
     counters: [Option<usize>; Metric::ALL.len()],
-    /// Envoy destroyed the configuration: workers drop their engine for it once idle.
-    retired: AtomicBool,
 }
 
 /// The module's object for one HTTP stream.
@@ -82,13 +91,16 @@ pub fn config_new(handle: &ConfigHandle, name: &[u8], json: &[u8]) -> Option<Fil
         );
         return None;
     }
-    if let Err(err) = config::parse(json, now_ms(), &|name| std::env::var(name).ok()) {
-        abi::log(
-            Level::Critical,
-            &format!("keyrealm: configuration refused: {err}"),
-        );
-        return None;
-    }
+    let parsed = match config::parse(json, now_ms(), &|name| std::env::var(name).ok()) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            abi::log(
+                Level::Critical,
+                &format!("keyrealm: configuration refused: {err}"),
+            );
+            return None;
+        }
+    };
     let mut counters = [None; Metric::ALL.len()];
     for metric in Metric::ALL {
         counters[metric.index()] = handle.define_counter(metric.name());
@@ -99,19 +111,16 @@ pub fn config_new(handle: &ConfigHandle, name: &[u8], json: &[u8]) -> Option<Fil
             );
         }
     }
-    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     Some(FilterConfig {
         shared: Arc::new(ConfigShared {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            json: json.to_vec(),
+            filter: Filter::new(parsed, shared_state()),
             counters,
-            retired: AtomicBool::new(false),
         }),
     })
 }
 
 pub fn config_destroy(config: FilterConfig) {
-    config.shared.retired.store(true, Ordering::Release);
+    drop(config);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -125,59 +134,27 @@ struct Slot {
     callouts: Vec<(u64, u32)>,
     /// Registered with the ticker (it paused once).
     ticking: bool,
+    /// Its scheduler, shared with the wakers given to the engine; emptied when it ends.
+    waker: Option<Arc<FilterWaker>>,
 }
 
-/// One engine per configuration per worker thread.
-struct Engine {
-    /// `None`: the configuration did not parse on this thread (it did on the main thread; only a
-    /// changed environment could do that): its requests get 500.
-    worker: Option<Worker>,
-    config: Arc<ConfigShared>,
-}
-
-#[derive(Default)]
 struct ThreadState {
-    engines: HashMap<u64, Engine>,
+    worker: Worker,
     slots: HashMap<u32, Slot>,
     next_ctx: u32,
     next_token: u32,
 }
 
 thread_local! {
-    static STATE: RefCell<ThreadState> = RefCell::new(ThreadState::default());
+    static STATE: RefCell<ThreadState> = RefCell::new(ThreadState {
+        worker: Worker::new(shared_state().clone()),
+        slots: HashMap::new(),
+        next_ctx: 0,
+        next_token: 0,
+    });
 }
 
 impl ThreadState {
-    fn engine_for(&mut self, config: &Arc<ConfigShared>) {
-        if self.engines.contains_key(&config.id) {
-            return;
-        }
-        // Engines of retired configurations go once they hold no request.
-        self.engines.retain(|_, e| {
-            !(e.config.retired.load(Ordering::Acquire)
-                && e.worker
-                    .as_ref()
-                    .is_none_or(|w| w.tracked_requests() == 0 && w.lookups_in_flight() == 0))
-        });
-        let worker = match config::parse(&config.json, now_ms(), &|n| std::env::var(n).ok()) {
-            Ok(parsed) => Some(Worker::new(parsed)),
-            Err(err) => {
-                abi::log(
-                    Level::Error,
-                    &format!("keyrealm: configuration refused on a worker thread: {err}"),
-                );
-                None
-            }
-        };
-        self.engines.insert(
-            config.id,
-            Engine {
-                worker,
-                config: config.clone(),
-            },
-        );
-    }
-
     fn new_ctx(&mut self) -> u32 {
         loop {
             self.next_ctx = self.next_ctx.wrapping_add(1);
@@ -188,8 +165,24 @@ impl ThreadState {
     }
 }
 
-/// Runs `f` on the engine of `stream`'s configuration with a host acting on `stream`. `None`:
-/// no engine (configuration refused on this thread) or the state is busy (re-entered).
+/// Wakes a request of this thread from another (an answer was posted to its mailbox): commits
+/// [`EVENT_MAIL`] to its filter's scheduler, which Envoy runs on the request's worker thread.
+struct FilterWaker {
+    scheduler: Mutex<Option<Scheduler>>,
+}
+
+impl Waker for FilterWaker {
+    fn wake(&self) {
+        if let Ok(scheduler) = self.scheduler.lock() {
+            if let Some(scheduler) = scheduler.as_ref() {
+                scheduler.commit(EVENT_MAIL);
+            }
+        }
+    }
+}
+
+/// Runs `f` on this thread's engine with a host acting on `stream`, then adds the engine's
+/// counts to Envoy's counters. `None`: the state is busy (re-entered).
 fn with_engine<R>(
     stream: &StreamFilter,
     in_body_hook: bool,
@@ -198,20 +191,28 @@ fn with_engine<R>(
     STATE.with(|cell| {
         let mut state = cell.try_borrow_mut().ok()?;
         let ThreadState {
-            engines,
+            worker,
             slots,
             next_token,
             ..
         } = &mut *state;
-        let worker = engines.get_mut(&stream.config.id)?.worker.as_mut()?;
         let mut host = NativeHost {
             slots,
             current: stream.ctx,
-            counters: &stream.config.counters,
             next_token,
             body_hook: in_body_hook.then_some(stream.ctx),
         };
-        Some(f(worker, &mut host))
+        let result = f(worker, &mut host);
+        if worker.has_counts() {
+            // Counted by the engine, added here through the stream Envoy called in for (every
+            // configuration defines the same counters).
+            worker.drain_counters(|metric, n| {
+                if let Some(id) = stream.config.counters[metric.index()] {
+                    stream.handle.increment_counter(id, n);
+                }
+            });
+        }
+        Some(result)
     })
 }
 
@@ -222,7 +223,6 @@ fn with_engine<R>(
 pub fn filter_new(config: &FilterConfig, handle: FilterHandle) -> StreamFilter {
     let ctx = STATE.with(|cell| match cell.try_borrow_mut() {
         Ok(mut state) => {
-            state.engine_for(&config.shared);
             let ctx = state.new_ctx();
             state.slots.insert(
                 ctx,
@@ -230,6 +230,7 @@ pub fn filter_new(config: &FilterConfig, handle: FilterHandle) -> StreamFilter {
                     handle,
                     callouts: Vec::new(),
                     ticking: false,
+                    waker: None,
                 },
             );
             ctx
@@ -244,22 +245,20 @@ pub fn filter_new(config: &FilterConfig, handle: FilterHandle) -> StreamFilter {
 }
 
 pub fn filter_destroy(stream: StreamFilter) {
-    let ticking = STATE.with(|cell| {
-        let Ok(mut state) = cell.try_borrow_mut() else {
-            return false;
-        };
-        if let Some(Some(worker)) = state
-            .engines
-            .get_mut(&stream.config.id)
-            .map(|e| e.worker.as_mut())
-        {
-            worker.on_done(stream.ctx);
-        }
-        state
-            .slots
-            .remove(&stream.ctx)
-            .is_some_and(|slot| slot.ticking)
-    });
+    let ticking = STATE
+        .with(|cell| {
+            let mut state = cell.try_borrow_mut().ok()?;
+            state.worker.on_done(stream.ctx);
+            let slot = state.slots.remove(&stream.ctx)?;
+            if let Some(waker) = slot.waker {
+                // Deleted here, on the filter's thread, and never committed to afterwards.
+                if let Ok(mut scheduler) = waker.scheduler.lock() {
+                    scheduler.take();
+                }
+            }
+            Some(slot.ticking)
+        })
+        .unwrap_or(false);
     if ticking {
         ticker().remove(stream.ctx);
     }
@@ -291,14 +290,14 @@ fn paused(stream: &StreamFilter) {
     });
     if register {
         if let Some(scheduler) = stream.handle.scheduler() {
-            ticker().add(stream.ctx, stream.config.id, scheduler);
+            ticker().add(stream.ctx, scheduler);
         }
     }
 }
 
 pub fn request_headers(stream: &StreamFilter, end_of_stream: bool) -> u32 {
     match with_engine(stream, false, |w, host| {
-        w.on_request_headers(stream.ctx, end_of_stream, host)
+        w.on_request_headers(&stream.config.filter, stream.ctx, end_of_stream, host)
     }) {
         Some(Action::Continue) => HEADERS_CONTINUE,
         Some(Action::Pause) => {
@@ -368,9 +367,11 @@ pub fn callout_done(stream: &StreamFilter, callout_id: u64, answer: CalloutAnswe
 }
 
 pub fn scheduled(stream: &StreamFilter, event_id: u64) {
-    if event_id == EVENT_TICK {
-        let _ = with_engine(stream, false, |w, host| w.on_tick(stream.ctx, host));
-    }
+    let _ = with_engine(stream, false, |w, host| match event_id {
+        EVENT_TICK => w.on_tick(stream.ctx, host),
+        EVENT_MAIL => w.on_mail(stream.ctx, host),
+        _ => {}
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -382,7 +383,6 @@ pub fn scheduled(stream: &StreamFilter, event_id: u64) {
 struct NativeHost<'a> {
     slots: &'a mut HashMap<u32, Slot>,
     current: u32,
-    counters: &'a [Option<usize>; Metric::ALL.len()],
     next_token: &'a mut u32,
     /// The stream whose body hook is running (its received chunk is readable).
     body_hook: Option<u32>,
@@ -399,10 +399,12 @@ impl NativeHost<'_> {
 }
 
 impl Host for NativeHost<'_> {
-    fn request_headers(&mut self) -> Vec<(String, String)> {
-        self.handle()
-            .map(FilterHandle::request_headers)
-            .unwrap_or_default()
+    fn request_headers(&mut self) -> Headers {
+        let mut headers = Headers::new();
+        if let Some(h) = self.handle() {
+            h.request_headers(|name, value| headers.push(name, value));
+        }
+        headers
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) {
@@ -449,24 +451,22 @@ impl Host for NativeHost<'_> {
         }
     }
 
-    fn dispatch_call(
-        &mut self,
-        cluster: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-        timeout_ms: u64,
-    ) -> Result<u32, String> {
+    fn dispatch_call(&mut self, call: &CallRequest<'_>) -> Result<CallHandle, String> {
         let Some(slot) = self.slots.get_mut(&self.current) else {
             return Err("the request that would make the call is gone".to_string());
         };
+        let cluster = call.cluster;
         let id = slot
             .handle
-            .http_callout(cluster, headers, body, timeout_ms)
+            .http_callout(cluster, call.headers, call.body, call.timeout_ms)
             .map_err(|e| format!("{e} (is there a cluster named {cluster}?)"))?;
         *self.next_token = self.next_token.wrapping_add(1);
         let token = *self.next_token;
         slot.callouts.push((id, token));
-        Ok(token)
+        Ok(CallHandle {
+            token,
+            receiver: self.current,
+        })
     }
 
     fn now_ms(&mut self) -> u64 {
@@ -485,14 +485,18 @@ impl Host for NativeHost<'_> {
         }
     }
 
-    fn increment(&mut self, metric: Metric) {
-        if let (Some(id), Some(h)) = (self.counters[metric.index()], self.handle()) {
-            h.increment_counter(id);
-        }
-    }
-
     fn set_effective_context(&mut self, context_id: u32) {
         self.current = context_id;
+    }
+
+    fn waker(&mut self) -> Option<Arc<dyn Waker>> {
+        let slot = self.slots.get_mut(&self.current)?;
+        if slot.waker.is_none() {
+            slot.waker = Some(Arc::new(FilterWaker {
+                scheduler: Mutex::new(slot.handle.scheduler()),
+            }));
+        }
+        slot.waker.clone().map(|w| w as Arc<dyn Waker>)
     }
 }
 
@@ -500,8 +504,8 @@ impl Host for NativeHost<'_> {
 // The ticker
 // ---------------------------------------------------------------------------------------------
 
-/// Paused streams' schedulers. A module thread wakes one stream per (worker thread,
-/// configuration) every [`TICK_PERIOD`]; that stream's `scheduled` hook runs the engine's tick
+/// Paused streams' schedulers. A module thread wakes one stream per worker thread every
+/// [`TICK_PERIOD`]; that stream's `scheduled` hook runs the engine's tick
 /// on its own thread. Only paused requests are registered, so the request path of a cached key
 /// never takes this lock.
 struct Ticker {
@@ -511,7 +515,6 @@ struct Ticker {
 struct TickTarget {
     thread: ThreadId,
     ctx: u32,
-    config_id: u64,
     scheduler: Scheduler,
 }
 
@@ -538,11 +541,10 @@ fn ticker() -> &'static Ticker {
 }
 
 impl Ticker {
-    fn add(&self, ctx: u32, config_id: u64, scheduler: Scheduler) {
+    fn add(&self, ctx: u32, scheduler: Scheduler) {
         let target = TickTarget {
             thread: std::thread::current().id(),
             ctx,
-            config_id,
             scheduler,
         };
         if let Ok(mut targets) = self.targets.lock() {
@@ -563,9 +565,9 @@ impl Ticker {
         let Ok(targets) = self.targets.lock() else {
             return;
         };
-        let mut woken: Vec<(ThreadId, u64)> = Vec::new();
+        let mut woken: Vec<ThreadId> = Vec::new();
         for target in targets.iter() {
-            let key = (target.thread, target.config_id);
+            let key = target.thread;
             if !woken.contains(&key) {
                 woken.push(key);
                 target.scheduler.commit(EVENT_TICK);
