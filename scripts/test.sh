@@ -18,6 +18,9 @@ export ENVOY_BIN
 echo "== building the wasm filters"
 scripts/build-wasm.sh
 
+echo "== building the native module (target/release/libkeyrealm_native.so)"
+cargo build --release -p keyrealm-native
+
 echo "== cargo fmt / clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
@@ -26,6 +29,12 @@ if [ -f envoy.yaml ]; then
   echo "== envoy --mode validate -c envoy.yaml"
   # Validation loads the filter and runs its configuration check, which needs the token variable.
   KEYREALM_DP_TOKEN=validate-only "$ENVOY_BIN" --mode validate -c envoy.yaml --disable-hot-restart -l warning
+fi
+
+if [ -f envoy-native.yaml ]; then
+  echo "== envoy --mode validate -c envoy-native.yaml (the native module)"
+  KEYREALM_DP_TOKEN=validate-only ENVOY_DYNAMIC_MODULES_SEARCH_PATH="${CARGO_TARGET_DIR:-target}/release" \
+    "$ENVOY_BIN" --mode validate -c envoy-native.yaml --disable-hot-restart -l warning
 fi
 
 echo "== cargo test --workspace"
