@@ -1,12 +1,15 @@
 //! A fake proxy for driving the engine (`keyrealm_filter::engine::Worker`) natively.
 //!
 //! It behaves like Envoy where that matters to the filter: a request paused on its headers gets no
-//! body callbacks until it is resumed; request headers can only be changed before they continue
+//! body callbacks until it is resumed (unless `body_with_paused_headers`, Envoy's
+//! `allow_on_headers_stop_iteration`); request headers can only be changed before they continue
 //! (changing them later fails the test, as Envoy refuses it); HTTP call answers are delivered
-//! later, by the test, through `answer`.
+//! later, by the test, through `answer`. A body may come in several chunks ([`Req::chunks`],
+//! [`Harness::next_chunk`]): the first arrives with the headers; what the filter holds goes
+//! upstream as it is when the filter resumes the request or continues a chunk, as in Envoy.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use keyrealm_filter::config::{self, Config};
@@ -43,10 +46,21 @@ pub type LocalResponse = (u32, Vec<(String, String)>, Vec<u8>);
 #[derive(Debug, Clone, Default)]
 pub struct FakeRequest {
     pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
     pub has_body: bool,
+    /// Chunks the client has not sent yet.
+    pub chunks: VecDeque<Vec<u8>>,
+    /// The client has sent all of the body.
+    pub client_done: bool,
+    /// Body that reached the proxy but not the filter (headers paused without
+    /// `body_with_paused_headers`).
+    pub proxy_buffer: Vec<u8>,
+    /// Body given to the filter and held by it (what `request_body` reads).
+    pub held: Vec<u8>,
+    /// The filter got the end of the body.
+    pub end_delivered: bool,
+    /// Body that went upstream.
+    pub upstream_body: Vec<u8>,
     pub headers_continued: bool,
-    pub body_delivered: bool,
     pub finished_upstream: bool,
     pub response: Option<LocalResponse>,
     pub resumed: bool,
@@ -109,15 +123,14 @@ impl Host for FakeHost {
 
     fn request_body(&mut self, size: usize) -> Option<Vec<u8>> {
         let r = self.req();
-        assert!(r.body_delivered, "body read before it was delivered");
-        Some(r.body[..size.min(r.body.len())].to_vec())
+        assert!(size <= r.held.len(), "body read beyond what the filter holds");
+        Some(r.held[..size].to_vec())
     }
 
     fn replace_request_body(&mut self, size: usize, body: &[u8]) {
         let r = self.req();
-        assert!(r.body_delivered, "body replaced before it was delivered");
-        assert_eq!(size, r.body.len(), "the whole body is replaced");
-        r.body = body.to_vec();
+        assert_eq!(size, r.held.len(), "the whole held body is replaced");
+        r.held = body.to_vec();
     }
 
     fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
@@ -261,6 +274,7 @@ impl Outcome {
 pub struct Req {
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
+    pub chunks: Vec<Vec<u8>>,
 }
 
 impl Req {
@@ -277,6 +291,7 @@ impl Req {
                 ("x-request-id".into(), "req-1".into()),
             ],
             body: None,
+            chunks: Vec::new(),
         }
     }
 
@@ -301,6 +316,15 @@ impl Req {
 
     pub fn raw_body(mut self, body: &str) -> Req {
         self.body = Some(body.as_bytes().to_vec());
+        self
+    }
+
+    /// A body sent in chunks (without content-length): the first arrives with the headers, the
+    /// others when the test calls [`Harness::next_chunk`].
+    pub fn chunks(mut self, content_type: &str, chunks: &[&str]) -> Req {
+        self.headers
+            .push(("content-type".into(), content_type.into()));
+        self.chunks = chunks.iter().map(|c| c.as_bytes().to_vec()).collect();
         self
     }
 }
@@ -357,18 +381,26 @@ impl Harness {
 
     /// Starts a request on a given context id (a host may reuse the id of a finished stream).
     pub fn start_as(&mut self, ctx: u32, req: Req) {
+        let mut chunks: VecDeque<Vec<u8>> = match req.body {
+            Some(body) => VecDeque::from([body]),
+            None => req.chunks.into(),
+        };
+        let has_body = !chunks.is_empty();
+        // The first chunk arrives with the headers.
+        let first = chunks.pop_front().unwrap_or_default();
         self.host.requests.insert(
             ctx,
             FakeRequest {
                 headers: req.headers,
-                has_body: req.body.is_some(),
-                body: req.body.unwrap_or_default(),
+                has_body,
+                client_done: chunks.is_empty(),
+                chunks,
+                proxy_buffer: first,
                 ..FakeRequest::default()
             },
         );
         self.host.effective = ctx;
         set_current(ctx);
-        let has_body = self.host.requests[&ctx].has_body;
         let filter = self.filter.clone();
         let action = self
             .worker
@@ -391,33 +423,53 @@ impl Harness {
                 r.finished_upstream = r.response.is_none();
                 return;
             }
-            self.deliver_body(ctx);
-        } else if r.has_body && self.body_with_paused_headers && r.response.is_none() {
-            // Envoy with allow_on_headers_stop_iteration: the body still reaches the filter.
-            self.deliver_body(ctx);
         }
+        self.deliver_body(ctx);
     }
 
-    fn deliver_body(&mut self, ctx: u32) {
+    /// The client sends the next chunk of the body (the last one ends it).
+    pub fn next_chunk(&mut self, ctx: u32) {
         let r = self.host.requests.get_mut(&ctx).unwrap();
-        if r.body_delivered || r.response.is_some() {
+        let chunk = r.chunks.pop_front().expect("no chunk left to send");
+        r.proxy_buffer.extend_from_slice(&chunk);
+        r.client_done = r.chunks.is_empty();
+        self.deliver_body(ctx);
+        self.pump();
+    }
+
+    /// Gives the filter the body that reached the proxy, if the filter may have it now.
+    fn deliver_body(&mut self, ctx: u32) {
+        let may = self.body_with_paused_headers;
+        let r = self.host.requests.get_mut(&ctx).unwrap();
+        let end = r.client_done;
+        if r.response.is_some()
+            || r.end_delivered
+            || !r.has_body
+            || (r.proxy_buffer.is_empty() && !end)
+            || !(r.headers_continued || may)
+        {
             return;
         }
-        r.body_delivered = true;
-        let size = r.body.len();
+        let data = std::mem::take(&mut r.proxy_buffer);
+        r.held.extend_from_slice(&data);
+        r.end_delivered = end;
+        let size = r.held.len();
         self.host.effective = ctx;
         set_current(ctx);
-        let action = self.worker.on_request_body(ctx, size, true, &mut self.host);
+        let action = self.worker.on_request_body(ctx, size, end, &mut self.host);
         if action == Action::Continue {
             let r = self.host.requests.get_mut(&ctx).unwrap();
             if r.response.is_none() {
+                // Envoy sends the headers too if they were still stopped.
                 r.headers_continued = true;
-                r.finished_upstream = true;
+                let held = std::mem::take(&mut r.held);
+                r.upstream_body.extend_from_slice(&held);
+                r.finished_upstream = end;
             }
         }
     }
 
-    /// Continues requests the filter resumed.
+    /// Continues requests the filter resumed: what the filter holds goes upstream as it is.
     pub fn pump(&mut self) {
         while let Some(ctx) = self.host.resumed.pop() {
             let r = self.host.requests.get_mut(&ctx).unwrap();
@@ -425,17 +477,24 @@ impl Harness {
             if r.response.is_some() {
                 continue;
             }
-            let headers_were_paused = !r.headers_continued;
             r.headers_continued = true;
-            if !r.has_body || r.body_delivered {
-                // Everything the filter held goes on.
+            let held = std::mem::take(&mut r.held);
+            r.upstream_body.extend_from_slice(&held);
+            if !r.has_body || r.end_delivered {
                 r.finished_upstream = true;
-            } else if headers_were_paused {
-                // Paused on headers without the body (Envoy's StopAllIteration): the body
-                // reaches the filter now.
+            } else {
+                // Body that waited in the proxy (paused headers without the body) reaches the
+                // filter now.
                 self.deliver_body(ctx);
             }
         }
+    }
+
+    /// What went upstream so far (headers continued), finished or not.
+    pub fn upstream_so_far(&self, ctx: u32) -> Option<String> {
+        let r = &self.host.requests[&ctx];
+        r.headers_continued
+            .then(|| String::from_utf8_lossy(&r.upstream_body).into_owned())
     }
 
     pub fn outcome(&self, ctx: u32) -> Outcome {
@@ -450,7 +509,7 @@ impl Harness {
         if r.finished_upstream {
             return Outcome::Upstream {
                 headers: r.headers.clone(),
-                body: String::from_utf8_lossy(&r.body).into_owned(),
+                body: String::from_utf8_lossy(&r.upstream_body).into_owned(),
             };
         }
         Outcome::Paused
