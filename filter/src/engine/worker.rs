@@ -754,11 +754,22 @@ impl Worker {
             }
         };
         if step == Step::Proceed {
-            let complete = self.body_edits.get(&ctx).map(|e| e.complete);
-            if complete == Some(true) {
-                if let Some(edit) = self.body_edits.remove(&ctx) {
-                    edit.apply(host);
+            let edit = self.body_edits.get(&ctx).map(|e| (e.seen_body, e.complete));
+            match edit {
+                Some((_, true)) => {
+                    if let Some(edit) = self.body_edits.remove(&ctx) {
+                        edit.apply(host);
+                    }
                 }
+                Some((true, false)) => {
+                    // Part of the body is held here and the rest is still coming: resuming now
+                    // would send the held part upstream unedited (with the key). The request
+                    // goes on when its body ends (`on_request_body` / `on_request_trailers`
+                    // edit it and continue).
+                    return;
+                }
+                // No body yet: what comes after the resume reaches the filter whole.
+                Some((false, false)) | None => {}
             }
             host.resume_request();
         }
