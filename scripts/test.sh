@@ -24,6 +24,8 @@ cargo build --release -p keyrealm-native
 echo "== cargo fmt / clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The wasm adapter only compiles for wasm32: lint it there too (same deny list, from Cargo.toml).
+cargo clippy --target wasm32-wasip1 -p keyrealm-filter -- -D warnings
 
 if [ -f envoy.yaml ]; then
   echo "== envoy --mode validate -c envoy.yaml"

@@ -28,8 +28,8 @@ pub mod hang;
 pub mod realm;
 
 pub use checks::Checks;
-pub use client::{http_client, multipart, Reply, Upstream};
+pub use client::{http_client, multipart, post_in_chunks, Reply, Upstream};
 pub use echo::EchoUpstream;
 pub use gateway::{Gateway, GatewayKind, GatewaySpec, TOKEN_ENV};
-pub use hang::{FailingServer, HangingServer};
+pub use hang::{FailingServer, HangingServer, SlowProxy};
 pub use realm::{RealmConsumer, RealmService};

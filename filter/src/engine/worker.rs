@@ -123,6 +123,9 @@ pub struct Worker {
     body_edits: HashMap<u32, BodyEdit>,
     calls: HashMap<u32, Call>,
     counters: Counters,
+    /// A body has reached this worker while its headers were paused: the proxy delivers bodies
+    /// to paused headers (Envoy with `allow_on_headers_stop_iteration: true`).
+    bodies_reach_paused_headers: bool,
 }
 
 impl Worker {
@@ -135,6 +138,7 @@ impl Worker {
             body_edits: HashMap::new(),
             calls: HashMap::new(),
             counters: Counters::default(),
+            bodies_reach_paused_headers: false,
         }
     }
 
@@ -218,6 +222,7 @@ impl Worker {
             Some(RequestState::Waiting(_)) => {
                 // The body arrives while the headers wait for a realm answer (Envoy with
                 // allow_on_headers_stop_iteration): hold it, and note it for a body edit.
+                self.bodies_reach_paused_headers |= body_size > 0;
                 if let Some(edit) = self.body_edits.get_mut(&ctx) {
                     edit.body_size = body_size;
                     edit.seen_body |= body_size > 0;
@@ -233,6 +238,7 @@ impl Worker {
             }) => {
                 *seen = body_size;
                 *seen_body = true;
+                self.bodies_reach_paused_headers = true;
                 if !end_of_stream {
                     return Action::Pause;
                 }
@@ -754,11 +760,22 @@ impl Worker {
             }
         };
         if step == Step::Proceed {
-            let complete = self.body_edits.get(&ctx).map(|e| e.complete);
-            if complete == Some(true) {
-                if let Some(edit) = self.body_edits.remove(&ctx) {
-                    edit.apply(host);
+            let edit = self.body_edits.get(&ctx).map(|e| (e.seen_body, e.complete));
+            match edit {
+                Some((_, true)) => {
+                    if let Some(edit) = self.body_edits.remove(&ctx) {
+                        edit.apply(host);
+                    }
                 }
+                Some((true, false)) => {
+                    // Part of the body is held here and the rest is still coming: resuming now
+                    // would send the held part upstream unedited (with the key). The request
+                    // goes on when its body ends (`on_request_body` / `on_request_trailers`
+                    // edit it and continue).
+                    return;
+                }
+                // No body yet: what comes after the resume reaches the filter whole.
+                Some((false, false)) | None => {}
             }
             host.resume_request();
         }
@@ -841,9 +858,11 @@ impl Worker {
         }
     }
 
-    /// Requests paused for a body that never comes: in Envoy, a filter that pauses its headers
-    /// gets no body unless the plugin has `allow_on_headers_stop_iteration: true`. Refuse them
-    /// (500) with a log line saying so, instead of holding them until the stream times out.
+    /// Requests paused for a body whose first byte has not come within [`BODY_WAIT_MS`]: 408,
+    /// instead of holding them until the stream times out. Either the client is slow, or the
+    /// proxy never delivers a body to paused headers (Envoy without
+    /// `allow_on_headers_stop_iteration: true`); the log line names the second cause only while
+    /// no body has ever reached paused headers on this worker.
     fn expire_body_waits(&mut self, root: u32, now: u64, host: &mut dyn Host) {
         let stuck: Vec<u32> = self
             .requests
@@ -860,14 +879,25 @@ impl Worker {
         if stuck.is_empty() {
             return;
         }
-        host.log(
-            Level::Error,
-            &format!(
-                "keyrealm: {} request(s) waited {} s for a body the proxy never delivered; with key_in_body, Envoy needs allow_on_headers_stop_iteration: true in the wasm filter config",
-                stuck.len(),
-                BODY_WAIT_MS / 1000
-            ),
-        );
+        if self.bodies_reach_paused_headers {
+            host.log(
+                Level::Info,
+                &format!(
+                    "keyrealm: {} request(s) sent no body within {} s of their headers: answered 408",
+                    stuck.len(),
+                    BODY_WAIT_MS / 1000
+                ),
+            );
+        } else {
+            host.log(
+                Level::Warn,
+                &format!(
+                    "keyrealm: {} request(s) sent no body within {} s of their headers: answered 408; if every key_in_body request ends like this, the proxy does not deliver bodies to paused headers (Envoy needs allow_on_headers_stop_iteration: true in the wasm filter config)",
+                    stuck.len(),
+                    BODY_WAIT_MS / 1000
+                ),
+            );
+        }
         for ctx in stuck {
             host.set_effective_context(ctx);
             let request_id = match self.requests.get(&ctx) {
@@ -878,8 +908,8 @@ impl Worker {
             };
             self.reject(
                 ctx,
-                500,
-                "An unexpected error occurred",
+                408,
+                "Request body not received in time",
                 None,
                 request_id.as_deref(),
                 host,

@@ -123,7 +123,10 @@ impl Host for FakeHost {
 
     fn request_body(&mut self, size: usize) -> Option<Vec<u8>> {
         let r = self.req();
-        assert!(size <= r.held.len(), "body read beyond what the filter holds");
+        assert!(
+            size <= r.held.len(),
+            "body read beyond what the filter holds"
+        );
         Some(r.held[..size].to_vec())
     }
 
