@@ -38,14 +38,14 @@ listening_addr() {
 
 "$BIN/examples/bare_201" 127.0.0.1:0 2>"$WORK/bare.log" & BARE_PID=$!; PIDS+=($!)
 "$BIN/examples/bare_201" 127.0.0.1:0 --read-body 2>"$WORK/body.log" & BODY_PID=$!; PIDS+=($!)
-REALM_ADMIN_TOKEN=bench-admin REALM_LOG=warn,realm_service=info \
+REALM_ADMIN_TOKEN=bench-admin-token-0123456789abcdefghij REALM_LOG=warn,realm_service=info \
   "$BIN/realm-service" serve --listen 127.0.0.1:0 --database "$WORK/realm.db" 2>"$WORK/realm.log" & REALM_PID=$!; PIDS+=($!)
 BARE="$(listening_addr "$WORK/bare.log")"
 BODY="$(listening_addr "$WORK/body.log")"
 REALM="$(listening_addr "$WORK/realm.log")"
 
 api() { # method path [body] -> JSON
-  curl -sf --max-time 10 -X "$1" -H 'Authorization: Bearer bench-admin' \
+  curl -sf --max-time 10 -X "$1" -H 'Authorization: Bearer bench-admin-token-0123456789abcdefghij' \
     -H 'Content-Type: application/json' "http://$REALM$2" ${3:+-d "$3"}
 }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }

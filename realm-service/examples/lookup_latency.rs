@@ -17,7 +17,7 @@ use realm_service::{spawn, ServiceConfig};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-const ADMIN: &str = "bench-admin";
+const ADMIN: &str = "bench-admin-token-0123456789abcdefghij";
 const CONSUMERS: usize = 1000;
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;

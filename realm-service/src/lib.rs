@@ -25,7 +25,6 @@
 pub mod api;
 pub mod cache;
 pub mod clock;
-pub mod db;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -35,9 +34,11 @@ pub mod schema;
 pub mod secrets;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod validate;
 
 pub use api::{app, routes};
 pub use error::{ApiError, Error};
 pub use server::{spawn, RunningService, ServiceConfig};
-pub use state::{create_admin_token, AppState};
+pub use state::{create_admin_token, revoke_admin_token, AppState};
+pub use store::{Database, Store};

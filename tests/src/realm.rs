@@ -33,7 +33,7 @@ impl RealmService {
         let dir = tempfile::Builder::new()
             .prefix("keyrealm-realm-")
             .tempdir()?;
-        let admin_token = format!("e2e-admin-{}", random_suffix());
+        let admin_token = format!("e2e-admin-token-{}", random_suffix());
         let mut config = realm_service::ServiceConfig::new(dir.path().join("realm.db"));
         config.admin_token = Some(admin_token.clone());
         let running = realm_service::spawn(config)
