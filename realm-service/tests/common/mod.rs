@@ -377,6 +377,41 @@ impl HttpClient {
             .unwrap_or_else(|_| panic!("{method} {path} timed out"))
     }
 
+    /// Like [`HttpClient::call`], but a failed connection (a killed server) is an `Err`, not a
+    /// panic.
+    pub async fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<Answer, String> {
+        let request = request(method, format!("{}{path}", self.base), token, body).map(Full::new);
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok(Answer {
+                status,
+                headers,
+                text: String::from_utf8_lossy(&bytes).into_owned(),
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(20), exchange)
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path} timed out"))
+    }
+
     /// A POST that must answer 201; returns the created object.
     pub async fn create(&self, path: &str, token: &str, body: Value) -> Value {
         self.call("POST", path, Some(token), Some(body))

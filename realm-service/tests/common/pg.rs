@@ -168,6 +168,8 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        // Deliberately not waited for: it outlives this process to clean up after it.
+        #[allow(clippy::zombie_processes)]
         command.spawn().expect("start the cluster watchdog");
     }
 
