@@ -400,3 +400,94 @@ async fn token_create_prints_an_admin_token_that_works() {
         .await
         .ok(200);
 }
+
+/// Waits (at most 20 s) for a process to exit; returns its output.
+fn exits(mut child: Child) -> (std::process::ExitStatus, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut log = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+            }
+            return (status, log);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn serve_command(database: &Path, admin_token: &str) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+        .arg(database)
+        .env_remove("REALM_LISTEN")
+        .env_remove("REALM_DATABASE")
+        .env("REALM_ADMIN_TOKEN", admin_token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+#[tokio::test]
+async fn a_second_serve_on_a_sqlite_file_exits_at_once_pointing_to_postgresql() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = db_in(&dir);
+    let first = Server::start(&database, Some(common::ADMIN));
+    let (status, log) = exits(
+        serve_command(&database, common::ADMIN)
+            .spawn()
+            .expect("start the second"),
+    );
+    assert!(!status.success());
+    assert!(log.contains("another realm-service process"), "{log}");
+    assert!(log.contains("PostgreSQL"), "{log}");
+    // The first one still serves.
+    first
+        .client()
+        .call("GET", "/v1/realms", Some(common::ADMIN), None)
+        .await
+        .ok(200);
+}
+
+#[test]
+fn a_short_realm_admin_token_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, log) = exits(
+        serve_command(&db_in(&dir), "change-me")
+            .spawn()
+            .expect("start"),
+    );
+    assert!(!status.success());
+    assert!(log.contains("REALM_ADMIN_TOKEN"), "{log}");
+    assert!(log.contains("at least 32"), "{log}");
+}
+
+#[test]
+fn simultaneous_first_starts_on_a_new_sqlite_file_both_migrate_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..8 {
+        let database = dir.path().join(format!("race-{round}.db"));
+        let children: Vec<Child> = (0..2)
+            .map(|i| {
+                Command::new(BIN)
+                    .args(["token", "create", "--name", &format!("t{i}"), "--database"])
+                    .arg(&database)
+                    .env_remove("REALM_DATABASE")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("token create")
+            })
+            .collect();
+        for child in children {
+            let (status, log) = exits(child);
+            assert!(status.success(), "round {round}: {log}");
+        }
+    }
+}

@@ -539,3 +539,50 @@ async fn a_replica_killed_during_200_concurrent_writes_loses_no_acknowledged_wri
         );
     }
 }
+
+#[tokio::test]
+async fn first_starts_race_safely_and_a_newer_schema_is_refused() {
+    let url = pg::shared().create_database().await;
+    // Five processes migrate a new database at once: the advisory lock lets one do it.
+    let children: Vec<Child> = (0..5)
+        .map(|i| {
+            Command::new(BIN)
+                .args([
+                    "token",
+                    "create",
+                    "--name",
+                    &format!("t{i}"),
+                    "--database",
+                    &url,
+                ])
+                .env_remove("REALM_DATABASE")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("token create")
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().expect("wait");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let client = pg::connect(&url).await;
+    client
+        .execute("UPDATE keyrealm_schema SET version = version + 1", &[])
+        .await
+        .expect("bump the schema version");
+    let output = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &url])
+        .env_remove("REALM_DATABASE")
+        .env("REALM_ADMIN_TOKEN", ADMIN)
+        .stdin(Stdio::null())
+        .output()
+        .expect("serve");
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("newer than this binary"), "{log}");
+}

@@ -95,3 +95,18 @@ async fn a_database_path_that_cannot_be_opened_is_an_error() {
     let error = spawn(config).await.err().expect("error");
     assert!(error.to_string().contains("missing-dir"), "{error}");
 }
+
+#[tokio::test]
+async fn an_admin_token_shorter_than_32_characters_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServiceConfig::new(dir.path().join("realm.db"));
+    config.admin_token = Some("x".repeat(31));
+    let error = spawn(config.clone()).await.err().expect("refused");
+    assert!(error.to_string().contains("at least 32"), "{error}");
+    config.admin_token = Some("x".repeat(32));
+    spawn(config)
+        .await
+        .expect("32 characters are enough")
+        .shutdown()
+        .await;
+}

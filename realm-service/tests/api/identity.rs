@@ -411,3 +411,34 @@ async fn cached_misses_and_policies_follow_realm_patches_at_once() {
         .problem(404);
     assert_eq!(gone["negative_ttl"], 5);
 }
+
+/// Review finding: a token whose control plane the realm does not allow used to have its
+/// look-ups counted (and cached) as key misses before the 403, so any data-plane token could
+/// fill, and so flush, the key cache. It is refused before the key is looked up.
+#[tokio::test]
+async fn a_disallowed_control_plane_is_refused_before_any_key_lookup_or_caching() {
+    let app = TestApp::new().await;
+    let w = app.world().await;
+    let other = app.control_plane("not allowed").await;
+    let token = app.dp_token(&other).await;
+    let hit = "realm_service_authenticate_cache_total{result=\"hit\"}";
+    let miss = "realm_service_authenticate_cache_total{result=\"miss\"}";
+    let before = (app.metric(hit).await, app.metric(miss).await);
+    for i in 0..5 {
+        app.authenticate(&w.realm, &token, &format!("probe-{i}"))
+            .await
+            .problem(403);
+    }
+    app.authenticate(&w.realm, &token, &w.secret)
+        .await
+        .problem(403);
+    assert_eq!(
+        (app.metric(hit).await, app.metric(miss).await),
+        before,
+        "a refused token's look-ups reached the key cache"
+    );
+    // The allowed data plane is unaffected.
+    app.authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .ok(201);
+}

@@ -302,3 +302,46 @@ async fn force_deleting_a_realm_while_keys_are_created_leaves_no_rows_behind() {
         .await;
     assert_eq!(orphan_keys, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_realm_without_force_while_consumers_are_created_leaves_no_orphan() {
+    let app = Arc::new(TestApp::new().await);
+    for round in 0..6 {
+        let realm = app.realm(json!({ "name": format!("r{round}") })).await;
+        let mut requests: Vec<(String, String, serde_json::Value)> = (0..6)
+            .map(|i| {
+                (
+                    "POST".to_string(),
+                    format!("/v1/realms/{realm}/consumers"),
+                    json!({"username": format!("u{i}")}),
+                )
+            })
+            .collect();
+        requests.insert(
+            round % 6,
+            (
+                "DELETE".to_string(),
+                format!("/v1/realms/{realm}"),
+                json!({}),
+            ),
+        );
+        let statuses = at_once(&app, requests).await;
+        assert!(
+            statuses.iter().all(|s| [201, 204, 400, 404].contains(s)),
+            "{statuses:?}"
+        );
+        // Either the delete was refused (consumers came first) or no consumer was created
+        // after it: a 204 next to a 201 would mean a consumer answered 201 is gone.
+        assert!(
+            !(statuses.contains(&204) && statuses.contains(&201)),
+            "{statuses:?}"
+        );
+        let orphans = app
+            .count(
+                "SELECT count(*) FROM consumers WHERE realm_id NOT IN (SELECT id FROM realms)",
+                None,
+            )
+            .await;
+        assert_eq!(orphans, 0);
+    }
+}
