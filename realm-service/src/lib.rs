@@ -6,15 +6,17 @@
 //! call to look a key up. The contract is `shared/spec/realm-api.md`; the user reference is
 //! `docs/realm-api.md`.
 //!
-//! Storage is SQLite (WAL, `synchronous=FULL`): secrets and tokens are kept only as SHA-256
-//! hashes. The authenticate path reads only and is served from an in-process cache that every
-//! committed write invalidates ([`cache`]).
+//! Storage goes through one seam ([`store`]): SQLite (WAL, `synchronous=FULL`; the embedded
+//! default, one process per file) or PostgreSQL (any number of stateless replicas; every write
+//! `NOTIFY`s the others). Secrets and tokens are kept only as SHA-256 hashes. The authenticate
+//! path reads only and is served from an in-process cache that every committed write invalidates
+//! ([`cache`]), on every replica. Operating replicas: `docs/operations.md`.
 //!
 //! Use it in-process:
 //! ```no_run
 //! # async fn demo() -> Result<(), realm_service::Error> {
-//! let mut config = realm_service::ServiceConfig::new("realm.db".into());
-//! config.admin_token = Some("secret-admin-token".into());
+//! let mut config = realm_service::ServiceConfig::new(std::path::PathBuf::from("realm.db"));
+//! config.admin_token = Some("an-admin-token-of-at-least-32-characters".into());
 //! let service = realm_service::spawn(config).await?;
 //! println!("listening on {}", service.local_addr());
 //! service.shutdown().await;
