@@ -131,12 +131,12 @@ if [ "${PG:-1}" != 0 ]; then
   PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
   [ -x "$PGBIN/pg_ctl" ] || { echo "PostgreSQL is required (apt-get install postgresql)" >&2; exit 1; }
   as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-  PGDIR="$WORK/pg"; mkdir -p "$PGDIR"; [ "$(id -u)" = 0 ] && chown postgres:postgres "$PGDIR"
+  PGDIR="$(mktemp -d /tmp/keyrealm-bench-pg.XXXXXX)"; [ "$(id -u)" = 0 ] && chown postgres:postgres "$PGDIR"
   PGPORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
   as_pg "$PGBIN/initdb" -D "$PGDIR/data" -U postgres --auth=trust -E UTF8 >/dev/null
   as_pg "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/log" -w \
     -o "-p $PGPORT -h 127.0.0.1 -k $PGDIR -c max_connections=200 -c shared_buffers=256MB" start >/dev/null
-  PG_STOP="as_pg $PGBIN/pg_ctl -D $PGDIR/data -m immediate stop"
+  PG_STOP="as_pg $PGBIN/pg_ctl -D $PGDIR/data -m immediate stop; rm -rf $PGDIR"
   as_pg "$PGBIN/createdb" -h 127.0.0.1 -p "$PGPORT" -U postgres keyrealm
   PGURL="postgres://postgres@127.0.0.1:$PGPORT/keyrealm"
   for r in 1 2; do
