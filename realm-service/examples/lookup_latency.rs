@@ -127,10 +127,12 @@ async fn create_pg_database(admin_url: &str, name: &str) -> String {
         .await
         .expect("connect to PostgreSQL");
     tokio::spawn(connection);
-    client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"))
-        .await
-        .expect("create database");
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        client.batch_execute(&sql).await.expect("create database");
+    }
     let base = admin_url
         .rsplit_once('/')
         .map(|(base, _)| base)
@@ -150,7 +152,7 @@ async fn load_pg_keys(url: &str, realm: &str, keys: usize) -> u64 {
             "INSERT INTO consumers (id, realm_id, username, custom_id, type, tags, consumer_groups,
                 created_at, updated_at)
              SELECT gen_random_uuid(), $1, 'bench-' || i, NULL, NULL, '[]', '[]', 0, 0
-             FROM generate_series(0, $2 - 1) AS i",
+             FROM generate_series(0, $2::bigint - 1) AS i",
             &[&realm, &(CONSUMERS as i64)],
         )
         .await
@@ -161,9 +163,9 @@ async fn load_pg_keys(url: &str, realm: &str, keys: usize) -> u64 {
                 updated_at, expires_at)
              SELECT gen_random_uuid(), c.id, $1, 'legacy',
                     sha256(convert_to('bench-key-' || i, 'UTF8')), '[]', 0, 0, NULL
-             FROM generate_series(0, $2 - 1) AS i
+             FROM generate_series(0, $2::bigint - 1) AS i
              JOIN (SELECT id, row_number() OVER (ORDER BY seq) - 1 AS n
-                   FROM consumers WHERE realm_id = $1) c ON c.n = i % $3",
+                   FROM consumers WHERE realm_id = $1) c ON c.n = i % $3::bigint",
             &[&realm, &(keys as i64), &(CONSUMERS as i64)],
         )
         .await
