@@ -236,8 +236,7 @@ async fn run(dir: &Path, keys: usize, lookups: usize, postgres: Option<&str>) {
                 .await
                 .expect("load task")
                 .expect("load keys");
-            file_size(&database)
-                + file_size(&PathBuf::from(format!("{}-wal", database.display())))
+            file_size(&database) + file_size(&PathBuf::from(format!("{}-wal", database.display())))
         }
     };
     let load_time = started.elapsed();
@@ -282,7 +281,11 @@ async fn run(dir: &Path, keys: usize, lookups: usize, postgres: Option<&str>) {
     }
     println!(
         "store={} keys={keys} db_size={:.1}MiB load={:.1}s",
-        if pg_url.is_some() { "postgres" } else { "sqlite" },
+        if pg_url.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        },
         size as f64 / (1024.0 * 1024.0),
         load_time.as_secs_f64()
     );
