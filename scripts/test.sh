@@ -15,6 +15,13 @@ ENVOY_BIN="$(scripts/install-envoy.sh)"
 export ENVOY_BIN
 "$ENVOY_BIN" --version
 
+# PostgreSQL (Debian's packages) for realm-service's PostgreSQL store: the tests start their own
+# throwaway clusters with initdb/pg_ctl.
+if ! command -v pg_ctl >/dev/null && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+  echo "== installing PostgreSQL"
+  apt-get update && apt-get install -y postgresql
+fi
+
 echo "== building the wasm filters"
 scripts/build-wasm.sh
 
@@ -32,6 +39,8 @@ if [ -f envoy.yaml ]; then
   # Validation loads the filter and runs its configuration check, which needs the token variable.
   KEYREALM_DP_TOKEN=validate-only "$ENVOY_BIN" --mode validate -c envoy.yaml --disable-hot-restart -l warning
 fi
+echo "== envoy --mode validate -c envoy-replicas.yaml"
+KEYREALM_DP_TOKEN=validate-only "$ENVOY_BIN" --mode validate -c envoy-replicas.yaml --disable-hot-restart -l warning
 
 if [ -f envoy-native.yaml ]; then
   echo "== envoy --mode validate -c envoy-native.yaml (the native module)"

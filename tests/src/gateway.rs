@@ -89,7 +89,8 @@ pub struct GatewaySpec {
     pub listeners: Vec<Option<Value>>,
     /// Where the `upstream` cluster points.
     pub upstream: Option<SocketAddr>,
-    /// Extra clusters (name, address) the filter calls, e.g. `("realm_us", addr)`.
+    /// Extra clusters (name, address) the filter calls, e.g. `("realm_us", addr)`; a name given
+    /// several times is one cluster over all its addresses (replicas).
     pub clusters: Vec<(String, SocketAddr)>,
     /// Environment of the gateway process (e.g. `KEYREALM_DP_TOKEN`).
     pub env: Vec<(String, String)>,
@@ -202,6 +203,37 @@ fn static_cluster(name: &str, addr: SocketAddr) -> Value {
     })
 }
 
+/// A cluster over several endpoints (the same name given to [`GatewaySpec::cluster`] more than
+/// once): round robin, `/health` checked every second, an endpoint refusing connections ejected
+/// at once (as `envoy-replicas.yaml` does for realm-service replicas).
+fn replicated_cluster(name: &str, addrs: &[SocketAddr]) -> Value {
+    let endpoints: Vec<Value> = addrs
+        .iter()
+        .map(|addr| json!({"endpoint": {"address": socket_address(*addr)}}))
+        .collect();
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        // Never "panic" (spread over unhealthy endpoints too) when half of them are down.
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
+        "health_checks": [{
+            // no_traffic_interval: a realm cluster is often idle (data planes cache answers);
+            // without it Envoy checks an idle cluster only once a minute.
+            "timeout": "1s", "interval": "1s", "no_traffic_interval": "1s",
+            "unhealthy_threshold": 1, "healthy_threshold": 1,
+            "http_health_check": {"path": "/health"},
+        }],
+        "outlier_detection": {
+            "split_external_local_origin_errors": true,
+            "consecutive_local_origin_failure": 1,
+            "interval": "1s", "base_ejection_time": "5s", "max_ejection_percent": 100,
+        },
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]},
+    })
+}
+
 /// Renders `spec` as an Envoy bootstrap (JSON, which is valid YAML). `listener_addrs` are the
 /// addresses to bind, one per listener of the spec (port 0 where the gateway supports it).
 pub fn render_config(
@@ -253,8 +285,24 @@ pub fn render_config(
     if let Some(upstream) = spec.upstream {
         clusters.push(static_cluster("upstream", upstream));
     }
-    for (name, addr) in &spec.clusters {
-        clusters.push(static_cluster(name, *addr));
+    // A name given more than once is one cluster over all its addresses.
+    let mut names: Vec<&str> = Vec::new();
+    for (name, _) in &spec.clusters {
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    for name in names {
+        let addrs: Vec<SocketAddr> = spec
+            .clusters
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, addr)| *addr)
+            .collect();
+        clusters.push(match addrs.as_slice() {
+            [addr] => static_cluster(name, *addr),
+            many => replicated_cluster(name, many),
+        });
     }
     json!({
         "admin": {"address": socket_address(admin_addr)},
