@@ -678,13 +678,31 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_de
 ) {
 }
 
-/// Looks up the filter object behind a hook's module pointer.
+/// The shell of a hook of one HTTP stream: `run` gets the filter object behind
+/// `filter_module_ptr`, behind the panic barrier; a caught panic answers 500 (the filter's error
+/// body) and the hook returns `on_panic`.
 ///
 /// # Safety
-/// `ptr` is a pointer returned by our filter-new hook and not yet destroyed.
-unsafe fn stream<'a>(ptr: *const c_void) -> &'a crate::hooks::StreamFilter {
+/// `filter_envoy_ptr` is Envoy's live filter and `filter_module_ptr` a pointer returned by our
+/// filter-new hook and not yet destroyed (Envoy's hook contract).
+unsafe fn stream_hook<T>(
+    hook: &str,
+    filter_envoy_ptr: *mut c_void,
+    filter_module_ptr: *const c_void,
+    run: impl FnOnce(&crate::hooks::StreamFilter) -> T,
+    on_panic: T,
+) -> T {
+    let handle = FilterHandle(filter_envoy_ptr);
     // SAFETY: per the caller; Envoy passes the pointer we returned until the destroy hook.
-    unsafe { &*ptr.cast::<crate::hooks::StreamFilter>() }
+    let stream = unsafe { &*filter_module_ptr.cast::<crate::hooks::StreamFilter>() };
+    guard(
+        hook,
+        || run(stream),
+        || {
+            crate::hooks::internal_error(handle);
+            on_panic
+        },
+    )
 }
 
 /// A new HTTP stream (worker thread).
@@ -713,47 +731,42 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     )
 }
 
-/// # Safety
-/// Envoy's hook contract (live filter, our filter pointer).
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
-    filter_envoy_ptr: *mut c_void,
-    filter_module_ptr: *const c_void,
-    end_of_stream: bool,
-) -> u32 {
-    let handle = FilterHandle(filter_envoy_ptr);
-    // SAFETY: our filter pointer, live until destroy.
-    let stream = unsafe { stream(filter_module_ptr) };
-    guard(
-        "request_headers",
-        || crate::hooks::request_headers(stream, end_of_stream),
-        || {
-            crate::hooks::internal_error(handle);
-            HEADERS_STOP_ITERATION
-        },
-    )
+/// Defines the hook `$export` for request headers or body (`end_of_stream`), which runs
+/// `crate::hooks::$run(stream, end_of_stream)` through [`stream_hook`].
+macro_rules! request_hook {
+    ($export:ident, $run:ident, on_panic: $on_panic:expr) => {
+        /// # Safety
+        /// Envoy's hook contract (live filter, our filter pointer).
+        #[no_mangle]
+        pub unsafe extern "C" fn $export(
+            filter_envoy_ptr: *mut c_void,
+            filter_module_ptr: *const c_void,
+            end_of_stream: bool,
+        ) -> u32 {
+            // SAFETY: Envoy's hook contract, as stream_hook requires.
+            unsafe {
+                stream_hook(
+                    stringify!($run),
+                    filter_envoy_ptr,
+                    filter_module_ptr,
+                    |stream| crate::hooks::$run(stream, end_of_stream),
+                    $on_panic,
+                )
+            }
+        }
+    };
 }
 
-/// # Safety
-/// Envoy's hook contract (live filter, our filter pointer).
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
-    filter_envoy_ptr: *mut c_void,
-    filter_module_ptr: *const c_void,
-    end_of_stream: bool,
-) -> u32 {
-    let handle = FilterHandle(filter_envoy_ptr);
-    // SAFETY: our filter pointer, live until destroy.
-    let stream = unsafe { stream(filter_module_ptr) };
-    guard(
-        "request_body",
-        || crate::hooks::request_body(stream, end_of_stream),
-        || {
-            crate::hooks::internal_error(handle);
-            BODY_STOP_AND_BUFFER
-        },
-    )
-}
+request_hook!(
+    envoy_dynamic_module_on_http_filter_request_headers,
+    request_headers,
+    on_panic: HEADERS_STOP_ITERATION
+);
+request_hook!(
+    envoy_dynamic_module_on_http_filter_request_body,
+    request_body,
+    on_panic: BODY_STOP_AND_BUFFER
+);
 
 /// # Safety
 /// Envoy's hook contract (live filter, our filter pointer).
@@ -762,17 +775,16 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     filter_envoy_ptr: *mut c_void,
     filter_module_ptr: *const c_void,
 ) -> u32 {
-    let handle = FilterHandle(filter_envoy_ptr);
-    // SAFETY: our filter pointer, live until destroy.
-    let stream = unsafe { stream(filter_module_ptr) };
-    guard(
-        "request_trailers",
-        || crate::hooks::request_trailers(stream),
-        || {
-            crate::hooks::internal_error(handle);
-            TRAILERS_STOP
-        },
-    )
+    // SAFETY: Envoy's hook contract, as stream_hook requires.
+    unsafe {
+        stream_hook(
+            "request_trailers",
+            filter_envoy_ptr,
+            filter_module_ptr,
+            crate::hooks::request_trailers,
+            TRAILERS_STOP,
+        )
+    }
 }
 
 /// The response passes untouched.
@@ -859,9 +871,6 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     body_chunks: *const RawBuffer,
     body_chunks_size: usize,
 ) {
-    let handle = FilterHandle(filter_envoy_ptr);
-    // SAFETY: our filter pointer, live until destroy.
-    let stream = unsafe { stream(filter_module_ptr) };
     let mut answer = CalloutAnswer {
         status: None,
         body: Vec::new(),
@@ -901,11 +910,16 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
             }
         }
     }
-    guard(
-        "http_callout_done",
-        || crate::hooks::callout_done(stream, callout_id, answer),
-        || crate::hooks::internal_error(handle),
-    )
+    // SAFETY: Envoy's hook contract, as stream_hook requires.
+    unsafe {
+        stream_hook(
+            "http_callout_done",
+            filter_envoy_ptr,
+            filter_module_ptr,
+            |stream| crate::hooks::callout_done(stream, callout_id, answer),
+            (),
+        )
+    }
 }
 
 /// An event committed through a filter's [`Scheduler`], on its worker thread.
@@ -918,14 +932,16 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     filter_module_ptr: *const c_void,
     event_id: u64,
 ) {
-    let handle = FilterHandle(filter_envoy_ptr);
-    // SAFETY: our filter pointer, live until destroy.
-    let stream = unsafe { stream(filter_module_ptr) };
-    guard(
-        "http_filter_scheduled",
-        || crate::hooks::scheduled(stream, event_id),
-        || crate::hooks::internal_error(handle),
-    )
+    // SAFETY: Envoy's hook contract, as stream_hook requires.
+    unsafe {
+        stream_hook(
+            "http_filter_scheduled",
+            filter_envoy_ptr,
+            filter_module_ptr,
+            |stream| crate::hooks::scheduled(stream, event_id),
+            (),
+        )
+    }
 }
 
 /// # Safety

@@ -295,7 +295,23 @@ fn paused(stream: &StreamFilter) {
     }
 }
 
+/// The request header that makes a module built with the `test-panic` feature panic in the
+/// request-headers hook (tests/tests/native_panic.rs proves the panic barrier with it).
+#[cfg(feature = "test-panic")]
+pub const TEST_PANIC_HEADER: &str = "x-keyrealm-test-panic";
+
 pub fn request_headers(stream: &StreamFilter, end_of_stream: bool) -> u32 {
+    #[cfg(feature = "test-panic")]
+    {
+        let mut asked = false;
+        stream.handle.request_headers(|name, _| {
+            asked |= name.eq_ignore_ascii_case(TEST_PANIC_HEADER.as_bytes());
+        });
+        #[allow(clippy::panic)]
+        if asked {
+            panic!("{TEST_PANIC_HEADER} asked for a panic (test-panic feature)");
+        }
+    }
     match with_engine(stream, false, |w, host| {
         w.on_request_headers(&stream.config.filter, stream.ctx, end_of_stream, host)
     }) {

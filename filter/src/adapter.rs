@@ -327,28 +327,38 @@ struct Root {
     filter: Option<Arc<Filter>>,
 }
 
-impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        num_headers: usize,
-        body_size: usize,
-        _num_trailers: usize,
-    ) {
-        deliver_call_response(self.context_id, token_id, num_headers, body_size);
-    }
+/// The `Context` of both kinds of context: a realm answer goes to the engine, which knows the
+/// request (or the root) that made the call; when the context goes, the engine forgets it (a root
+/// context goes when its plugin is removed or replaced: calls it received are made again by
+/// another root's tick) and, for a root context, the counters are flushed.
+macro_rules! engine_context {
+    ($context:ty, flush_counters: $flush:expr) => {
+        impl Context for $context {
+            fn on_http_call_response(
+                &mut self,
+                token_id: u32,
+                num_headers: usize,
+                body_size: usize,
+                _num_trailers: usize,
+            ) {
+                deliver_call_response(self.context_id, token_id, num_headers, body_size);
+            }
 
-    fn on_done(&mut self) -> bool {
-        // The root context goes (its plugin was removed or replaced): calls it received are
-        // made again by another root's tick; the counters are flushed now.
-        let root = self.context_id;
-        with_vm(|vm| {
-            vm.worker.on_done(root);
-            flush_counters(vm);
-        });
-        true
-    }
+            fn on_done(&mut self) -> bool {
+                let ctx = self.context_id;
+                with_vm(|vm| {
+                    vm.worker.on_done(ctx);
+                    if $flush {
+                        flush_counters(vm);
+                    }
+                });
+                true
+            }
+        }
+    };
 }
+
+engine_context!(Root, flush_counters: true);
 
 impl RootContext for Root {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
@@ -449,23 +459,7 @@ impl Http {
     }
 }
 
-impl Context for Http {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        num_headers: usize,
-        body_size: usize,
-        _num_trailers: usize,
-    ) {
-        deliver_call_response(self.context_id, token_id, num_headers, body_size);
-    }
-
-    fn on_done(&mut self) -> bool {
-        let ctx = self.context_id;
-        with_vm(|vm| vm.worker.on_done(ctx));
-        true
-    }
-}
+engine_context!(Http, flush_counters: false);
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> WasmAction {

@@ -36,6 +36,10 @@ use serde_json::{json, Value};
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a gateway with a bad configuration may take to give up.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Envoy's count of listener updates taken from the listeners file.
+const LDS_UPDATES: &str = "listener_manager.lds.update_success";
+/// Envoy's gauge of listeners not yet serving (an update is in progress while it is above 0).
+const LISTENERS_WARMING: &str = "listener_manager.total_listeners_warming";
 
 /// A gateway implementation the scenarios can run against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +100,13 @@ pub struct GatewaySpec {
     pub env: Vec<(String, String)>,
     /// Worker threads (Envoy's `--concurrency`, keyrealm-host's workers); `None`: 1.
     pub workers: Option<u32>,
+    /// Envoy only: the listeners come from a watched file (LDS from a file, as a control plane
+    /// would push them) instead of the bootstrap, so that [`Gateway::reconfigure`] can change a
+    /// filter configuration while Envoy runs.
+    pub listeners_from_file: bool,
+    /// The native form only: the folder of the module to load instead of [`native_module_dir`]
+    /// (a test build of it).
+    pub native_module_dir: Option<PathBuf>,
 }
 
 impl GatewaySpec {
@@ -318,7 +329,18 @@ pub struct Gateway {
     log_path: PathBuf,
     process: Process,
     http: reqwest::Client,
+    /// Set when the listeners come from a watched file ([`GatewaySpec::listeners_from_file`]).
+    lds: Option<ListenersFile>,
     _dir: tempfile::TempDir,
+}
+
+/// The listeners of a running Envoy as a watched file, and what it was rendered from.
+struct ListenersFile {
+    path: PathBuf,
+    spec: GatewaySpec,
+    form: FilterForm,
+    listeners: Vec<SocketAddr>,
+    admin: SocketAddr,
 }
 
 enum Process {
@@ -380,6 +402,57 @@ impl Gateway {
             .await
             .with_context(|| format!("GET {url}"))?;
         Ok(res.text().await?)
+    }
+
+    /// Changes the filter configuration of listener `index` while Envoy runs, as a control plane
+    /// does: the listeners file is replaced (written aside, then renamed into place) and Envoy
+    /// updates the listener in place, which creates a new filter configuration (a new root
+    /// context in the wasm form). Returns once Envoy took it (bounded). Needs
+    /// [`GatewaySpec::listeners_from_file`].
+    pub async fn reconfigure(&mut self, index: usize, filter_config: Value) -> anyhow::Result<()> {
+        let Some(lds) = &mut self.lds else {
+            bail!("{} was not started with listeners_from_file", self.kind);
+        };
+        lds.spec.listeners[index] = Some(filter_config);
+        let before = self.admin_counter(LDS_UPDATES).await?;
+        let lds = self
+            .lds
+            .as_ref()
+            .ok_or_else(|| anyhow!("no listeners file"))?;
+        write_listeners_file(lds)?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if self.admin_counter(LDS_UPDATES).await? > before
+                && self.admin_counter(LISTENERS_WARMING).await? == 0
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "Envoy did not take the new listeners within {READY_TIMEOUT:?}\n---- Envoy log ----\n{}",
+                    tail(&self.log(), 60)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A counter or gauge of the admin's `/stats` (0 when absent).
+    async fn admin_counter(&self, name: &str) -> anyhow::Result<u64> {
+        let url = format!("http://{}/stats?filter=^{name}$", self.admin);
+        let text = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter_map(|line| line.strip_prefix(name)?.strip_prefix(": "))
+            .filter_map(|value| value.trim().parse::<u64>().ok())
+            .sum())
     }
 
     fn stop(&mut self) {
@@ -531,6 +604,35 @@ struct Prepared {
     log_path: PathBuf,
     listeners: Vec<SocketAddr>,
     admin: SocketAddr,
+    lds: Option<ListenersFile>,
+}
+
+/// Writes the listeners of `lds` as an LDS file (a discovery response), aside first and then
+/// renamed into place: Envoy reloads the file when one is moved into its watched folder.
+fn write_listeners_file(lds: &ListenersFile) -> anyhow::Result<()> {
+    let config = render_config(&lds.spec, &lds.listeners, lds.admin, &lds.form);
+    let resources: Vec<Value> = config["static_resources"]["listeners"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut listener| {
+            listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+            listener
+        })
+        .collect();
+    let folder = lds
+        .path
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("listeners file without a folder"))?;
+    let aside = folder.join("listeners.json.new");
+    std::fs::write(
+        &aside,
+        serde_json::to_string_pretty(&json!({"resources": resources}))?,
+    )?;
+    std::fs::rename(&aside, &lds.path)?;
+    Ok(())
 }
 
 fn prepare_envoy(kind: GatewayKind, spec: &GatewaySpec) -> anyhow::Result<Prepared> {
@@ -538,10 +640,10 @@ fn prepare_envoy(kind: GatewayKind, spec: &GatewaySpec) -> anyhow::Result<Prepar
     let uses_filter = spec.listeners.iter().any(Option::is_some);
     let (form, module_dir) = match kind {
         GatewayKind::EnvoyNative => {
-            let dir = if uses_filter {
-                Some(native_module_dir()?)
-            } else {
-                None
+            let dir = match &spec.native_module_dir {
+                Some(dir) => Some(dir.clone()),
+                None if uses_filter => Some(native_module_dir()?),
+                None => None,
             };
             (FilterForm::Native, dir)
         }
@@ -555,7 +657,30 @@ fn prepare_envoy(kind: GatewayKind, spec: &GatewaySpec) -> anyhow::Result<Prepar
         .map(|_| free_port().map(loopback))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let admin = loopback(free_port()?);
-    let config = render_config(spec, &listeners, admin, &form);
+    let mut config = render_config(spec, &listeners, admin, &form);
+    let lds = if spec.listeners_from_file {
+        let lds = ListenersFile {
+            path: dir.path().join("lds").join("listeners.json"),
+            spec: spec.clone(),
+            form,
+            listeners: listeners.clone(),
+            admin,
+        };
+        std::fs::create_dir(dir.path().join("lds"))?;
+        write_listeners_file(&lds)?;
+        config["static_resources"]["listeners"] = json!([]);
+        config["node"] = json!({"id": "keyrealm-e2e", "cluster": "keyrealm-e2e"});
+        config["dynamic_resources"] = json!({"lds_config": {
+            "resource_api_version": "V3",
+            "path_config_source": {
+                "path": lds.path.display().to_string(),
+                "watched_directory": {"path": dir.path().join("lds").display().to_string()},
+            },
+        }});
+        Some(lds)
+    } else {
+        None
+    };
     let config_path = dir.path().join("envoy.yaml");
     std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
     let log_path = dir.path().join("envoy.log");
@@ -566,6 +691,7 @@ fn prepare_envoy(kind: GatewayKind, spec: &GatewaySpec) -> anyhow::Result<Prepar
         log_path,
         listeners,
         admin,
+        lds,
     })
 }
 
@@ -633,6 +759,7 @@ async fn start_envoy(kind: GatewayKind, spec: &GatewaySpec) -> anyhow::Result<Ga
             log_path: prepared.log_path.clone(),
             process: Process::Envoy(child),
             http: http.clone(),
+            lds: prepared.lds,
             _dir: prepared.dir,
         };
         match wait_ready(&mut gateway).await {
@@ -755,6 +882,9 @@ fn prepare_host(spec: &GatewaySpec) -> anyhow::Result<PreparedHost> {
 }
 
 async fn start_host(spec: &GatewaySpec) -> anyhow::Result<Gateway> {
+    if spec.listeners_from_file {
+        bail!("keyrealm-host takes its listeners from its configuration file only (no LDS)");
+    }
     let prepared = prepare_host(spec)?;
     let host =
         match keyrealm_host::start_with_options(&prepared.config_path, prepared.options.clone())
@@ -791,6 +921,7 @@ async fn start_host(spec: &GatewaySpec) -> anyhow::Result<Gateway> {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()?,
+        lds: None,
         _dir: prepared.dir,
     };
     // `start` returns once it serves; readiness is checked all the same, as for Envoy.
