@@ -11,8 +11,10 @@
 //! written against the small [`engine::Host`] trait and tested natively; the proxy-wasm adapter
 //! (`adapter`, compiled for `wasm32` only) maps the SDK's callbacks onto the engine's
 //! [`engine::Filter`] (one per root context) and [`engine::Worker`] with its
-//! [`engine::SharedState`] (one per VM). The [`engine`] module documents the seam a native
-//! adapter uses.
+//! [`engine::SharedState`] (one per VM, kept across configuration changes). The native adapter
+//! (`filter-native/`, an Envoy dynamic module) drives the same engine with one `SharedState` per
+//! process; the [`engine`] module documents that seam and how the engine is split (walk,
+//! look-ups, answers, hiding, headers, counters).
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
