@@ -25,6 +25,7 @@
 pub mod api;
 pub mod cache;
 pub mod clock;
+pub mod console;
 pub mod db;
 pub mod error;
 pub mod extract;
