@@ -56,7 +56,10 @@ async fn sign_in(b: &Browser, base: &str, token: &str) -> anyhow::Result<()> {
     b.click("form[action='/console/sign-in'] button[type=submit]")
         .await?;
     let title = b.text("main h1").await?;
-    ensure!(title == "Overview", "after sign-in: expected the overview, got {title:?}");
+    ensure!(
+        title == "Overview",
+        "after sign-in: expected the overview, got {title:?}"
+    );
     Ok(())
 }
 
@@ -102,7 +105,10 @@ async fn seed_story(realm: &RealmService, b: &Browser) -> anyhow::Result<()> {
 
     // The session cookie: HttpOnly, SameSite=Strict, expiring; the token is in no cookie.
     let cookie = b.client.get_named_cookie("krc_session").await?;
-    ensure!(cookie.http_only() == Some(true), "session cookie not HttpOnly");
+    ensure!(
+        cookie.http_only() == Some(true),
+        "session cookie not HttpOnly"
+    );
     ensure!(
         format!("{:?}", cookie.same_site()) == "Some(Strict)",
         "session cookie not SameSite=Strict: {:?}",
@@ -130,13 +136,12 @@ async fn seed_story(realm: &RealmService, b: &Browser) -> anyhow::Result<()> {
     let token = b.text("#secret").await?;
     ensure!(token.starts_with("krdp_"), "data-plane token: {token:?}");
     ensure!(
-        b.text(".secret-once").await?.contains("only time it is shown"),
+        b.text(".secret-once")
+            .await?
+            .contains("only time it is shown"),
         "no shown-once warning"
     );
-    ensure!(
-        !b.url().await.contains(&token),
-        "the token is in the URL"
-    );
+    ensure!(!b.url().await.contains(&token), "the token is in the URL");
     b.screenshot("03-data-plane-token-shown-once").await?;
     b.client
         .goto(&format!("{base}/console/control-planes"))
@@ -179,7 +184,10 @@ async fn seed_story(realm: &RealmService, b: &Browser) -> anyhow::Result<()> {
             "{base}/console/realms/{realm_id}/consumers/{consumer_id}"
         ))
         .await?;
-    ensure!(!b.client.source().await?.contains(&secret), "the key is shown again");
+    ensure!(
+        !b.client.source().await?.contains(&secret),
+        "the key is shown again"
+    );
     b.screenshot("06-consumer").await?;
 
     // The secret read off the page works at real Envoy with the filter.
@@ -190,13 +198,15 @@ async fn seed_story(realm: &RealmService, b: &Browser) -> anyhow::Result<()> {
         "identity_realms": [realm_entry(&realm_id, Some("us"))],
         "realm_service": {"clusters": {"us": "realm_us"}, "token_env": TOKEN_ENV},
     }));
-    spec.cluster("realm_us", realm.addr()).env(TOKEN_ENV, &token);
+    spec.cluster("realm_us", realm.addr())
+        .env(TOKEN_ENV, &token);
     let gateway = GatewayKind::Envoy.start(&spec).await?;
     let http = http_client();
     let mut checks = Checks::new();
     let ok = Reply::send(
         "Ariel's key",
-        http.get(gateway.url(0, "/anything")).header("apikey", &secret),
+        http.get(gateway.url(0, "/anything"))
+            .header("apikey", &secret),
     )
     .await;
     checks.status("Ariel's key (read off the console) → 200", &ok, 200);
@@ -280,11 +290,17 @@ async fn seed_story(realm: &RealmService, b: &Browser) -> anyhow::Result<()> {
         ))
         .await?;
     let question = submit_confirmed(b, "/revoke").await?;
-    ensure!(question.contains("Revoke this key"), "confirm: {question:?}");
+    ensure!(
+        question.contains("Revoke this key"),
+        "confirm: {question:?}"
+    );
     ensure!(flash(b).await? == format!("Key {key_id} revoked."));
     ensure!(!b.has("#keys").await?, "the key is still listed");
     let identity = http
-        .post(format!("http://{}/{realm_id}/v0/authenticate", realm.addr()))
+        .post(format!(
+            "http://{}/{realm_id}/v0/authenticate",
+            realm.addr()
+        ))
         .bearer_auth(&token)
         .json(&json!({ "secret": secret }))
         .send()
@@ -334,7 +350,10 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
     b.fill("#f-token", "not-a-token").await?;
     submit(b, "/console/sign-in").await?;
     let error = b.text("#error-token").await?;
-    ensure!(error.contains("unknown admin token"), "sign-in error: {error:?}");
+    ensure!(
+        error.contains("unknown admin token"),
+        "sign-in error: {error:?}"
+    );
     b.screenshot("10-sign-in-refused").await?;
     sign_in(b, &base, realm.admin_token()).await?;
 
@@ -359,7 +378,10 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
         ("#f-tags", "a, b"),
     ] {
         let kept = b.value(field).await?;
-        ensure!(kept == typed, "{field}: {kept:?} after the 409, typed {typed:?}");
+        ensure!(
+            kept == typed,
+            "{field}: {kept:?} after the 409, typed {typed:?}"
+        );
     }
     ensure!(
         b.text(".flash.bad").await?.contains("409"),
@@ -373,7 +395,10 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
             "{base}/console/realms/{prod}/consumers/{bob_id}/edit"
         ))
         .await?;
-    ensure!(b.value("#f-custom_id").await? == "crm-42", "edit form not filled in");
+    ensure!(
+        b.value("#f-custom_id").await? == "crm-42",
+        "edit form not filled in"
+    );
     b.fill("#f-username", "Ariel").await?;
     submit(b, "/edit").await?;
     ensure!(b.text("#error-username").await?.contains("already exists"));
@@ -405,7 +430,10 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
         .await?;
     b.fill("#f-name", "   ").await?;
     submit(b, "/console/control-planes").await?;
-    ensure!(b.has("#error-name").await?, "no error for a blank control plane name");
+    ensure!(
+        b.has("#error-name").await?,
+        "no error for a blank control plane name"
+    );
     b.client
         .goto(&format!("{base}/console/control-planes/{cp}"))
         .await?;
@@ -453,7 +481,10 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
     b.fill("#f-username", evil).await?;
     b.fill("#f-tags", "<b>bold</b>").await?;
     submit(b, "/consumers/new").await?;
-    ensure!(b.text("main h1").await? == evil, "the name is not shown as text");
+    ensure!(
+        b.text("main h1").await? == evil,
+        "the name is not shown as text"
+    );
     ensure!(
         b.client.get_alert_text().await.is_err(),
         "a script ran: an alert is open"
@@ -468,12 +499,19 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
         .await?;
     let names: Vec<String> = {
         let mut names = Vec::new();
-        for link in b.client.find_all(Locator::Css("#consumers a.username")).await? {
+        for link in b
+            .client
+            .find_all(Locator::Css("#consumers a.username"))
+            .await?
+        {
             names.push(link.text().await?);
         }
         names
     };
-    ensure!(names.iter().any(|n| n == evil), "realm page names: {names:?}");
+    ensure!(
+        names.iter().any(|n| n == evil),
+        "realm page names: {names:?}"
+    );
     ensure!(b.client.get_alert_text().await.is_err(), "a script ran");
     b.screenshot("14-xss-shown-as-text").await?;
 
@@ -490,15 +528,24 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
     b.client
         .goto(&format!("{base}/console/realms/{big}"))
         .await?;
-    let rows = b.client.find_all(Locator::Css("#consumers tbody tr")).await?;
+    let rows = b
+        .client
+        .find_all(Locator::Css("#consumers tbody tr"))
+        .await?;
     ensure!(rows.len() == 20, "first page: {} rows", rows.len());
     b.click("nav.pager a").await?;
-    let rows = b.client.find_all(Locator::Css("#consumers tbody tr")).await?;
+    let rows = b
+        .client
+        .find_all(Locator::Css("#consumers tbody tr"))
+        .await?;
     ensure!(rows.len() == 5, "second page: {} rows", rows.len());
     ensure!(b.text("#consumers tbody tr a").await? == "user-20");
     b.fill("input[name=q]", "cid-07").await?;
     b.click("form.search button").await?;
-    let rows = b.client.find_all(Locator::Css("#consumers tbody tr")).await?;
+    let rows = b
+        .client
+        .find_all(Locator::Css("#consumers tbody tr"))
+        .await?;
     ensure!(rows.len() == 1, "search by custom_id: {} rows", rows.len());
     ensure!(b.text("#consumers tbody tr a").await? == "user-07");
     b.screenshot("15-consumer-search").await?;
@@ -516,7 +563,12 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
     );
     ensure!(
         realm
-            .admin(reqwest::Method::GET, &format!("/v1/realms/{staging}"), None, 200)
+            .admin(
+                reqwest::Method::GET,
+                &format!("/v1/realms/{staging}"),
+                None,
+                200
+            )
             .await
             .is_ok(),
         "the realm went before the confirmation"
@@ -525,7 +577,12 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
     b.click("#confirm-delete").await?;
     ensure!(flash(b).await? == "Realm deleted.");
     realm
-        .admin(reqwest::Method::GET, &format!("/v1/realms/{staging}"), None, 404)
+        .admin(
+            reqwest::Method::GET,
+            &format!("/v1/realms/{staging}"),
+            None,
+            404,
+        )
         .await?;
 
     // CSRF: a form whose token does not match the session is refused and changes nothing.
@@ -540,7 +597,10 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
         .await?;
     b.fill("#f-name", "forged-cp").await?;
     submit(b, "/console/control-planes").await?;
-    ensure!(b.text("main h1").await? == "Form refused", "CSRF not refused");
+    ensure!(
+        b.text("main h1").await? == "Form refused",
+        "CSRF not refused"
+    );
     b.screenshot("17-csrf-refused").await?;
     let cps = realm
         .admin(reqwest::Method::GET, "/v2/control-planes", None, 200)
@@ -556,10 +616,11 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
     let old = old.value().to_string();
     b.click("form.signout button").await?;
     ensure!(b.text(".flash.ok").await? == "You have signed out.");
-    b.client
-        .goto(&format!("{base}/console/realms"))
-        .await?;
-    ensure!(b.path().await? == "/console/sign-in", "signed out, yet the realms show");
+    b.client.goto(&format!("{base}/console/realms")).await?;
+    ensure!(
+        b.path().await? == "/console/sign-in",
+        "signed out, yet the realms show"
+    );
     let no_redirects = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
@@ -571,7 +632,10 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
         .await?;
     ensure!(
         replay.status().as_u16() == 303
-            && replay.headers().get("location").and_then(|v| v.to_str().ok())
+            && replay
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
                 == Some("/console/sign-in?ended=expired"),
         "the signed-out session id still works: {}",
         replay.status()
@@ -581,9 +645,7 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
     let operator = realm_service::create_admin_token(&realm.database_path(), "operator")
         .map_err(|e| anyhow::anyhow!("minting an admin token: {e}"))?;
     sign_in(b, &base, &operator).await?;
-    b.client
-        .goto(&format!("{base}/console/realms"))
-        .await?;
+    b.client.goto(&format!("{base}/console/realms")).await?;
     ensure!(b.text("main h1").await? == "Realms");
     let db = rusqlite::Connection::open(realm.database_path())?;
     let revoked = db.execute("DELETE FROM admin_tokens WHERE name = 'operator'", [])?;
@@ -591,10 +653,11 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
     // The service drops the admin tokens it remembers at its next write (revoking through the
     // service itself is issue 7's `token revoke`); the console asks the API on every request.
     realm.create_control_plane("after-revoke").await?;
-    b.client
-        .goto(&format!("{base}/console/realms"))
-        .await?;
-    ensure!(b.path().await? == "/console/sign-in", "the revoked token's session still works");
+    b.client.goto(&format!("{base}/console/realms")).await?;
+    ensure!(
+        b.path().await? == "/console/sign-in",
+        "the revoked token's session still works"
+    );
     let notice = b.text(".flash").await?;
     ensure!(notice.contains("no longer accepts"), "notice: {notice:?}");
     b.screenshot("18-session-ended-token-revoked").await?;

@@ -145,6 +145,8 @@ pub fn heading(crumbs: &[(&str, String)], title: &str, actions: Markup) -> Marku
 pub struct Errors {
     pub fields: BTreeMap<String, String>,
     pub general: Option<String>,
+    /// The API's status, e.g. `409 Conflict`.
+    pub status: Option<String>,
 }
 
 impl Errors {
@@ -156,7 +158,14 @@ impl Errors {
     /// form does not have (or for an indexed entry, `tags[2]`) goes to the form's own field of
     /// that name when there is one, otherwise to the general message.
     pub fn from_problem(problem: &Problem, fields: &[&str]) -> Errors {
-        let mut errors = Errors::default();
+        let mut errors = Errors {
+            status: Some(format!(
+                "{} {}",
+                problem.status.as_u16(),
+                problem.status.canonical_reason().unwrap_or("")
+            )),
+            ..Errors::default()
+        };
         let mut unplaced = Vec::new();
         for (field, reason) in &problem.fields {
             let base = field.split('[').next().unwrap_or(field);
@@ -204,7 +213,7 @@ impl Errors {
             @if let Some(text) = &self.general {
                 div.flash.bad role="alert" { (text) }
             } @else if !self.fields.is_empty() {
-                div.flash.bad role="alert" { "The API refused this form; see the fields marked below." }
+                div.flash.bad role="alert" { (self.status.as_deref().unwrap_or("Refused")) " — the API refused this form; see the fields marked below." }
             }
         }
     }

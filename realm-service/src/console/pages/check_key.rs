@@ -43,7 +43,7 @@ fn render(
                                 option value=(rid) selected[rid == realm] { (name) " — " (rid) }
                             }
                         }
-                        @if let Some(e) = errors.get("realm") { div.error { (e) } }
+                        @if let Some(e) = errors.get("realm") { div.error #error-realm { (e) } }
                     }
                     (views::field("Key", "secret", "password", "", "", errors))
                     button.button.primary type="submit" { "Check" }

@@ -312,7 +312,7 @@ async fn render_show(
                         legend { "Type" }
                         label.check { input type="radio" name="type" value="new" checked[key_type != "legacy"]; " New — the service generates a strong key (" code { "krk_…" } ")" }
                         label.check { input type="radio" name="type" value="legacy" checked[key_type == "legacy"]; " Legacy — bring an existing secret" }
-                        @if let Some(e) = state.key_errors.get("type") { div.error { (e) } }
+                        @if let Some(e) = state.key_errors.get("type") { div.error #error-type { (e) } }
                     }
                     (views::field("Legacy secret", "secret", "password", key_secret, "Only for legacy keys; 1-1024 characters, unique in the realm.", &state.key_errors))
                     div.row {
@@ -336,7 +336,7 @@ async fn render_show(
                             option value=(rid) selected[rid == state.move_target] { (name) " — " (rid) }
                         }
                     }
-                    @if let Some(e) = state.move_errors.get("target_realm_id") { div.error { (e) } }
+                    @if let Some(e) = state.move_errors.get("target_realm_id") { div.error #error-target_realm_id { (e) } }
                 }
                 button.button type="submit" disabled[realms.len() < 2] { "Move consumer" }
             }
@@ -572,8 +572,9 @@ pub async fn create_key(
     let tags = form.get("tags");
     let mut body = Map::new();
     body.insert("type".into(), json!(kind));
-    // The secret field is only for legacy keys; for a new key a typed secret is the API's to refuse.
-    if kind == "legacy" || !secret.is_empty() {
+    // The secret field is only for legacy keys: left empty it is not sent (the API then says it
+    // is required for legacy); typed for a new key, it is the API's to refuse.
+    if !secret.is_empty() {
         body.insert("secret".into(), json!(secret));
     }
     if !ttl.trim().is_empty() {

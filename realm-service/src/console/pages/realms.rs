@@ -182,14 +182,14 @@ fn realm_form(
                         " " (views::text(cp, "name")) " " code.id { (cp_id) }
                     }
                 }
-                @if let Some(e) = cp_error { div.error { (e) } }
+                @if let Some(e) = cp_error { div.error #error-allowed_control_planes { (e) } }
             }
             div.row {
                 (views::field("TTL (minutes)", "ttl", "text", &values.ttl, "How long gateways may cache a found key; 5-525600, default 10.", errors))
                 (views::field("Negative TTL (minutes)", "negative_ttl", "text", &values.negative_ttl, "How long gateways may cache a miss; 5-525600, default 10.", errors))
             }
             (views::field("Consumer groups", "consumer_groups", "text", &values.groups, "Comma-separated; every consumer of the realm is in these groups.", errors))
-            @if let Some(e) = errors.get("allow_all_control_planes") { div.error { (e) } }
+            @if let Some(e) = errors.get("allow_all_control_planes") { div.error #error-allow_all_control_planes { (e) } }
             div.form-actions { button.button.primary type="submit" { (submit) } }
         }
     }
