@@ -15,6 +15,13 @@ ENVOY_BIN="$(scripts/install-envoy.sh)"
 export ENVOY_BIN
 "$ENVOY_BIN" --version
 
+echo "== installing Chromium and chromedriver (the console's browser tests)"
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  apt-get update
+  apt-get install -y chromium chromium-driver
+fi
+chromium --version
+
 echo "== building the wasm filters"
 scripts/build-wasm.sh
 

@@ -310,6 +310,7 @@ pub fn when(rfc3339: &str) -> String {
 
 pub fn tags(list: &[String]) -> Markup {
     html! {
+        @if list.is_empty() { span.muted { "—" } }
         @for t in list { span.tag { (t) } }
     }
 }
