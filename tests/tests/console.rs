@@ -663,3 +663,38 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
     b.screenshot("18-session-ended-token-revoked").await?;
     Ok(())
 }
+
+/// `--no-console` (`ServiceConfig::console = false`) serves no console; by default it is there.
+#[tokio::test]
+async fn the_console_can_be_turned_off() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    for (console, expected) in [(true, 303), (false, 404)] {
+        let mut config =
+            realm_service::ServiceConfig::new(dir.path().join(format!("realm-{console}.db")));
+        config.console = console;
+        let service = realm_service::spawn(config).await.expect("realm service");
+        let answer = no_redirects
+            .get(format!("http://{}/console/", service.local_addr()))
+            .send()
+            .await
+            .expect("GET /console/");
+        assert_eq!(answer.status().as_u16(), expected, "console: {console}");
+        if console {
+            let csp = answer
+                .headers()
+                .get("content-security-policy")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            assert!(
+                csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+                "CSP: {csp:?}"
+            );
+        }
+        service.shutdown().await;
+    }
+}
