@@ -162,6 +162,26 @@ impl Browser {
         }
     }
 
+    /// Clicks element `css`, which loads another page, and waits until the old page is gone (so
+    /// that what is read next is from the new page).
+    pub async fn click_nav(&self, css: &str) -> anyhow::Result<()> {
+        let old = self.client.find(Locator::Css("html")).await?;
+        self.click(css).await?;
+        self.wait_gone(old).await
+    }
+
+    /// Waits (up to 15 s) until `old`, an element of the page before a navigation, is stale.
+    pub async fn wait_gone(&self, old: fantoccini::elements::Element) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(15) {
+            if old.tag_name().await.is_err() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the page did not change within 15 s ({})", self.url().await)
+    }
+
     /// The value property of input `css`.
     pub async fn value(&self, css: &str) -> anyhow::Result<String> {
         Ok(self

@@ -53,7 +53,7 @@ where
 async fn sign_in(b: &Browser, base: &str, token: &str) -> anyhow::Result<()> {
     b.client.goto(&format!("{base}/console/sign-in")).await?;
     b.fill("#f-token", token).await?;
-    b.click("form[action='/console/sign-in'] button[type=submit]")
+    b.click_nav("form[action='/console/sign-in'] button[type=submit]")
         .await?;
     let title = b.text("main h1").await?;
     ensure!(
@@ -65,19 +65,22 @@ async fn sign_in(b: &Browser, base: &str, token: &str) -> anyhow::Result<()> {
 
 /// Clicks the submit button of the form whose action ends with `action`.
 async fn submit(b: &Browser, action: &str) -> anyhow::Result<()> {
-    b.click(&format!("form[action$='{action}'] button[type=submit]"))
+    b.click_nav(&format!("form[action$='{action}'] button[type=submit]"))
         .await
 }
 
 /// Clicks a button whose form asks for confirmation (JavaScript `confirm`), and accepts it.
 async fn submit_confirmed(b: &Browser, action: &str) -> anyhow::Result<String> {
-    submit(b, action).await?;
+    let old = b.client.find(Locator::Css("html")).await?;
+    b.click(&format!("form[action$='{action}'] button[type=submit]"))
+        .await?;
     let question = b
         .client
         .get_alert_text()
         .await
         .context("the delete button asks for confirmation")?;
     b.client.accept_alert().await?;
+    b.wait_gone(old).await?;
     Ok(question)
 }
 
@@ -162,7 +165,7 @@ async fn seed_story(realm: &RealmService, b: &Browser) -> anyhow::Result<()> {
     let realm_id = b.text("#realm-id").await?;
 
     // Consumer Ariel.
-    b.click("a[href$='/consumers/new']").await?;
+    b.click_nav("a[href$='/consumers/new']").await?;
     b.fill("#f-username", "Ariel").await?;
     submit(b, "/consumers/new").await?;
     ensure!(flash(b).await? == "Consumer Ariel created.");
@@ -533,7 +536,7 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
         .find_all(Locator::Css("#consumers tbody tr"))
         .await?;
     ensure!(rows.len() == 20, "first page: {} rows", rows.len());
-    b.click("nav.pager a").await?;
+    b.click_nav("nav.pager a").await?;
     let rows = b
         .client
         .find_all(Locator::Css("#consumers tbody tr"))
@@ -541,7 +544,7 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
     ensure!(rows.len() == 5, "second page: {} rows", rows.len());
     ensure!(b.text("#consumers tbody tr a").await? == "user-20");
     b.fill("input[name=q]", "cid-07").await?;
-    b.click("form.search button").await?;
+    b.click_nav("form.search button").await?;
     let rows = b
         .client
         .find_all(Locator::Css("#consumers tbody tr"))
@@ -574,7 +577,7 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
         "the realm went before the confirmation"
     );
     b.screenshot("16-realm-delete-confirm").await?;
-    b.click("#confirm-delete").await?;
+    b.click_nav("#confirm-delete").await?;
     ensure!(flash(b).await? == "Realm deleted.");
     realm
         .admin(
@@ -614,7 +617,7 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
     b.client.goto(&format!("{base}/console/")).await?;
     let old = b.client.get_named_cookie("krc_session").await?;
     let old = old.value().to_string();
-    b.click("form.signout button").await?;
+    b.click_nav("form.signout button").await?;
     ensure!(b.text(".flash.ok").await? == "You have signed out.");
     b.client.goto(&format!("{base}/console/realms")).await?;
     ensure!(
