@@ -604,7 +604,7 @@ async fn confirm_delete(console: &Console, signed: &Signed, realm: &str) -> Resp
                 input type="hidden" name="force" value="true";
                 div.form-actions {
                     a.button href=(format!("/console/realms/{realm}")) { "Cancel" }
-                    button.button.danger #confirm-delete type="submit" { "Delete realm, " (consumers) " consumers and " (keys) " keys" }
+                    button.button.danger #confirm-delete type="submit" { "Delete realm, " (consumers) (if consumers == 1 { " consumer" } else { " consumers" }) " and " (keys) (if keys == 1 { " key" } else { " keys" }) }
                 }
             }
         }
