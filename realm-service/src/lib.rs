@@ -6,6 +6,9 @@
 //! call to look a key up. The contract is `shared/spec/realm-api.md`; the user reference is
 //! `docs/realm-api.md`.
 //!
+//! It also serves the realm console, a web UI at `/console/` ([`console`]; off with
+//! `--no-console`), which is a client of this same API in-process.
+//!
 //! Storage is SQLite (WAL, `synchronous=FULL`): secrets and tokens are kept only as SHA-256
 //! hashes. The authenticate path reads only and is served from an in-process cache that every
 //! committed write invalidates ([`cache`]).
