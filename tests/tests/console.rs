@@ -553,6 +553,80 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
     ensure!(b.text("#consumers tbody tr a").await? == "user-07");
     b.screenshot("15-consumer-search").await?;
 
+    // The other forms succeed: edit a realm, move and delete a consumer, revoke a data-plane
+    // token, delete a control plane.
+    b.client
+        .goto(&format!("{base}/console/realms/{big}/edit"))
+        .await?;
+    b.fill("#f-ttl", "30").await?;
+    submit(b, "/edit").await?;
+    ensure!(flash(b).await? == "Realm big saved.");
+    let settings = b.text("dl.props").await?;
+    ensure!(
+        settings.contains("30 min (found)"),
+        "realm after edit: {settings:?}"
+    );
+    b.client
+        .goto(&format!("{base}/console/realms/{prod}/consumers/{bob_id}"))
+        .await?;
+    b.client
+        .find(Locator::Css("#f-target"))
+        .await?
+        .select_by_value(&big)
+        .await?;
+    submit(b, "/move").await?;
+    ensure!(flash(b).await? == "Consumer moved with its keys.");
+    ensure!(
+        b.path().await? == format!("/console/realms/{big}/consumers/{bob_id}"),
+        "not on the moved consumer's page"
+    );
+    let question = submit_confirmed(b, &format!("{bob_id}/delete")).await?;
+    ensure!(
+        question.contains("Delete consumer Bob"),
+        "confirm: {question:?}"
+    );
+    ensure!(flash(b).await? == "Consumer deleted with its keys.");
+    realm
+        .admin(
+            reqwest::Method::GET,
+            &format!("/v1/realms/{big}/consumers/{bob_id}"),
+            None,
+            404,
+        )
+        .await?;
+    realm.create_data_plane_token(&cp).await?;
+    b.client
+        .goto(&format!("{base}/console/control-planes/{cp}"))
+        .await?;
+    submit_confirmed(b, "/revoke").await?;
+    ensure!(flash(b).await? == "Data-plane token revoked.");
+    let tokens = realm
+        .admin(
+            reqwest::Method::GET,
+            &format!("/v2/control-planes/{cp}/data-plane-tokens"),
+            None,
+            200,
+        )
+        .await?;
+    ensure!(
+        tokens["data"] == json!([]),
+        "tokens after the revoke: {tokens}"
+    );
+    let spare = realm.create_control_plane("spare").await?;
+    b.client
+        .goto(&format!("{base}/console/control-planes/{spare}"))
+        .await?;
+    submit_confirmed(b, &format!("{spare}/delete")).await?;
+    ensure!(flash(b).await? == "Control plane deleted.");
+    realm
+        .admin(
+            reqwest::Method::GET,
+            &format!("/v2/control-planes/{spare}"),
+            None,
+            404,
+        )
+        .await?;
+
     // Deleting a realm with consumers asks first and says what goes with it.
     b.client
         .goto(&format!("{base}/console/realms/{staging}"))
