@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{optional, uuid_at, Admin};
+use super::Admin;
 use crate::error::{ApiError, Problem};
 use crate::extract::{parse_id, ApiJson};
 use crate::model::AuthenticateRequest;
@@ -77,51 +77,28 @@ pub async fn check(
             "must not be empty",
         ));
     }
-    let hash = secrets::hash(&body.secret);
     let found = state
-        .read(move |conn| {
-            if super::realms::load(conn, &realm)?.is_none() {
-                return Err(ApiError::not_found(format!("realm {realm} not found")));
-            }
-            let row = optional(
-                conn.prepare_cached(
-                    "SELECT k.id, k.type, k.created_at, k.expires_at, k.secret_hash,
-                            c.id, c.username, c.custom_id
-                     FROM keys k JOIN consumers c ON c.id = k.consumer_id
-                     WHERE k.realm_id = ?1 AND k.secret_hash = ?2",
-                )?
-                .query_row(rusqlite::params![realm.to_string(), &hash[..]], |r| {
-                    let stored: Vec<u8> = r.get(4)?;
-                    let expires_at: Option<i64> = r.get(3)?;
-                    Ok((
-                        stored,
-                        expires_at,
-                        KeyCheckCredential {
-                            id: uuid_at(r, 0)?,
-                            kind: r.get(1)?,
-                            created_at: clock::rfc3339(r.get(2)?),
-                            expires_at: expires_at.map(clock::rfc3339),
-                        },
-                        KeyCheckConsumer {
-                            id: uuid_at(r, 5)?,
-                            username: r.get(6)?,
-                            custom_id: r.get(7)?,
-                        },
-                    ))
-                }),
-            )?;
-            Ok(row.filter(|(stored, ..)| secrets::hashes_equal(stored, &hash)))
-        })
+        .store()
+        .check_key(realm, secrets::hash(&body.secret))
         .await?;
     Ok(Json(match found {
-        Some((_, expires_at, credential, consumer)) => KeyCheck {
-            result: if expires_at.is_some_and(|t| t <= clock::now()) {
+        Some(record) => KeyCheck {
+            result: if record.expires_at.is_some_and(|t| t <= clock::now()) {
                 KeyCheckResult::Expired
             } else {
                 KeyCheckResult::Valid
             },
-            consumer: Some(consumer),
-            credential: Some(credential),
+            consumer: Some(KeyCheckConsumer {
+                id: record.consumer_id,
+                username: record.username,
+                custom_id: record.custom_id,
+            }),
+            credential: Some(KeyCheckCredential {
+                id: record.key_id,
+                kind: record.key_type.as_str().to_string(),
+                created_at: clock::rfc3339(record.key_created_at),
+                expires_at: record.expires_at.map(clock::rfc3339),
+            }),
         },
         None => KeyCheck {
             result: KeyCheckResult::Unknown,

@@ -8,7 +8,7 @@ use crate::common::*;
 
 #[tokio::test]
 async fn check_key_says_whose_a_key_is_or_that_it_is_unknown_or_expired() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "prod"})).await;
     let other = app.realm(json!({"name": "other"})).await;
     let consumer = app.consumer(&realm, "Ariel").await;
@@ -65,7 +65,7 @@ async fn check_key_says_whose_a_key_is_or_that_it_is_unknown_or_expired() {
 
 #[tokio::test]
 async fn check_key_is_admin_only_and_validates_its_input() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let world = app.world().await;
     let path = format!("/v1/realms/{}/check-key", world.realm);
     let body = Some(json!({"secret": "x"}));
