@@ -9,8 +9,17 @@
 //!   the field, what was typed kept), the XSS case, paging and search, a realm delete that asks
 //!   first, the CSRF refusal, sign-out, and a revoked admin token's session refused.
 //!
+//! - `console_on_postgresql_replicas`: the console of one of two replicas on one PostgreSQL
+//!   database: what it creates is seen through the other replica; its session is not (sessions
+//!   live in one replica's memory: `docs/console.md`, "Behind several replicas"); an operator
+//!   token revoked with `realm-service token revoke` ends its session at once.
+//!
 //! Every page visited is saved as a PNG under `target/console-screenshots/`. A missing Chromium,
 //! chromedriver or Envoy fails the test.
+
+#[path = "../../realm-service/tests/common/pg.rs"]
+#[allow(dead_code)]
+mod pg;
 
 use std::future::Future;
 use std::time::Duration;
@@ -24,13 +33,22 @@ use keyrealm_tests::{
 };
 use serde_json::json;
 
-/// Runs a browser scenario with a time limit; on failure saves a screenshot and prints the page.
+/// Runs a browser scenario on a realm service with a fresh SQLite database.
 async fn scenario<F, Fut>(name: &str, body: F)
 where
     F: FnOnce(RealmService, Browser) -> Fut,
     Fut: Future<Output = (Browser, anyhow::Result<()>)>,
 {
     let realm = RealmService::start().await.expect("realm service");
+    scenario_on(name, realm, body).await;
+}
+
+/// Runs a browser scenario with a time limit; on failure saves a screenshot and prints the page.
+async fn scenario_on<F, Fut>(name: &str, realm: RealmService, body: F)
+where
+    F: FnOnce(RealmService, Browser) -> Fut,
+    Fut: Future<Output = (Browser, anyhow::Result<()>)>,
+{
     let browser = Browser::start()
         .await
         .expect("headless Chromium through chromedriver (a missing browser is a failure)");
@@ -777,4 +795,132 @@ async fn the_console_can_be_turned_off() {
         }
         service.shutdown().await;
     }
+}
+
+/// The console on PostgreSQL, with a second replica on the same database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_on_postgresql_replicas() {
+    const ADMIN: &str = "e2e-console-pg-admin-token-0123456789";
+    let cluster = pg::Cluster::start();
+    let url = cluster.create_database().await;
+    let first = RealmService::start_on(&url, ADMIN)
+        .await
+        .expect("replica 1");
+    let second = RealmService::start_on(&url, ADMIN)
+        .await
+        .expect("replica 2");
+    scenario_on("postgresql_replicas", first, |first, b| async move {
+        let result = on_postgresql_replicas(&first, &second, &url, &b).await;
+        (b, result)
+    })
+    .await;
+    drop(cluster);
+}
+
+async fn on_postgresql_replicas(
+    first: &RealmService,
+    second: &RealmService,
+    url: &str,
+    b: &Browser,
+) -> anyhow::Result<()> {
+    let base = format!("http://{}", first.addr());
+    sign_in(b, &base, first.admin_token()).await?;
+
+    // Realm, consumer and key through the first replica's console.
+    b.client.goto(&format!("{base}/console/realms/new")).await?;
+    b.fill("#f-name", "prod").await?;
+    b.click("input[name=allow_all_control_planes]").await?;
+    submit(b, "/console/realms/new").await?;
+    ensure!(flash(b).await? == "Realm prod created.");
+    let realm_id = b.text("#realm-id").await?;
+    b.click_nav("a[href$='/consumers/new']").await?;
+    b.fill("#f-username", "Ariel").await?;
+    b.fill("#f-custom_id", "crm-7").await?;
+    submit(b, "/consumers/new").await?;
+    let consumer_id = b.text("#consumer-id").await?;
+    submit(b, "/keys").await?;
+    let secret = b.text("#secret").await?;
+    let key_id = b.text("#keys code.id").await?;
+
+    // The second replica knows the key at once (same database).
+    let check = second
+        .admin(
+            reqwest::Method::POST,
+            &format!("/v1/realms/{realm_id}/check-key"),
+            Some(json!({ "secret": secret })),
+            200,
+        )
+        .await?;
+    ensure!(
+        check["result"] == "valid"
+            && check["consumer"]["id"] == consumer_id.as_str()
+            && check["credential"]["id"] == key_id.as_str(),
+        "check-key through replica 2: {check}"
+    );
+    // The console's check-key and search on PostgreSQL.
+    b.client.goto(&format!("{base}/console/check-key")).await?;
+    b.client
+        .find(Locator::Css("#f-realm"))
+        .await?
+        .select_by_value(&realm_id)
+        .await?;
+    b.fill("#f-secret", &secret).await?;
+    submit(b, "/console/check-key").await?;
+    ensure!(b.text("#check-result h2").await? == "Valid key");
+    ensure!(b.text("#result-username").await? == "Ariel");
+    b.client
+        .goto(&format!("{base}/console/realms/{realm_id}"))
+        .await?;
+    b.fill("input[name=q]", "crm-7").await?;
+    b.click_nav("form.search button").await?;
+    ensure!(b.text("#consumers tbody tr a").await? == "Ariel");
+
+    // The session belongs to the first replica: the second one sends its cookie to sign-in.
+    let cookie = b.client.get_named_cookie("krc_session").await?;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    for (replica, expected) in [
+        (first, None),
+        (second, Some("/console/sign-in?ended=expired")),
+    ] {
+        let answer = no_redirects
+            .get(format!("http://{}/console/realms", replica.addr()))
+            .header("cookie", format!("krc_session={}", cookie.value()))
+            .send()
+            .await?;
+        let location = answer
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        ensure!(
+            location.as_deref() == expected,
+            "the session on replica {}: {} {location:?}",
+            replica.addr(),
+            answer.status()
+        );
+    }
+
+    // An operator token minted and revoked with the `realm-service token` commands' functions,
+    // while both replicas run: its console session ends at its next request.
+    let database = realm_service::Database::parse(url);
+    let operator = realm_service::create_admin_token(&database, "operator")
+        .await
+        .map_err(|e| anyhow::anyhow!("minting an admin token: {e}"))?;
+    sign_in(b, &base, &operator).await?;
+    b.client.goto(&format!("{base}/console/realms")).await?;
+    ensure!(b.text("main h1").await? == "Realms");
+    let revoked = realm_service::revoke_admin_token(&database, "operator")
+        .await
+        .map_err(|e| anyhow::anyhow!("revoking the admin token: {e}"))?;
+    ensure!(revoked == 1, "operator token not found to revoke");
+    b.client.goto(&format!("{base}/console/realms")).await?;
+    ensure!(
+        b.path().await? == "/console/sign-in",
+        "the revoked token's session still works on PostgreSQL"
+    );
+    ensure!(b.text(".flash").await?.contains("no longer accepts"));
+    Ok(())
 }
