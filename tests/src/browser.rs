@@ -50,6 +50,15 @@ fn free_port() -> anyhow::Result<u16> {
 impl Browser {
     /// Starts chromedriver and a headless Chromium session (window 1280×900).
     pub async fn start() -> anyhow::Result<Browser> {
+        Self::start_with(true).await
+    }
+
+    /// The same with JavaScript turned off in the browser (as a user who blocks scripts).
+    pub async fn start_without_javascript() -> anyhow::Result<Browser> {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(javascript: bool) -> anyhow::Result<Browser> {
         let chrome = std::env::var_os("CHROME_BIN")
             .map(PathBuf::from)
             .or_else(|| {
@@ -89,7 +98,7 @@ impl Browser {
             let url = format!("http://127.0.0.1:{port}");
             match wait_ready(&url, &mut driver).await {
                 Ok(()) => {
-                    let client = connect(&url, &chrome, profile.path()).await?;
+                    let client = connect(&url, &chrome, profile.path(), javascript).await?;
                     let shots = screenshot_dir();
                     std::fs::create_dir_all(&shots)?;
                     return Ok(Browser {
@@ -228,7 +237,12 @@ async fn wait_ready(url: &str, driver: &mut tokio::process::Child) -> anyhow::Re
     bail!("chromedriver at {url} not ready within 20 s")
 }
 
-async fn connect(url: &str, chrome: &Path, profile: &Path) -> anyhow::Result<Client> {
+async fn connect(
+    url: &str,
+    chrome: &Path,
+    profile: &Path,
+    javascript: bool,
+) -> anyhow::Result<Client> {
     let args = [
         "--headless=new".to_string(),
         "--no-sandbox".to_string(),
@@ -247,7 +261,12 @@ async fn connect(url: &str, chrome: &Path, profile: &Path) -> anyhow::Result<Cli
     ];
     let capabilities = json!({
         "browserName": "chrome",
-        "goog:chromeOptions": {"binary": chrome.display().to_string(), "args": args},
+        "goog:chromeOptions": {
+            "binary": chrome.display().to_string(),
+            "args": args,
+            // 2 = block: Chromium's content setting for scripts on every site.
+            "prefs": {"profile.managed_default_content_settings.javascript": if javascript { 1 } else { 2 }},
+        },
         // Confirm dialogs are answered by the tests themselves.
         "unhandledPromptBehavior": "ignore",
     });

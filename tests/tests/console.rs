@@ -9,6 +9,8 @@
 //!   the field, what was typed kept), the XSS case, paging and search, a realm delete that asks
 //!   first, the CSRF refusal, sign-out, and a revoked admin token's session refused.
 //!
+//! - `the_console_works_without_javascript`: JavaScript blocked in Chromium: forms, a key revoke
+//!   and the realm delete confirmation page (with its counts) still work.
 //! - `console_on_postgresql_replicas`: the console of one of two replicas on one PostgreSQL
 //!   database: what it creates is seen through the other replica; its session is not (sessions
 //!   live in one replica's memory: `docs/console.md`, "Behind several replicas"); an operator
@@ -40,18 +42,21 @@ where
     Fut: Future<Output = (Browser, anyhow::Result<()>)>,
 {
     let realm = RealmService::start().await.expect("realm service");
-    scenario_on(name, realm, body).await;
+    scenario_on(name, realm, true, body).await;
 }
 
 /// Runs a browser scenario with a time limit; on failure saves a screenshot and prints the page.
-async fn scenario_on<F, Fut>(name: &str, realm: RealmService, body: F)
+async fn scenario_on<F, Fut>(name: &str, realm: RealmService, javascript: bool, body: F)
 where
     F: FnOnce(RealmService, Browser) -> Fut,
     Fut: Future<Output = (Browser, anyhow::Result<()>)>,
 {
-    let browser = Browser::start()
-        .await
-        .expect("headless Chromium through chromedriver (a missing browser is a failure)");
+    let browser = if javascript {
+        Browser::start().await
+    } else {
+        Browser::start_without_javascript().await
+    }
+    .expect("headless Chromium through chromedriver (a missing browser is a failure)");
     let outcome = tokio::time::timeout(Duration::from_secs(300), body(realm, browser)).await;
     let (browser, result) = match outcome {
         Ok(pair) => pair,
@@ -102,6 +107,41 @@ async fn submit_confirmed(b: &Browser, action: &str) -> anyhow::Result<String> {
     Ok(question)
 }
 
+/// Checks what every console page must be, then saves its screenshot: no inline script, event
+/// handler or style attribute (the Content-Security-Policy would block them), and a CSRF token
+/// in every form that posts.
+async fn shot(b: &Browser, name: &str) -> anyhow::Result<()> {
+    let problems = b
+        .client
+        .execute(
+            r#"var out = [];
+            document.querySelectorAll("script").forEach(function (s) {
+              if (!s.getAttribute("src")) out.push("inline script");
+            });
+            document.querySelectorAll("*").forEach(function (e) {
+              for (var i = 0; i < e.attributes.length; i++) {
+                var a = e.attributes[i].name.toLowerCase();
+                if (a.indexOf("on") === 0) out.push("handler " + a + " on " + e.tagName);
+                if (a === "style") out.push("style attribute on " + e.tagName);
+              }
+            });
+            document.querySelectorAll("form").forEach(function (f) {
+              if ((f.getAttribute("method") || "get").toLowerCase() !== "post") return;
+              var c = f.querySelector("input[type=hidden][name=csrf]");
+              if (!c || c.value.length < 32) out.push("a POST form without a CSRF token: " + f.getAttribute("action"));
+            });
+            return out;"#,
+            vec![],
+        )
+        .await?;
+    ensure!(
+        problems == json!([]),
+        "{name} ({}): {problems}",
+        b.url().await
+    );
+    b.screenshot(name).await
+}
+
 async fn flash(b: &Browser) -> anyhow::Result<String> {
     b.text(".flash").await
 }
@@ -121,7 +161,7 @@ async fn seed_story(realm: &RealmService, b: &Browser) -> anyhow::Result<()> {
     // Signed out, the console sends the browser to the sign-in page.
     b.client.goto(&format!("{base}/console/")).await?;
     ensure!(b.path().await? == "/console/sign-in", "not sent to sign-in");
-    b.screenshot("01-sign-in").await?;
+    shot(b, "01-sign-in").await?;
     sign_in(b, &base, realm.admin_token()).await?;
 
     // The session cookie: HttpOnly, SameSite=Strict, expiring; the token is in no cookie.
@@ -163,11 +203,11 @@ async fn seed_story(realm: &RealmService, b: &Browser) -> anyhow::Result<()> {
         "no shown-once warning"
     );
     ensure!(!b.url().await.contains(&token), "the token is in the URL");
-    b.screenshot("03-data-plane-token-shown-once").await?;
+    shot(b, "03-data-plane-token-shown-once").await?;
     b.client
         .goto(&format!("{base}/console/control-planes"))
         .await?;
-    b.screenshot("02-control-planes").await?;
+    shot(b, "02-control-planes").await?;
 
     // Realm prod allowing the control plane.
     b.client.goto(&format!("{base}/console/realms/new")).await?;
@@ -177,7 +217,7 @@ async fn seed_story(realm: &RealmService, b: &Browser) -> anyhow::Result<()> {
     ))
     .await?;
     b.fill("#f-consumer_groups", "gold").await?;
-    b.screenshot("04-realm-new").await?;
+    shot(b, "04-realm-new").await?;
     submit(b, "/console/realms/new").await?;
     ensure!(flash(b).await? == "Realm prod created.");
     let realm_id = b.text("#realm-id").await?;
@@ -195,11 +235,37 @@ async fn seed_story(realm: &RealmService, b: &Browser) -> anyhow::Result<()> {
     ensure!(secret.starts_with("krk_"), "key: {secret:?}");
     ensure!(!b.url().await.contains(&secret), "the key is in the URL");
     let key_id = b.text("#keys code.id").await?;
-    b.screenshot("07-key-shown-once").await?;
+    ensure!(
+        b.text(".secret-once")
+            .await?
+            .contains("cannot be shown again"),
+        "no shown-once warning for the key"
+    );
+    // The key list: its type, created and expiry, never the secret.
+    let row = b.text("#keys tbody tr").await?;
+    ensure!(
+        row.contains(&key_id) && row.contains("new") && row.contains("never"),
+        "key row: {row:?}"
+    );
+    ensure!(
+        !b.text("#keys").await?.contains(&secret),
+        "the key list shows the secret"
+    );
+    shot(b, "07-key-shown-once").await?;
+    // The copy button puts the secret on the clipboard: pasted into a field, it is the secret.
+    b.click("button[data-copy=secret]").await?;
+    let copied = b.text("button[data-copy=secret]").await?;
+    ensure!(copied == "Copied", "the copy button says {copied:?}");
+    let field = b.client.find(Locator::Css("#f-tags")).await?;
+    field.click().await?;
+    field.send_keys("\u{E009}v\u{E000}").await?;
+    let pasted = b.value("#f-tags").await?;
+    ensure!(pasted == secret, "pasted after Copy: {pasted:?}");
+    b.fill("#f-tags", "").await?;
     b.client
         .goto(&format!("{base}/console/realms/{realm_id}"))
         .await?;
-    b.screenshot("05-realm").await?;
+    shot(b, "05-realm").await?;
     b.client
         .goto(&format!(
             "{base}/console/realms/{realm_id}/consumers/{consumer_id}"
@@ -209,7 +275,7 @@ async fn seed_story(realm: &RealmService, b: &Browser) -> anyhow::Result<()> {
         !b.client.source().await?.contains(&secret),
         "the key is shown again"
     );
-    b.screenshot("06-consumer").await?;
+    shot(b, "06-consumer").await?;
 
     // The secret read off the page works at real Envoy with the filter.
     let echo = EchoUpstream::start().await?;
@@ -260,6 +326,24 @@ async fn seed_story(realm: &RealmService, b: &Browser) -> anyhow::Result<()> {
     .await;
     checks.status("another_key → 401", &wrong, 401);
     checks.finish();
+    // Two more look-ups of Ariel's key straight at the identity endpoint: answered from the
+    // service's cache, so the overview has a hit ratio to chart.
+    for _ in 0..2 {
+        let answer = http
+            .post(format!(
+                "http://{}/{realm_id}/v0/authenticate",
+                realm.addr()
+            ))
+            .bearer_auth(&token)
+            .json(&json!({ "secret": secret }))
+            .send()
+            .await?;
+        ensure!(
+            answer.status().as_u16() == 201,
+            "identity: {}",
+            answer.status()
+        );
+    }
 
     // The overview counts it all and charts the authenticate calls from the service's metrics.
     b.client.goto(&format!("{base}/console/")).await?;
@@ -274,14 +358,23 @@ async fn seed_story(realm: &RealmService, b: &Browser) -> anyhow::Result<()> {
     }
     let legend = b.text(".charts").await?;
     ensure!(
-        legend.contains("found 1") && legend.contains("not found 1"),
-        "the chart's totals do not show the gateway's look-ups: {legend:?}"
+        legend.contains("found 3") && legend.contains("not found 1"),
+        "the chart's totals do not show the look-ups: {legend:?}"
     );
     ensure!(
         b.has("svg.chart polyline.found").await?,
         "no authenticate line in the chart"
     );
-    b.screenshot("00-overview").await?;
+    // Ariel's key: a miss, then two hits; another_key: a miss (2 of 4).
+    ensure!(
+        legend.contains("hit ratio 50.0%"),
+        "the cache hit ratio: {legend:?}"
+    );
+    ensure!(
+        b.has("svg.chart polyline.hit").await?,
+        "no hit-ratio line in the chart"
+    );
+    shot(b, "00-overview").await?;
 
     // Check a key: Ariel's, then an unknown one.
     b.client.goto(&format!("{base}/console/check-key")).await?;
@@ -299,7 +392,7 @@ async fn seed_story(realm: &RealmService, b: &Browser) -> anyhow::Result<()> {
         !b.client.source().await?.contains(&secret),
         "the checked key is echoed into the page"
     );
-    b.screenshot("08-check-key").await?;
+    shot(b, "08-check-key").await?;
     b.fill("#f-secret", "another_key").await?;
     submit(b, "/console/check-key").await?;
     ensure!(b.text("#check-result h2").await? == "Unknown key");
@@ -375,8 +468,69 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
         error.contains("unknown admin token"),
         "sign-in error: {error:?}"
     );
-    b.screenshot("10-sign-in-refused").await?;
+    shot(b, "10-sign-in-refused").await?;
+    // The same authorization as the API: a data-plane token is not an admin token.
+    let gateway_cp = realm.create_control_plane("gateways").await?;
+    let dp_token = realm.create_data_plane_token(&gateway_cp).await?;
+    b.client.goto(&format!("{base}/console/sign-in")).await?;
+    b.fill("#f-token", &dp_token).await?;
+    submit(b, "/console/sign-in").await?;
+    ensure!(
+        b.text("#error-token")
+            .await?
+            .contains("unknown admin token"),
+        "a data-plane token signed in"
+    );
+    ensure!(
+        b.client.get_named_cookie("krc_session").await.is_err(),
+        "a session cookie after a refused sign-in"
+    );
     sign_in(b, &base, realm.admin_token()).await?;
+
+    // Every console answer carries the Content-Security-Policy, and no page has inline script.
+    let cookie = b.client.get_named_cookie("krc_session").await?;
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    for path in [
+        "/console/".to_string(),
+        "/console/sign-in".to_string(),
+        "/console/realms".to_string(),
+        "/console/realms/new".to_string(),
+        format!("/console/realms/{prod}"),
+        format!("/console/realms/{prod}/consumers/{}", ariel.id),
+        "/console/control-planes".to_string(),
+        format!("/console/control-planes/{cp}"),
+        "/console/check-key".to_string(),
+        "/console/realms/0b0c2b14-6f0e-4a43-9a5c-3f1e2d4c5b6a".to_string(),
+        "/console/assets/console.js".to_string(),
+    ] {
+        let answer = plain
+            .get(format!("{base}{path}"))
+            .header("cookie", format!("krc_session={}", cookie.value()))
+            .send()
+            .await?;
+        let csp = answer
+            .headers()
+            .get("content-security-policy")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        ensure!(
+            csp.contains("script-src 'self'")
+                && csp.contains("default-src 'none'")
+                && !csp.contains("unsafe-inline")
+                && !csp.contains("unsafe-eval"),
+            "{path}: CSP {csp:?}"
+        );
+        let status = answer.status().as_u16();
+        let html = answer.text().await?;
+        ensure!(
+            !html.contains("<script>") && !html.contains(" onclick=") && !html.contains(" style="),
+            "{path} ({status}) has inline script or style"
+        );
+    }
 
     // A duplicate username: the 409 next to the field, everything typed kept.
     b.client
@@ -408,7 +562,7 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
         b.text(".flash.bad").await?.contains("409"),
         "the banner names the 409"
     );
-    b.screenshot("11-consumer-duplicate-username").await?;
+    shot(b, "11-consumer-duplicate-username").await?;
 
     // Consumer edit to a taken username: the 409 next to the field.
     b.client
@@ -434,7 +588,34 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
     ensure!(error.contains("5 to 525600"), "ttl error: {error:?}");
     ensure!(b.value("#f-name").await? == "eu");
     ensure!(b.value("#f-ttl").await? == "3");
-    b.screenshot("12-realm-invalid-ttl").await?;
+    shot(b, "12-realm-invalid-ttl").await?;
+
+    // Realm create allowing a control plane deleted since the form was shown: the API's
+    // `allowed_control_planes[0]` is shown at the picker, what was typed is kept.
+    let doomed = realm.create_control_plane("doomed").await?;
+    b.client.goto(&format!("{base}/console/realms/new")).await?;
+    b.fill("#f-name", "eu-2").await?;
+    b.fill("#f-consumer_groups", "gold, silver").await?;
+    b.click(&format!(
+        "input[name=allowed_control_planes][value='{doomed}']"
+    ))
+    .await?;
+    realm
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/v2/control-planes/{doomed}"),
+            None,
+            204,
+        )
+        .await?;
+    submit(b, "/console/realms/new").await?;
+    let error = b.text("#error-allowed_control_planes").await?;
+    ensure!(
+        error.contains(&doomed) && error.contains("does not exist"),
+        "allowed_control_planes error: {error:?}"
+    );
+    ensure!(b.value("#f-name").await? == "eu-2");
+    ensure!(b.value("#f-consumer_groups").await? == "gold, silver");
 
     // Realm edit with a negative_ttl that is not a number.
     b.client
@@ -474,7 +655,7 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
     ensure!(b.text("#error-secret").await?.contains("required"));
     ensure!(b.has("#error-ttl").await?, "no ttl error");
     ensure!(b.value("#f-ttl").await? == "0");
-    b.screenshot("13-key-errors").await?;
+    shot(b, "13-key-errors").await?;
     b.click("input[name=type][value=legacy]").await?;
     b.fill("#f-secret", "legacy-secret-1").await?;
     b.fill("#f-ttl", "").await?;
@@ -534,7 +715,7 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
         "realm page names: {names:?}"
     );
     ensure!(b.client.get_alert_text().await.is_err(), "a script ran");
-    b.screenshot("14-xss-shown-as-text").await?;
+    shot(b, "14-xss-shown-as-text").await?;
 
     // Paging and search: 25 more consumers in a realm, 20 per page.
     let big = realm.create_realm(json!({"name": "big"})).await?;
@@ -569,7 +750,38 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
         .await?;
     ensure!(rows.len() == 1, "search by custom_id: {} rows", rows.len());
     ensure!(b.text("#consumers tbody tr a").await? == "user-07");
-    b.screenshot("15-consumer-search").await?;
+    ensure!(
+        b.value("input[name=q]").await? == "cid-07",
+        "the search is not kept"
+    );
+    shot(b, "15-consumer-search").await?;
+    b.fill("input[name=q]", "user-19").await?;
+    b.click_nav("form.search button").await?;
+    let rows = b
+        .client
+        .find_all(Locator::Css("#consumers tbody tr"))
+        .await?;
+    ensure!(rows.len() == 1, "search by username: {} rows", rows.len());
+    ensure!(b.text("#consumers tbody tr td:nth-child(2)").await? == "cid-19");
+    b.fill("input[name=q]", "user-7").await?;
+    b.click_nav("form.search button").await?;
+    ensure!(
+        !b.has("#consumers").await?,
+        "an inexact search found a consumer"
+    );
+    ensure!(b.text("p.empty").await?.contains("user-7"));
+    // Back to the first page from the second one.
+    b.client
+        .goto(&format!("{base}/console/realms/{big}"))
+        .await?;
+    b.click_nav("nav.pager a").await?;
+    b.click_nav("nav.pager a").await?;
+    let rows = b
+        .client
+        .find_all(Locator::Css("#consumers tbody tr"))
+        .await?;
+    ensure!(rows.len() == 20, "previous page: {} rows", rows.len());
+    ensure!(b.text("#consumers tbody tr a").await? == "user-00");
 
     // The other forms succeed: edit a realm, move and delete a consumer, revoke a data-plane
     // token, delete a control plane.
@@ -646,6 +858,10 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
         .await?;
 
     // Deleting a realm with consumers asks first and says what goes with it.
+    let cleo = realm.consumer_with_key(&staging, "Cleo").await?;
+    realm
+        .create_key(&staging, &cleo.id, json!({"type": "new"}))
+        .await?;
     b.client
         .goto(&format!("{base}/console/realms/{staging}"))
         .await?;
@@ -653,7 +869,7 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
     ensure!(question.contains("staging"), "confirm: {question:?}");
     let summary = b.text("#delete-summary").await?;
     ensure!(
-        summary.contains("1 consumer") && summary.contains("1 key"),
+        summary.contains("2 consumers") && summary.contains("3 keys"),
         "delete summary: {summary:?}"
     );
     ensure!(
@@ -668,7 +884,7 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
             .is_ok(),
         "the realm went before the confirmation"
     );
-    b.screenshot("16-realm-delete-confirm").await?;
+    shot(b, "16-realm-delete-confirm").await?;
     b.click_nav("#confirm-delete").await?;
     ensure!(flash(b).await? == "Realm deleted.");
     realm
@@ -679,6 +895,39 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
             404,
         )
         .await?;
+
+    // Check a key: an empty key is the API's 400 next to the field (the realm picked is kept);
+    // a key past its ttl is "expired".
+    let (_, short) = {
+        let key = realm
+            .create_key(&prod, &ariel.id, json!({"type": "new", "ttl": 1}))
+            .await?;
+        (
+            key["id"].as_str().context("key id")?.to_string(),
+            key["secret"].as_str().context("key secret")?.to_string(),
+        )
+    };
+    b.client.goto(&format!("{base}/console/check-key")).await?;
+    b.client
+        .find(Locator::Css("#f-realm"))
+        .await?
+        .select_by_value(&prod)
+        .await?;
+    submit(b, "/console/check-key").await?;
+    ensure!(
+        b.has("#error-secret").await?,
+        "no error next to the empty key"
+    );
+    ensure!(
+        b.value("#f-realm").await? == prod,
+        "the realm picked is lost"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    b.fill("#f-secret", &short).await?;
+    submit(b, "/console/check-key").await?;
+    ensure!(b.text("#check-result h2").await? == "Expired key");
+    ensure!(b.text("#result-username").await? == "Ariel");
+    shot(b, "19-check-key-expired").await?;
 
     // CSRF: a form whose token does not match the session is refused and changes nothing.
     b.client
@@ -696,7 +945,7 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
         b.text("main h1").await? == "Form refused",
         "CSRF not refused"
     );
-    b.screenshot("17-csrf-refused").await?;
+    shot(b, "17-csrf-refused").await?;
     let cps = realm
         .admin(reqwest::Method::GET, "/v2/control-planes", None, 200)
         .await?;
@@ -758,7 +1007,7 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
     );
     let notice = b.text(".flash").await?;
     ensure!(notice.contains("no longer accepts"), "notice: {notice:?}");
-    b.screenshot("18-session-ended-token-revoked").await?;
+    shot(b, "18-session-ended-token-revoked").await?;
     Ok(())
 }
 
@@ -809,7 +1058,7 @@ async fn console_on_postgresql_replicas() {
     let second = RealmService::start_on(&url, ADMIN)
         .await
         .expect("replica 2");
-    scenario_on("postgresql_replicas", first, |first, b| async move {
+    scenario_on("postgresql_replicas", first, true, |first, b| async move {
         let result = on_postgresql_replicas(&first, &second, &url, &b).await;
         (b, result)
     })
@@ -922,5 +1171,91 @@ async fn on_postgresql_replicas(
         "the revoked token's session still works on PostgreSQL"
     );
     ensure!(b.text(".flash").await?.contains("no longer accepts"));
+    Ok(())
+}
+
+/// Plain forms work with JavaScript turned off in the browser: create, revoke, and a realm delete
+/// whose confirmation (with its counts) is a server-rendered page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_without_javascript() {
+    let realm = RealmService::start().await.expect("realm service");
+    scenario_on("without_javascript", realm, false, |realm, b| async move {
+        let result = without_javascript(&realm, &b).await;
+        (b, result)
+    })
+    .await;
+}
+
+async fn without_javascript(realm: &RealmService, b: &Browser) -> anyhow::Result<()> {
+    let base = format!("http://{}", realm.addr());
+    sign_in(b, &base, realm.admin_token()).await?;
+    b.client.goto(&format!("{base}/console/realms/new")).await?;
+    b.fill("#f-name", "prod").await?;
+    b.click("input[name=allow_all_control_planes]").await?;
+    submit(b, "/console/realms/new").await?;
+    ensure!(flash(b).await? == "Realm prod created.");
+    let realm_id = b.text("#realm-id").await?;
+    b.click_nav("a[href$='/consumers/new']").await?;
+    b.fill("#f-username", "Ariel").await?;
+    submit(b, "/consumers/new").await?;
+    let consumer_id = b.text("#consumer-id").await?;
+    submit(b, "/keys").await?;
+    let secret = b.text("#secret").await?;
+    ensure!(secret.starts_with("krk_"), "key: {secret:?}");
+    submit(b, "/keys").await?;
+    let second = b.text("#keys tbody tr:nth-child(2) code.id").await?;
+
+    // Revoking a key posts at once (no confirm dialog without JavaScript).
+    b.client
+        .goto(&format!(
+            "{base}/console/realms/{realm_id}/consumers/{consumer_id}"
+        ))
+        .await?;
+    b.click_nav("#keys tbody tr:nth-child(1) form[action$='/revoke'] button")
+        .await?;
+    ensure!(
+        flash(b).await?.ends_with(" revoked."),
+        "no revoke without JavaScript"
+    );
+    let rows = b.client.find_all(Locator::Css("#keys tbody tr")).await?;
+    ensure!(rows.len() == 1, "keys after the revoke: {}", rows.len());
+    ensure!(b.text("#keys code.id").await? == second);
+
+    // The realm delete: with JavaScript a confirm dialog would open; without it, the server's
+    // confirmation page says what goes with the realm, and nothing is deleted before it.
+    b.client
+        .goto(&format!("{base}/console/realms/{realm_id}"))
+        .await?;
+    b.click_nav("form[action$='/delete'] button[type=submit]")
+        .await?;
+    ensure!(
+        b.client.get_alert_text().await.is_err(),
+        "a confirm dialog opened: JavaScript is on"
+    );
+    let summary = b.text("#delete-summary").await?;
+    ensure!(
+        summary.contains("1 consumer") && summary.contains("1 key"),
+        "delete summary: {summary:?}"
+    );
+    realm
+        .admin(
+            reqwest::Method::GET,
+            &format!("/v1/realms/{realm_id}"),
+            None,
+            200,
+        )
+        .await?;
+    b.screenshot("20-realm-delete-confirm-without-javascript")
+        .await?;
+    b.click_nav("#confirm-delete").await?;
+    ensure!(flash(b).await? == "Realm deleted.");
+    realm
+        .admin(
+            reqwest::Method::GET,
+            &format!("/v1/realms/{realm_id}"),
+            None,
+            404,
+        )
+        .await?;
     Ok(())
 }
