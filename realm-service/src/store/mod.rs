@@ -7,11 +7,16 @@
 //! - [`postgres`]: any number of stateless replicas on one PostgreSQL database (a pool of
 //!   connections; every write publishes an invalidation with `NOTIFY` inside its transaction).
 //!
+//! What the two share lives in `rows`: the columns each select reads, how a row of either
+//! database becomes a model object (one mapping per object, over a small `Columns` trait), and
+//! the objects a create returns.
+//!
 //! Failures are typed ([`StoreError`]): not found (naming what), conflict (naming the unique
 //! constraint), invalid reference, unavailable (the database cannot be reached: 503) and
 //! internal.
 
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -197,11 +202,6 @@ pub struct KeyRecord {
     pub tags: Vec<String>,
     pub consumer_groups: Vec<String>,
 }
-
-/// The columns of a [`KeyRecord`] (both stores): `keys k JOIN consumers c`, then a `WHERE`.
-const KEY_RECORD_SELECT: &str = "SELECT k.id, k.created_at, k.tags, k.expires_at, k.secret_hash,
-            c.id, c.username, c.custom_id, c.type, c.tags, c.consumer_groups, k.type
-     FROM keys k JOIN consumers c ON c.id = k.consumer_id";
 
 /// Which database, from `--database`: a `postgres://` / `postgresql://` URL (libpq style), or
 /// else a SQLite file path.
