@@ -222,6 +222,7 @@ fn plugin(wat: &str, limits: VmLimits) -> Arc<Plugin> {
             connect_timeout: Duration::from_secs(1),
             discovery: DiscoveryType::Static,
             endpoints: vec![("127.0.0.1".into(), 9)],
+            dns_refresh_rate: Duration::from_secs(5),
         },
     );
     Plugin::from_module_bytes(config, wat.as_bytes(), clusters, limits).expect("module loads")
@@ -448,10 +449,12 @@ fn write_module(dir: &std::path::Path, wat: &str) -> std::path::PathBuf {
     path
 }
 
-/// Through the proxy: a request that makes the guest trap or spin gets 500, the instance is
-/// replaced, and the next request passes; with fail_open the failing request passes too.
+/// Through the proxy, as Envoy: a request that makes the guest trap or spin gets 503; without a
+/// failure policy the filter stays failed (every later request 503, or passes with
+/// `fail_open`); with `FAIL_RELOAD` the instance is re-created off the request path, the first
+/// time at once, then after a back-off during which requests get 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_instances_are_replaced_and_requests_get_500_or_pass_with_fail_open() {
+async fn failing_instances_answer_503_stay_failed_or_are_reloaded_with_back_off() {
     let upstream = common::spawn_echo().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let module = write_module(dir.path(), MISBEHAVING_WAT);
@@ -463,7 +466,11 @@ async fn failing_instances_are_replaced_and_requests_get_500_or_pass_with_fail_o
         },
         ..HostOptions::default()
     };
-    for fail_open in [false, true] {
+    let stats = |host: &keyrealm_host::RunningHost| {
+        let admin = host.admin_addr().expect("admin");
+        async move { common::get(admin, "/stats/prometheus").await.body }
+    };
+    for (fail_open, policy) in [(false, ""), (true, ""), (false, "FAIL_RELOAD")] {
         let spec = common::FilterSpec {
             name: "misbehaving",
             root_id: "misbehaving",
@@ -473,34 +480,56 @@ async fn failing_instances_are_replaced_and_requests_get_500_or_pass_with_fail_o
             env: &[],
             allow_stop_iteration: false,
         };
-        let yaml = common::envoy_yaml(upstream, &[spec], &[]);
-        let (host, _cfg) = common::start_host(&yaml, options.clone()).await;
-        let addr = host.listener_addrs()[0];
-        for bad in ["x-trap", "x-loop"] {
-            let r = common::http(addr, "GET", "/a", &[(bad, "1")], "").await;
-            if fail_open {
-                assert_eq!(r.status, 200, "{bad} with fail_open passes: {r:?}");
-                assert!(r.echoed().is_some(), "reached the upstream");
-            } else {
-                assert_eq!(r.status, 500, "{bad}: {r:?}");
-                assert!(r.echoed().is_none(), "did not reach the upstream");
-            }
-            let ok = common::http(addr, "GET", "/b", &[], "").await;
-            assert_eq!(
-                ok.status, 200,
-                "after {bad} a fresh instance serves: {ok:?}"
+        let mut yaml = common::envoy_yaml(upstream, &[spec], &[]);
+        if !policy.is_empty() {
+            yaml = yaml.replace(
+                "fail_open: false\n",
+                &format!("fail_open: false\n                failure_policy: {policy}\n"),
             );
         }
-        let admin = host.admin_addr().expect("admin");
-        let stats = common::get(admin, "/stats/prometheus").await.body;
-        assert!(
-            stats.contains("keyrealm_host_vm_failures_total 2"),
-            "{stats}"
-        );
-        assert!(
-            stats.contains("keyrealm_host_vm_replacements_total 2"),
-            "{stats}"
-        );
+        let (host, _cfg) = common::start_host(&yaml, options.clone()).await;
+        let addr = host.listener_addrs()[0];
+        let trapped = common::http(addr, "GET", "/a", &[("x-trap", "1")], "").await;
+        let after = common::http(addr, "GET", "/b", &[], "").await;
+        match (fail_open, policy) {
+            (true, _) => {
+                assert_eq!(trapped.status, 200, "fail_open passes: {trapped:?}");
+                assert!(trapped.echoed().is_some(), "reached the upstream");
+                assert_eq!(after.status, 200, "and keeps passing: {after:?}");
+                let s = stats(&host).await;
+                assert!(s.contains("keyrealm_host_wasm_fail_open_total 2"), "{s}");
+            }
+            (false, "") => {
+                assert_eq!(trapped.status, 503, "{trapped:?}");
+                assert!(trapped.echoed().is_none(), "did not reach the upstream");
+                assert_eq!(after.status, 503, "the filter stays failed: {after:?}");
+                let s = stats(&host).await;
+                assert!(s.contains("keyrealm_host_vm_failures_total 1"), "{s}");
+                assert!(s.contains("keyrealm_host_vm_replacements_total 0"), "{s}");
+                assert!(s.contains("keyrealm_host_wasm_fail_stream_total 2"), "{s}");
+            }
+            _ => {
+                assert_eq!(trapped.status, 503, "{trapped:?}");
+                assert_eq!(after.status, 200, "re-created at once: {after:?}");
+                // A second failure: the next re-creation waits 0.5-1 s (1 s base, jittered).
+                let spun = common::http(addr, "GET", "/c", &[("x-loop", "1")], "").await;
+                assert_eq!(spun.status, 503, "{spun:?}");
+                let during = common::http(addr, "GET", "/d", &[], "").await;
+                assert_eq!(during.status, 503, "during the back-off: {during:?}");
+                let started = Instant::now();
+                loop {
+                    let r = common::http(addr, "GET", "/e", &[], "").await;
+                    if r.status == 200 {
+                        break;
+                    }
+                    assert!(started.elapsed() < Duration::from_secs(3), "{r:?}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let s = stats(&host).await;
+                assert!(s.contains("keyrealm_host_vm_failures_total 2"), "{s}");
+                assert!(s.contains("keyrealm_host_vm_replacements_total 2"), "{s}");
+            }
+        }
         host.shutdown().await;
     }
 }
@@ -657,8 +686,11 @@ fn fd_write_copies_a_bounded_amount_whatever_the_iovecs_say() {
     );
     let text = p.log.text();
     let longest = text.lines().map(str::len).max().unwrap_or(0);
-    assert!(longest > 60_000, "the write was logged: {longest}");
-    assert!(longest <= (1 << 20) + 200, "a log line of {longest} bytes");
+    // Logged, cut at the log line limit (16 KiB).
+    let max = VmLimits::default().log_line_bytes;
+    assert!(longest > max, "the write was logged: {longest}");
+    assert!(longest <= max + 200, "a log line of {longest} bytes");
+    assert!(text.contains("bytes cut)"), "the cut is marked");
     assert_eq!(
         call(&mut vm, "write_bad_iovec", root, &[]),
         21,

@@ -294,7 +294,7 @@ async fn shutdown_with_a_request_paused_in_a_filter() {
 }
 
 /// A filter that keeps a request paused past the pause limit (its HTTP call takes 3 s, the limit
-/// is 300 ms) fails that request at the limit: 500, or, with `fail_open`, the request goes on
+/// is 300 ms) fails that request at the limit: 503, or, with `fail_open`, the request goes on
 /// unfiltered. Either way the failed context still ends: its `on_log` and `on_done` run, as the
 /// lifecycle record that the next request (which makes no call) carries upstream shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,7 +335,7 @@ async fn a_request_paused_past_the_limit_fails_and_its_context_ends() {
             assert_eq!(first.status, 200, "fail_open passes the request on");
             assert!(first.echoed().is_some(), "and it reached the upstream");
         } else {
-            assert_eq!(first.status, 500, "{}", first.body);
+            assert_eq!(first.status, 503, "{}", first.body);
             assert!(first.echoed().is_none(), "nothing reached the upstream");
         }
         let second = common::get(addr, "/second").await;
