@@ -57,10 +57,17 @@ pub struct HostCounters {
     pub body_limit_rejections: AtomicU64,
 }
 
+#[derive(Debug, Default)]
+struct Metrics {
+    list: Vec<Metric>,
+    /// (type, name) -> index in `list`.
+    by_name: std::collections::HashMap<(u8, String), usize>,
+}
+
 /// All metrics of one running host; filters may define at most `limit`.
 #[derive(Debug)]
 pub struct MetricsRegistry {
-    metrics: Mutex<Vec<Metric>>,
+    metrics: Mutex<Metrics>,
     limit: usize,
     pub host: HostCounters,
 }
@@ -84,23 +91,23 @@ impl MetricsRegistry {
     /// `InternalFailure` past the limit.
     pub fn define(&self, kind: MetricKind, name: &str) -> Result<u32, MetricError> {
         let mut metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = metrics
-            .iter()
-            .position(|m| m.name == name && m.kind == kind)
-        {
-            return Ok(i as u32 + 1);
+        let key = (kind as u8, name.to_string());
+        if let Some(i) = metrics.by_name.get(&key) {
+            return Ok(*i as u32 + 1);
         }
-        if metrics.len() >= self.limit {
+        if metrics.list.len() >= self.limit {
             return Err(MetricError::Limit);
         }
-        metrics.push(Metric {
+        metrics.list.push(Metric {
             name: name.to_string(),
             kind,
             value: 0,
             count: 0,
             buckets: [0; BUCKETS.len()],
         });
-        Ok(metrics.len() as u32)
+        let index = metrics.list.len() - 1;
+        metrics.by_name.insert(key, index);
+        Ok(metrics.list.len() as u32)
     }
 
     fn with<T>(
@@ -110,7 +117,7 @@ impl MetricsRegistry {
     ) -> Result<T, MetricError> {
         let mut metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
         let index = (id as usize).checked_sub(1).ok_or(MetricError::NotFound)?;
-        let m = metrics.get_mut(index).ok_or(MetricError::NotFound)?;
+        let m = metrics.list.get_mut(index).ok_or(MetricError::NotFound)?;
         f(m)
     }
 
@@ -219,7 +226,7 @@ impl MetricsRegistry {
             );
         }
         let metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
-        for m in metrics.iter() {
+        for m in metrics.list.iter() {
             let name = prometheus_name(&m.name);
             match m.kind {
                 MetricKind::Counter => {
