@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::io::BufRead;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// The most resident memory a host under attack may ever have used. The instance may use 64
@@ -115,81 +113,6 @@ const HOSTILE_WAT: &str = r#"
 )
 "#;
 
-/// A keyrealm-host process (killed on drop).
-struct HostProcess {
-    child: std::process::Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for HostProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl HostProcess {
-    /// Peak resident memory, from `/proc/<pid>/status`.
-    fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("read /proc status");
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM");
-        kib << 10
-    }
-}
-
-/// Starts the host binary on `yaml` with `args`; waits until it listens.
-fn start_process(yaml: &str, args: &[&str]) -> HostProcess {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("envoy.yaml");
-    std::fs::write(&config, yaml).expect("write envoy.yaml");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keyrealm-host"))
-        .arg("-c")
-        .arg(&config)
-        .args(["--concurrency", "1"])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn keyrealm-host");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Reads the log for the bound addresses, then keeps draining it (a guest may log a lot).
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            for (key, kind) in [("listening on ", "listener"), ("admin on ", "admin")] {
-                if let Some(rest) = line.split(key).nth(1) {
-                    if let Ok(addr) = rest.trim().parse::<SocketAddr>() {
-                        let _ = tx.send((kind, addr));
-                    }
-                }
-            }
-        }
-    });
-    let (mut addr, mut admin) = (None, None);
-    while addr.is_none() || admin.is_none() {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(("listener", a)) => addr = Some(a),
-            Ok((_, a)) => admin = Some(a),
-            Err(e) => panic!("keyrealm-host did not start: {e}"),
-        }
-    }
-    HostProcess {
-        child,
-        addr: addr.expect("listener"),
-        admin: admin.expect("admin"),
-        _dir: dir,
-    }
-}
-
 /// Runs one attack: the attacking request gets `expected`; a normal request is served after it
 /// (at once, or once a re-created instance is ready); the process stayed under the bound.
 async fn attack(letter: &str, body: &str, expected: u16) {
@@ -210,7 +133,7 @@ async fn attack(letter: &str, body: &str, expected: u16) {
         "fail_open: false\n",
         "fail_open: false\n                failure_policy: FAIL_RELOAD\n",
     );
-    let host = start_process(
+    let host = common::start_process(
         &yaml,
         &[
             "--call-budget-ms",

@@ -118,6 +118,7 @@ pub struct Config {
     #[serde(default)]
     pub response_properties: Vec<String>,
     /// Record the order of the end-of-stream callbacks (`on_done`, `on_log`) in shared data
+    /// (and log each as `abi-test-filter lifecycle: <event>`)
     /// `lifecycle`; each request carries the record so far upstream in `x-lifecycle`.
     #[serde(default)]
     pub record_lifecycle: bool,
@@ -321,6 +322,8 @@ impl Stream {
     fn record(&self, event: &str) {
         if self.config.record_lifecycle {
             append_shared(self, "lifecycle", event);
+            // Also in the log, for tests that cannot read shared data (a host that exited).
+            log::info!("abi-test-filter lifecycle: {event}");
         }
     }
 }
