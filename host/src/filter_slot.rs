@@ -5,10 +5,10 @@
 //! A guest call that traps or runs past its budget marks the instance failed. The request it
 //! was serving, and the requests paused on it, fail as Envoy fails them (503 `wasm_fail_stream`,
 //! or pass with `fail_open`). With `failure_policy: FAIL_RELOAD`, a new instance is then started
-//! off the request path (on the runtime's blocking pool), with Envoy's timing: the first re-creation at once, each
-//! further one after a jittered exponential back-off (`reload_config.backoff`, 1 s base and 10 s
-//! maximum by default); an instance that ran longer than the maximum interval starts the
-//! back-off over. Requests that arrive while an instance is starting wait for it (up to the
+//! off the request path (on the runtime's blocking pool), with Envoy's timing: after a jittered
+//! exponential back-off (`reload_config.backoff`, 1 s base, 10 s maximum by default: the first
+//! wait uniform in [0, 1 s), then [0, 3 s), [0, 7 s), ...); an instance that ran longer than the
+//! maximum interval starts the back-off over. Requests that arrive while an instance is starting wait for it (up to the
 //! start budget); requests that arrive during a back-off fail at once. Without `FAIL_RELOAD`
 //! (`FAIL_CLOSED`, `FAIL_OPEN`, or no policy: Envoy's default), a failed instance is not
 //! re-created, as in Envoy: every later request gets 503, or passes with `fail_open`.
@@ -396,21 +396,17 @@ impl FilterSlot {
     }
 }
 
-/// The wait before re-creation attempt `attempt` (0-based): none for the first, then a
-/// jittered exponential back-off as Envoy's (between half and all of `base * 2^(attempt-1)`,
-/// at most `max`).
+/// The wait before re-creation attempt `attempt` (0-based), as Envoy's jittered exponential
+/// back-off: uniform in `[0, (2^(attempt+1) - 1) * base)`, at most `max`.
 fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
-    if attempt == 0 {
-        return Duration::ZERO;
-    }
+    let multiplier = (1u64 << (attempt + 1).min(30)) - 1;
     let ceiling = base
-        .checked_mul(1u32 << (attempt - 1).min(20))
-        .unwrap_or(max)
-        .min(max);
+        .checked_mul(u32::try_from(multiplier).unwrap_or(u32::MAX))
+        .unwrap_or(max);
     let mut random = [0u8; 4];
     let _ = getrandom::fill(&mut random);
-    let fraction = f64::from(u32::from_le_bytes(random)) / f64::from(u32::MAX);
-    ceiling.mul_f64(0.5 + fraction / 2.0)
+    let fraction = f64::from(u32::from_le_bytes(random)) / (f64::from(u32::MAX) + 1.0);
+    ceiling.mul_f64(fraction).min(max)
 }
 
 impl ContextHandle {
@@ -438,14 +434,16 @@ mod tests {
     #[test]
     fn backoff_is_envoys_jittered_exponential() {
         let (base, max) = (Duration::from_secs(1), Duration::from_secs(10));
-        assert_eq!(backoff(0, base, max), Duration::ZERO);
-        for _ in 0..50 {
-            let first = backoff(1, base, max);
-            assert!(first >= base / 2 && first <= base, "{first:?}");
-            let third = backoff(3, base, max);
-            assert!(third >= base * 2 && third <= base * 4, "{third:?}");
-            let late = backoff(30, base, max);
-            assert!(late >= max / 2 && late <= max, "{late:?}");
+        let (mut first_max, mut third_max) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..200 {
+            let first = backoff(0, base, max);
+            assert!(first < base, "{first:?}");
+            first_max = first_max.max(first);
+            let third = backoff(2, base, max);
+            assert!(third < base * 7, "{third:?}");
+            third_max = third_max.max(third);
+            assert!(backoff(30, base, max) <= max);
         }
+        assert!(first_max > base / 2 && third_max > base * 3, "jittered over the range");
     }
 }
