@@ -444,6 +444,9 @@ mod tests {
             third_max = third_max.max(third);
             assert!(backoff(30, base, max) <= max);
         }
-        assert!(first_max > base / 2 && third_max > base * 3, "jittered over the range");
+        assert!(
+            first_max > base / 2 && third_max > base * 3,
+            "jittered over the range"
+        );
     }
 }

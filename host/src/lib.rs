@@ -204,14 +204,12 @@ fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHos
     let config = config::load(config_path)?;
     let limits = options.limits;
     let host_log = Arc::new(match &options.log_path {
-        Some(p) => {
-            log::HostLog::with_file(p, limits.log_kept_bytes).map_err(|source| {
-                HostError::LogFile {
-                    path: p.display().to_string(),
-                    source,
-                }
-            })?
-        }
+        Some(p) => log::HostLog::with_file(p, limits.log_kept_bytes).map_err(|source| {
+            HostError::LogFile {
+                path: p.display().to_string(),
+                source,
+            }
+        })?,
         None => log::HostLog::new(limits.log_kept_bytes),
     });
     let metrics = Arc::new(MetricsRegistry::new(limits.metrics));
@@ -270,7 +268,8 @@ fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHos
     let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for l in &config.listeners {
-        let bind = |addr| server::bind_reuseport(addr).map_err(|source| HostError::Bind { addr, source });
+        let bind =
+            |addr| server::bind_reuseport(addr).map_err(|source| HostError::Bind { addr, source });
         let first = bind(l.address)?;
         let addr = first.local_addr().map_err(|source| HostError::Bind {
             addr: l.address,

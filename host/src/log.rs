@@ -8,7 +8,6 @@ use std::io::Write as _;
 use std::path::Path;
 use std::sync::Mutex;
 
-
 /// Envoy's names of the proxy-wasm log levels.
 pub fn level_name(level: u32) -> &'static str {
     match level {

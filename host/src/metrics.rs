@@ -5,7 +5,6 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-
 /// Why a metric operation was refused (the ABI answers each with a proxy-wasm status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricError {

@@ -166,8 +166,11 @@ pub async fn handle(
     // process's body budgets until the exchange is over.
     let mut reservation = BodyReservation::new(ctx.budget.clone(), Some(connection));
     let limit = ctx.limits.request_body_bytes;
-    let collected =
-        tokio::time::timeout(BODY_READ_TIMEOUT, collect_body(body, limit, &mut reservation)).await;
+    let collected = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        collect_body(body, limit, &mut reservation),
+    )
+    .await;
     let Ok(collected) = collected else {
         return Ok(plain(408, "request timeout"));
     };

@@ -40,14 +40,20 @@ async fn drains_on(signal: &str) {
         "a draining host accepts no new connection"
     );
     let reply = slow.await.expect("task");
-    assert_eq!(reply.status, 200, "the request in flight finished: {reply:?}");
+    assert_eq!(
+        reply.status, 200,
+        "the request in flight finished: {reply:?}"
+    );
     assert!(reply.echoed().is_some(), "{reply:?}");
     let started = Instant::now();
     let exit = loop {
         if let Some(s) = host.child.try_wait().expect("wait") {
             break s;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "did not exit after draining");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "did not exit after draining"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "exit status {exit}");

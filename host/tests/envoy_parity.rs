@@ -1571,7 +1571,10 @@ async fn a_trapping_filter_is_answered_as_envoy_answers_it() {
                 let from_envoy = common::http(e, "GET", path, &headers, "").await;
                 let from_host = common::http(h, "GET", path, &headers, "").await;
                 let (e, h) = (observe(&from_envoy), observe(&from_host));
-                assert_eq!(h, e, "{policy:?} {path}: keyrealm-host (left) differs from Envoy (right)");
+                assert_eq!(
+                    h, e,
+                    "{policy:?} {path}: keyrealm-host (left) differs from Envoy (right)"
+                );
                 h
             }
         };

@@ -381,8 +381,10 @@ async fn codec_type_http1_or_http2_only() {
 
 /// An upstream that counts its requests and answers 200 with `size` bytes (`/size/N`), else
 /// `ok`.
-async fn spawn_counting() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>)
-{
+async fn spawn_counting() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -397,21 +399,23 @@ async fn spawn_counting() -> (std::net::SocketAddr, std::sync::Arc<std::sync::at
             };
             let counter = counter.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    async move {
-                        let size = req
-                            .uri()
-                            .path()
-                            .strip_prefix("/size/")
-                            .and_then(|s| s.parse::<usize>().ok());
-                        let body = match size {
-                            Some(n) => bytes::Bytes::from(vec![b'x'; n]),
-                            None => bytes::Bytes::from_static(b"ok"),
-                        };
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
-                    }
-                });
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            let size = req
+                                .uri()
+                                .path()
+                                .strip_prefix("/size/")
+                                .and_then(|s| s.parse::<usize>().ok());
+                            let body = match size {
+                                Some(n) => bytes::Bytes::from(vec![b'x'; n]),
+                                None => bytes::Bytes::from_static(b"ok"),
+                            };
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
+                        }
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -462,7 +466,11 @@ async fn a_two_endpoint_cluster_gets_an_even_split_while_calls_interleave() {
         let r = common::http(addr, "GET", "/x", &[], "").await;
         assert_eq!(r.status, 200, "request {i}: {r:?}");
     }
-    assert_eq!(realm_hits.load(Ordering::SeqCst), 20, "every request made its call");
+    assert_eq!(
+        realm_hits.load(Ordering::SeqCst),
+        20,
+        "every request made its call"
+    );
     let (na, nb) = (hits_a.load(Ordering::SeqCst), hits_b.load(Ordering::SeqCst));
     assert_eq!((na, nb), (10, 10), "forwards split evenly");
     host.shutdown().await;

@@ -175,9 +175,15 @@ async fn attack(letter: &str, body: &str, expected: u16) {
     );
     let stats = common::get(host.admin, "/stats/prometheus").await.body;
     if expected == 503 {
-        assert!(stats.contains("keyrealm_host_vm_failures_total 1"), "{stats}");
+        assert!(
+            stats.contains("keyrealm_host_vm_failures_total 1"),
+            "{stats}"
+        );
     } else {
-        assert!(stats.contains("keyrealm_host_vm_failures_total 0"), "{stats}");
+        assert!(
+            stats.contains("keyrealm_host_vm_failures_total 0"),
+            "{stats}"
+        );
     }
 }
 

@@ -566,4 +566,3 @@ pub fn start_process(yaml: &str, args: &[&str]) -> HostProcess {
         dir,
     }
 }
-

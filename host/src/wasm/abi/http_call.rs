@@ -62,8 +62,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 // The instance's limits on outstanding calls and the bytes they hold.
                 let limits = &state.plugin.limits;
                 let bytes = state.outstanding_call_bytes + call.bytes();
-                if state.outstanding_calls >= limits.pending_calls || bytes > limits.buffer_bytes
-                {
+                if state.outstanding_calls >= limits.pending_calls || bytes > limits.buffer_bytes {
                     return Err(Status::InternalFailure.into());
                 }
                 state.outstanding_calls += 1;

@@ -18,8 +18,8 @@ fn proxy_log(
         }
         let bytes = read_bytes(&mut caller, ptr, size)?;
         let text = String::from_utf8_lossy(&bytes);
-        let message = crate::wasm::cut_line(&text, caller.data().plugin.limits.log_line_bytes)
-            .into_owned();
+        let message =
+            crate::wasm::cut_line(&text, caller.data().plugin.limits.log_line_bytes).into_owned();
         let plugin = caller.data().plugin.log_name().to_string();
         if level as u32 >= caller.data().plugin.log_level {
             caller.data_mut().guest_log(level as u32, &message);
