@@ -29,8 +29,10 @@ async fn drains_on(signal: &str) {
     let addr = host.addr;
     let slow = tokio::spawn(async move { common::http(addr, "GET", "/slow", &[], "").await });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = std::process::Command::new("kill")
-        .args([signal, &host.child.id().to_string()])
+    // The shell's own `kill` (no procps needed).
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill {signal} {}", host.child.id()))
         .status()
         .expect("kill");
     assert!(status.success());
