@@ -702,3 +702,97 @@ fn fd_write_copies_a_bounded_amount_whatever_the_iovecs_say() {
     );
     assert!(!vm.is_broken());
 }
+
+/// The calls the C++ and AssemblyScript SDKs also import, and statuses as Envoy answers them.
+const ENVOY_STATUS_WAT: &str = r#"
+(module
+  (import "env" "proxy_get_header_map_size" (func $map_size (param i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_status" (func $buf_status (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add_hdr (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get_hdr (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (import "env" "proxy_close_stream" (func $close (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "x-a")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "map_size") (param $map i32) (result i32) (call $map_size (local.get $map) (i32.const 96)))
+  (func (export "buf_status") (param $buf i32) (result i32)
+    (call $buf_status (local.get $buf) (i32.const 96) (i32.const 100)))
+  (func (export "add") (param $map i32) (result i32)
+    (call $add_hdr (local.get $map) (i32.const 16) (i32.const 3) (i32.const 16) (i32.const 3)))
+  (func (export "get") (param $map i32) (result i32)
+    (call $get_hdr (local.get $map) (i32.const 16) (i32.const 3) (i32.const 104) (i32.const 108)))
+  (func (export "continue") (param $t i32) (result i32) (call $continue (local.get $t)))
+  (func (export "close") (param $t i32) (result i32) (call $close (local.get $t)))
+  (func (export "ret0") (result i32) (i32.load (i32.const 96)))
+)
+"#;
+
+#[test]
+fn header_map_size_buffer_status_and_envoys_statuses() {
+    let p = plugin(ENVOY_STATUS_WAT, VmLimits::default());
+    let mut vm = start(&p);
+    let root = vm.root_context_id();
+    let id = vm
+        .create_http_context(RequestInfo::default())
+        .expect("context");
+    vm.stream_mut(id).expect("stream").request_headers =
+        Some(vec![(":path".into(), b"/xy".to_vec())]);
+    vm.stream_mut(id).expect("stream").request_body = Some(b"hello".to_vec());
+    // Sizes: the names and values of a map (Envoy's byteSize), a buffer's length.
+    assert_eq!(call(&mut vm, "map_size", id, &[0]), 0);
+    assert_eq!(call(&mut vm, "ret0", id, &[]), 8);
+    assert_eq!(call(&mut vm, "buf_status", id, &[0]), 0);
+    assert_eq!(call(&mut vm, "ret0", id, &[]), 5);
+    assert_eq!(
+        call(&mut vm, "buf_status", root, &[0]),
+        1,
+        "no body: NotFound"
+    );
+    assert_eq!(
+        call(&mut vm, "buf_status", root, &[7]),
+        0,
+        "plugin configuration"
+    );
+    // A map that is not available (root context, response headers not there yet): BadArgument.
+    assert_eq!(call(&mut vm, "map_size", root, &[0]), 2);
+    assert_eq!(call(&mut vm, "add", root, &[0]), 2);
+    assert_eq!(call(&mut vm, "get", root, &[0]), 2);
+    assert_eq!(call(&mut vm, "add", id, &[2]), 2);
+    assert_eq!(call(&mut vm, "add", id, &[0]), 0);
+    assert_eq!(call(&mut vm, "get", id, &[0]), 0);
+    // Continue / close: Ok for the HTTP streams (on the root context too), continue on the
+    // upstream stream Unimplemented, an unknown stream type BadArgument.
+    assert_eq!(call(&mut vm, "continue", root, &[0]), 0);
+    assert_eq!(call(&mut vm, "close", root, &[1]), 0);
+    assert_eq!(call(&mut vm, "continue", id, &[3]), 12);
+    assert_eq!(call(&mut vm, "continue", id, &[4]), 2);
+    assert_eq!(call(&mut vm, "close", id, &[4]), 2);
+    assert!(!vm.is_broken());
+}
+
+/// Context ids wrap after 2^32 but never land on the root context or a live context.
+#[test]
+fn context_ids_never_collide_with_a_live_context() {
+    let p = plugin(ENVOY_STATUS_WAT, VmLimits::default());
+    let mut vm = start(&p);
+    let root = vm.root_context_id();
+    let live = vm
+        .create_http_context(RequestInfo::default())
+        .expect("context");
+    vm.set_next_context_id(u32::MAX);
+    let last = vm
+        .create_http_context(RequestInfo::default())
+        .expect("context");
+    assert_eq!(last, u32::MAX);
+    let wrapped = vm
+        .create_http_context(RequestInfo::default())
+        .expect("context");
+    assert!(
+        wrapped != 0 && wrapped != root && wrapped != live,
+        "{wrapped} vs root {root}, live {live}"
+    );
+    assert_eq!(vm.http_context_count(), 3);
+}
