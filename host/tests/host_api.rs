@@ -532,3 +532,54 @@ async fn bodies_over_the_limits_get_413_or_503() {
         host.shutdown().await;
     }
 }
+
+/// An upstream that closes each connection right after its answer, without saying so
+/// (`Connection: close` missing): the pooled connection the host kept is stale by the next
+/// request, which must still get 200 (a fresh connection, or one retry on one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_pooled_connection_is_retried_on_a_fresh_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // Closed with no warning.
+            });
+        }
+    });
+    let yaml = common::envoy_yaml(up, &[], &[]);
+    let (host, _dir) = common::start_host(
+        &yaml,
+        keyrealm_host::HostOptions {
+            workers: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = host.listener_addrs()[0];
+    for i in 0..20 {
+        let r = common::get(addr, "/again").await;
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"), "request {i}");
+        if i % 2 == 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    host.shutdown().await;
+}
