@@ -18,6 +18,9 @@
 #
 #   GATEWAY_KIND=host scripts/demo.sh    the same story with keyrealm-host (our own proxy-wasm host
 #                                        on wasmtime) serving the same envoy.yaml instead of Envoy
+#   GATEWAY_KIND=envoy-native scripts/demo.sh
+#                                        the same story with Envoy and the filter as the native
+#                                        dynamic module (envoy-native.yaml, libkeyrealm_native.so)
 #
 # Ports: 8000 (Envoy), 8001 (realm-service), 8080 (echo upstream), 9901 (Envoy admin).
 set -euo pipefail
@@ -146,7 +149,8 @@ GATEWAY_KIND=${GATEWAY_KIND:-envoy}
 case "$GATEWAY_KIND" in
   envoy) GATEWAY_NAME=Envoy ;;
   host) GATEWAY_NAME=keyrealm-host ;;
-  *) die "GATEWAY_KIND must be envoy or host, not '$GATEWAY_KIND'" ;;
+  envoy-native) GATEWAY_NAME="Envoy (native module)" ;;
+  *) die "GATEWAY_KIND must be envoy, envoy-native or host, not '$GATEWAY_KIND'" ;;
 esac
 
 BINARIES=(-p realm-service -p keyrealm-tests)
@@ -154,6 +158,7 @@ BINARIES=(-p realm-service -p keyrealm-tests)
 say "building the filter and the binaries: ${BINARIES[*]//-p /}"
 scripts/build-wasm.sh
 cargo build --release "${BINARIES[@]}" --bins
+[ "$GATEWAY_KIND" = envoy-native ] && cargo build --release -p keyrealm-native
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 WASM=$TARGET/wasm32-wasip1/release/keyrealm_filter.wasm
 [ -f "$WASM" ] || die "the filter was not built at $WASM"
@@ -190,9 +195,11 @@ ENV
 )
 
 say "starting the echo upstream on $UPSTREAM and $GATEWAY_NAME on $GATEWAY"
+CONFIG=envoy.yaml
+[ "$GATEWAY_KIND" = envoy-native ] && CONFIG=envoy-native.yaml
 sed -e "s|\"REALM_ID\"|\"$REALM_ID\"|" \
   -e "s|filename: target/wasm32-wasip1/release/keyrealm_filter.wasm|filename: $WASM|" \
-  envoy.yaml >"$RUN/envoy.yaml"
+  "$CONFIG" >"$RUN/envoy.yaml"
 grep -q "$REALM_ID" "$RUN/envoy.yaml" || die "could not write the realm id into .run/envoy.yaml"
 start_bg echo-upstream "$TARGET/release/echo-upstream" --listen "$UPSTREAM"
 wait_for echo-upstream "http://$UPSTREAM/ready"
@@ -201,6 +208,10 @@ if [ "$GATEWAY_KIND" = host ]; then
   start_bg keyrealm-host "$TARGET/release/keyrealm-host" --config "$RUN/envoy.yaml" --concurrency 2
   wait_for keyrealm-host "http://$ADMIN/ready" 240
 else
+  if [ "$GATEWAY_KIND" = envoy-native ]; then
+    [ -f "$TARGET/release/libkeyrealm_native.so" ] || die "the native module was not built"
+    export ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$TARGET/release
+  fi
   start_bg envoy "$ENVOY_BIN" -c "$RUN/envoy.yaml" \
     --disable-hot-restart --concurrency 2 -l info
   wait_for envoy "http://$ADMIN/ready" 240

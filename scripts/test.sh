@@ -15,17 +15,37 @@ ENVOY_BIN="$(scripts/install-envoy.sh)"
 export ENVOY_BIN
 "$ENVOY_BIN" --version
 
+# PostgreSQL (Debian's packages) for realm-service's PostgreSQL store: the tests start their own
+# throwaway clusters with initdb/pg_ctl.
+if ! command -v pg_ctl >/dev/null && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+  echo "== installing PostgreSQL"
+  apt-get update && apt-get install -y postgresql
+fi
+
 echo "== building the wasm filters"
 scripts/build-wasm.sh
+
+echo "== building the native module (target/release/libkeyrealm_native.so)"
+cargo build --release -p keyrealm-native
 
 echo "== cargo fmt / clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The wasm adapter only compiles for wasm32: lint it there too (same deny list, from Cargo.toml).
+cargo clippy --target wasm32-wasip1 -p keyrealm-filter -- -D warnings
 
 if [ -f envoy.yaml ]; then
   echo "== envoy --mode validate -c envoy.yaml"
   # Validation loads the filter and runs its configuration check, which needs the token variable.
   KEYREALM_DP_TOKEN=validate-only "$ENVOY_BIN" --mode validate -c envoy.yaml --disable-hot-restart -l warning
+fi
+echo "== envoy --mode validate -c envoy-replicas.yaml"
+KEYREALM_DP_TOKEN=validate-only "$ENVOY_BIN" --mode validate -c envoy-replicas.yaml --disable-hot-restart -l warning
+
+if [ -f envoy-native.yaml ]; then
+  echo "== envoy --mode validate -c envoy-native.yaml (the native module)"
+  KEYREALM_DP_TOKEN=validate-only ENVOY_DYNAMIC_MODULES_SEARCH_PATH="${CARGO_TARGET_DIR:-target}/release" \
+    "$ENVOY_BIN" --mode validate -c envoy-native.yaml --disable-hot-restart -l warning
 fi
 
 echo "== cargo test --workspace"

@@ -2,9 +2,12 @@
 # realm-service benchmark, one run, side by side on the same machine:
 #  1. authenticate throughput and p99 for a warm key vs a bare axum handler returning a fixed 201
 #     (wrk, same script, same connections), reported as a ratio;
-#  2. cold-cache look-up latency with 1,000 vs 1,000,000 keys in the database, and its size.
+#  2. cold-cache look-up latency with 1,000 vs 1,000,000 keys in the database, and its size;
+#  3. PostgreSQL beside SQLite: a throwaway cluster and two replicas on it; warm authenticate
+#     throughput on PostgreSQL vs SQLite, 2 replicas vs 1, and part 2 on PostgreSQL (cold look-up
+#     p50 with 1,000,000 vs 1,000 keys).
 # Usage: bench/realm-service/run.sh   (env: DURATION=6s CONNECTIONS=32 ROUNDS=5 KEYS=1000,1000000;
-#        KEYS= skips part 2)
+#        KEYS= skips part 2; PG=0 skips part 3)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -24,7 +27,12 @@ cleanup() {
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
-trap cleanup EXIT
+PG_STOP=""
+cleanup_all() {
+  if [ -n "$PG_STOP" ]; then eval "$PG_STOP" >/dev/null 2>&1 || true; fi
+  cleanup
+}
+trap cleanup_all EXIT
 
 # Waits for "listening on ADDR" in a log file and prints ADDR.
 listening_addr() {
@@ -38,14 +46,14 @@ listening_addr() {
 
 "$BIN/examples/bare_201" 127.0.0.1:0 2>"$WORK/bare.log" & BARE_PID=$!; PIDS+=($!)
 "$BIN/examples/bare_201" 127.0.0.1:0 --read-body 2>"$WORK/body.log" & BODY_PID=$!; PIDS+=($!)
-REALM_ADMIN_TOKEN=bench-admin REALM_LOG=warn,realm_service=info \
+REALM_ADMIN_TOKEN=bench-admin-token-0123456789abcdefghij REALM_LOG=warn,realm_service=info \
   "$BIN/realm-service" serve --listen 127.0.0.1:0 --database "$WORK/realm.db" 2>"$WORK/realm.log" & REALM_PID=$!; PIDS+=($!)
 BARE="$(listening_addr "$WORK/bare.log")"
 BODY="$(listening_addr "$WORK/body.log")"
 REALM="$(listening_addr "$WORK/realm.log")"
 
 api() { # method path [body] -> JSON
-  curl -sf --max-time 10 -X "$1" -H 'Authorization: Bearer bench-admin' \
+  curl -sf --max-time 10 -X "$1" -H 'Authorization: Bearer bench-admin-token-0123456789abcdefghij' \
     -H 'Content-Type: application/json' "http://$REALM$2" ${3:+-d "$3"}
 }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
@@ -116,4 +124,66 @@ curl -s --max-time 10 "http://$REALM/metrics" | grep -E '^realm_service_authenti
 if [ -n "$KEYS" ]; then
   echo "== cold-cache look-up latency by database size ($LOOKUPS distinct keys each, one request at a time)"
   "$BIN/examples/lookup_latency" --keys "$KEYS" --lookups "$LOOKUPS" --dir "$WORK"
+fi
+
+if [ "${PG:-1}" != 0 ]; then
+  echo "== PostgreSQL beside SQLite"
+  PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+  [ -x "$PGBIN/pg_ctl" ] || { echo "PostgreSQL is required (apt-get install postgresql)" >&2; exit 1; }
+  as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+  PGDIR="$(mktemp -d /tmp/keyrealm-bench-pg.XXXXXX)"; [ "$(id -u)" = 0 ] && chown postgres:postgres "$PGDIR"
+  PGPORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  as_pg "$PGBIN/initdb" -D "$PGDIR/data" -U postgres --auth=trust -E UTF8 >/dev/null
+  as_pg "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/log" -w \
+    -o "-p $PGPORT -h 127.0.0.1 -k $PGDIR -c max_connections=200 -c shared_buffers=256MB" start >/dev/null
+  PG_STOP="as_pg $PGBIN/pg_ctl -D $PGDIR/data -m immediate stop; rm -rf $PGDIR"
+  as_pg "$PGBIN/createdb" -h 127.0.0.1 -p "$PGPORT" -U postgres keyrealm
+  PGURL="postgres://postgres@127.0.0.1:$PGPORT/keyrealm"
+  for r in 1 2; do
+    REALM_ADMIN_TOKEN=bench-admin-token-0123456789abcdefghij REALM_LOG=warn,realm_service=info \
+      "$BIN/realm-service" serve --listen 127.0.0.1:0 --database "$PGURL" 2>"$WORK/pg$r.log" &
+    PIDS+=($!); eval "PG${r}_PID=$!"
+  done
+  PG1="$(listening_addr "$WORK/pg1.log")"; PG2="$(listening_addr "$WORK/pg2.log")"
+  REALM_SQLITE="$REALM"; REALM="$PG1"
+  CP="$(api POST /v2/control-planes '{"name":"bench"}' | field id)"
+  PG_TOKEN="$(api POST "/v2/control-planes/$CP/data-plane-tokens" '{}' | field token)"
+  PG_REALM="$(api POST /v1/realms "{\"name\":\"bench\",\"allowed_control_planes\":[\"$CP\"]}" | field id)"
+  CONSUMER="$(api POST "/v1/realms/$PG_REALM/consumers" '{"username":"Ariel"}' | field id)"
+  PG_SECRET="$(api POST "/v1/realms/$PG_REALM/consumers/$CONSUMER/keys" '{"type":"new"}' | field secret)"
+  REALM="$REALM_SQLITE"
+  PG_PATH="/$PG_REALM/v0/authenticate"
+  for target in "$PG1" "$PG2"; do
+    test "$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -H "Authorization: Bearer $PG_TOKEN" \
+      -H 'Content-Type: application/json' -d "{\"secret\":\"$PG_SECRET\"}" "http://$target$PG_PATH")" = 201
+    DP_TOKEN="$PG_TOKEN" SECRET="$PG_SECRET" wrk -t1 -c"$CONNECTIONS" -d2s -s "$LUA" "http://$target$PG_PATH" >/dev/null
+  done
+  rps() { python3 -c "import re,sys; t=open(sys.argv[1]).read(); assert 'Non-2xx' not in t, t; print(re.search(r'Requests/sec:\s+([\d.]+)', t).group(1))" "$1"; }
+  : > "$WORK/pg_rounds.txt"
+  HALF=$((CONNECTIONS / 2))
+  for round in $(seq 1 "$ROUNDS"); do
+    wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s "$LUA" "http://$REALM_SQLITE$PATH_AUTH" > "$WORK/sq$round.txt"
+    DP_TOKEN="$PG_TOKEN" SECRET="$PG_SECRET" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s "$LUA" "http://$PG1$PG_PATH" > "$WORK/p1$round.txt"
+    DP_TOKEN="$PG_TOKEN" SECRET="$PG_SECRET" wrk -t1 -c"$HALF" -d"$DURATION" -s "$LUA" "http://$PG1$PG_PATH" > "$WORK/p2a$round.txt" & W=$!
+    DP_TOKEN="$PG_TOKEN" SECRET="$PG_SECRET" wrk -t1 -c"$HALF" -d"$DURATION" -s "$LUA" "http://$PG2$PG_PATH" > "$WORK/p2b$round.txt"
+    wait "$W"
+    sleep 0.5
+    sq="$(rps "$WORK/sq$round.txt")"; p1="$(rps "$WORK/p1$round.txt")"
+    p2="$(python3 -c "print(float('$(rps "$WORK/p2a$round.txt")') + float('$(rps "$WORK/p2b$round.txt")'))")"
+    echo "$sq $p1 $p2" >> "$WORK/pg_rounds.txt"
+    echo "round $round: warm authenticate SQLite $sq req/s | PostgreSQL 1 replica $p1 req/s | 2 replicas $p2 req/s"
+  done
+  python3 - "$WORK/pg_rounds.txt" <<'PY'
+import statistics, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+med = statistics.median
+print(f"median over {len(rows)} rounds: warm authenticate PostgreSQL/SQLite {med([r[1]/r[0] for r in rows]):.2f};"
+      f" 2 replicas / 1 replica {med([r[2]/r[1] for r in rows]):.2f}"
+      " (both replicas and wrk share this machine's cores)")
+PY
+  if [ -n "$KEYS" ]; then
+    echo "== cold-cache look-up latency by database size on PostgreSQL ($LOOKUPS distinct keys each)"
+    "$BIN/examples/lookup_latency" --keys "$KEYS" --lookups "$LOOKUPS" --dir "$WORK" \
+      --postgres "postgres://postgres@127.0.0.1:$PGPORT/postgres"
+  fi
 fi

@@ -1,130 +1,248 @@
-//! The proxy-wasm adapter: maps the SDK's callbacks onto [`Worker`] and implements [`Host`] with
-//! hostcalls. Compiled for `wasm32` only. Hostcall errors are logged or ignored, never unwrapped.
+//! The proxy-wasm adapter: maps the SDK's callbacks onto the engine and implements [`Host`] with
+//! hostcalls. Compiled for `wasm32` only.
+//!
+//! One VM runs on one Envoy worker thread and may hold several root contexts: one per plugin
+//! configuration, and a new one each time the configuration changes. The engine's
+//! [`SharedState`] (cache, look-ups in flight) and [`Worker`] (requests under way) are VM-wide
+//! ([`VM`]), so they survive configuration changes; each root context only holds its [`Filter`].
+//!
+//! The SDK panics (and the VM traps) on any hostcall status it does not expect, so the statuses
+//! that reach us are the documented ones; each is logged or handled, never dropped. A panic hook
+//! logs the panic through the host before the trap.
+//!
+//! Hot path costs: the header map is read in the host's own serialisation without a copy per
+//! header ([`Headers::from_proxy_wasm`]); counters are counted in the guest and flushed on the
+//! tick; the clock is read only when a decision needs it.
 
 use std::cell::RefCell;
-use std::rc::Rc;
+use std::ptr::null_mut;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{
-    Action as WasmAction, BufferType, ContextType, LogLevel, MapType, MetricType,
+    Action as WasmAction, BufferType, ContextType, LogLevel, MapType, MetricType, Status,
 };
 
 use crate::config;
-use crate::engine::{error_body, Action, Host, Level, Worker};
+use crate::engine::answers::JSON_CONTENT_TYPE;
+use crate::engine::{
+    error_body, Action, CallHandle, CallRequest, Filter, Headers, Host, Level, SharedState, Worker,
+};
 use crate::metrics::Metric;
 use crate::realm::CallResponse;
 
-/// How often the root context checks realm calls (lost answers, deadlines) and body waits.
+/// How often each root context ticks: realm call deadlines and lost answers, body waits, and
+/// the counters' flush.
 const TICK_PERIOD: Duration = Duration::from_millis(200);
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
+    std::panic::set_hook(Box::new(|info| {
+        // The VM traps after this hook: say why first. If even logging fails, nothing more can
+        // be done from here.
+        if hostcalls::log(LogLevel::Critical, &format!("keyrealm: internal error, the wasm VM traps: {info}")).is_err() {}
+    }));
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        Box::new(Root {
-            context_id,
-            worker: None,
-            metrics: Rc::new(MetricIds::default()),
-        })
+        Box::new(Root { context_id, filter: None })
     });
 }}
 
-/// The ids the host gave to our counters (0 = not defined).
-#[derive(Default)]
-struct MetricIds([u32; Metric::ALL.len()]);
+/// What the VM's root contexts and requests share.
+struct Vm {
+    shared: Arc<SharedState>,
+    worker: Worker,
+    /// The ids the host gave to our counters (0 = not defined).
+    metrics: [u32; Metric::ALL.len()],
+}
 
-impl MetricIds {
-    fn define() -> MetricIds {
-        let mut ids = [0u32; Metric::ALL.len()];
-        for m in Metric::ALL {
-            match hostcalls::define_metric(MetricType::Counter, m.name()) {
-                Ok(id) => ids[m.index()] = id,
-                Err(status) => {
-                    let _ = hostcalls::log(
-                        LogLevel::Warn,
-                        &format!("keyrealm: could not define metric {}: {status:?}", m.name()),
-                    );
-                }
-            }
+thread_local! {
+    /// The VM-wide engine state (a wasm VM is single-threaded).
+    static VM: RefCell<Vm> = RefCell::new({
+        let shared = SharedState::new(1);
+        Vm { worker: Worker::new(shared.clone()), shared, metrics: [0; Metric::ALL.len()] }
+    });
+}
+
+/// Runs `f` on the VM state; `None` if it is already in use (a host calling back into the
+/// module from inside a hostcall, which proxy-wasm hosts do not do).
+fn with_vm<R>(f: impl FnOnce(&mut Vm) -> R) -> Option<R> {
+    VM.with(|vm| vm.try_borrow_mut().ok().map(|mut vm| f(&mut vm)))
+}
+
+/// Logs through the host; a failure to log has nowhere else to go.
+fn log(level: LogLevel, message: &str) {
+    if hostcalls::log(level, message).is_err() {}
+}
+
+/// Logs a hostcall that did not do what was asked.
+fn check(what: &str, result: Result<(), Status>) {
+    if let Err(status) = result {
+        log(
+            LogLevel::Warn,
+            &format!("keyrealm: {what} failed: {status:?}"),
+        );
+    }
+}
+
+fn define_metrics(ids: &mut [u32; Metric::ALL.len()]) {
+    if ids.iter().any(|id| *id != 0) {
+        return;
+    }
+    for m in Metric::ALL {
+        match hostcalls::define_metric(MetricType::Counter, m.name()) {
+            Ok(id) => ids[m.index()] = id,
+            Err(status) => log(
+                LogLevel::Warn,
+                &format!("keyrealm: could not define metric {}: {status:?}", m.name()),
+            ),
         }
-        MetricIds(ids)
+    }
+}
+
+/// Adds the worker's counts to the host's counters.
+fn flush_counters(vm: &mut Vm) {
+    let ids = vm.metrics;
+    vm.worker.drain_counters(|metric, n| {
+        let id = ids[metric.index()];
+        if id != 0 {
+            let delta = i64::try_from(n).unwrap_or(i64::MAX);
+            check(
+                "incrementing a counter",
+                hostcalls::increment_metric(id, delta),
+            );
+        }
+    });
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+}
+
+/// The request headers in the host's serialisation, kept as they are.
+fn request_headers() -> Headers {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer and a size through the two out-pointers, which point to
+    // live locals. The pointer, if not null, is memory the host allocated in this module through
+    // the SDK's `proxy_on_memory_allocate` (a `Vec<u8>` of capacity `size`, forgotten), so it is
+    // ours to take back as a `Vec` of that length and capacity, exactly once.
+    let status =
+        unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) };
+    match status {
+        Status::Ok if !data.is_null() => {
+            // SAFETY: see above.
+            let buf = unsafe { Vec::from_raw_parts(data, size, size) };
+            Headers::from_proxy_wasm(buf)
+        }
+        Status::Ok => Headers::new(),
+        status => {
+            log(
+                LogLevel::Warn,
+                &format!("keyrealm: reading the request headers failed: {status:?}"),
+            );
+            Headers::new()
+        }
     }
 }
 
 /// [`Host`] over hostcalls; request operations act on the host's effective context.
-struct WasmHost<'a> {
-    metrics: &'a MetricIds,
+struct WasmHost {
+    /// The context the host is calling into (where the SDK files an HTTP call).
+    current: u32,
 }
 
-impl Host for WasmHost<'_> {
-    fn request_headers(&mut self) -> Vec<(String, String)> {
-        hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
-            .map(|pairs| {
-                pairs
-                    .into_iter()
-                    .map(|(k, v)| match String::from_utf8(v) {
-                        Ok(v) => (k, v),
-                        Err(e) => (k, String::from_utf8_lossy(e.as_bytes()).into_owned()),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+impl Host for WasmHost {
+    fn request_headers(&mut self) -> Headers {
+        request_headers()
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+        check(
+            "setting a request header",
+            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)),
+        );
     }
 
     fn add_request_header(&mut self, name: &str, value: &str) {
-        let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
+        check(
+            "adding a request header",
+            hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value),
+        );
     }
 
     fn remove_request_header(&mut self, name: &str) {
-        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+        check(
+            "removing a request header",
+            hostcalls::remove_map_value(MapType::HttpRequestHeaders, name),
+        );
     }
 
     fn request_body(&mut self, size: usize) -> Option<Vec<u8>> {
-        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
-            .ok()
-            .flatten()
+        match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
+            Ok(body) => body,
+            Err(status) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("keyrealm: reading the request body failed: {status:?}"),
+                );
+                None
+            }
+        }
     }
 
     fn replace_request_body(&mut self, size: usize, body: &[u8]) {
-        let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, size, body);
+        check(
+            "replacing the request body",
+            hostcalls::set_buffer(BufferType::HttpRequestBody, 0, size, body),
+        );
     }
 
     fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
-        let _ = hostcalls::send_http_response(status, headers.to_vec(), Some(body));
+        check(
+            "sending a local response",
+            hostcalls::send_http_response(status, headers.to_vec(), Some(body)),
+        );
     }
 
     fn resume_request(&mut self) {
-        let _ = hostcalls::resume_http_request();
+        check("resuming the request", hostcalls::resume_http_request());
     }
 
-    fn dispatch_call(
-        &mut self,
-        cluster: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-        timeout_ms: u64,
-    ) -> Result<u32, String> {
+    fn dispatch_call(&mut self, call: &CallRequest<'_>) -> Result<CallHandle, String> {
         hostcalls::dispatch_http_call(
-            cluster,
-            headers.to_vec(),
-            Some(body),
+            call.cluster,
+            call.headers.to_vec(),
+            Some(call.body),
             vec![],
-            Duration::from_millis(timeout_ms),
+            Duration::from_millis(call.timeout_ms),
         )
-        .map_err(|status| format!("{status:?} (is there a cluster named {cluster}?)"))
+        .map(|token| CallHandle {
+            token,
+            receiver: self.current,
+        })
+        .map_err(|status| format!("{status:?} (is there a cluster named {}?)", call.cluster))
     }
 
     fn now_ms(&mut self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        match hostcalls::get_current_time() {
+            Ok(t) => t
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            Err(status) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("keyrealm: reading the clock failed: {status:?}"),
+                );
+                0
+            }
+        }
     }
 
     fn log(&mut self, level: Level, message: &str) {
@@ -134,18 +252,14 @@ impl Host for WasmHost<'_> {
             Level::Warn => LogLevel::Warn,
             Level::Error => LogLevel::Error,
         };
-        let _ = hostcalls::log(level, message);
-    }
-
-    fn increment(&mut self, metric: Metric) {
-        let id = self.metrics.0[metric.index()];
-        if id != 0 {
-            let _ = hostcalls::increment_metric(id, 1);
-        }
+        log(level, message);
     }
 
     fn set_effective_context(&mut self, context_id: u32) {
-        let _ = hostcalls::set_effective_context(context_id);
+        check(
+            "switching the effective context",
+            hostcalls::set_effective_context(context_id),
+        );
     }
 }
 
@@ -158,18 +272,20 @@ fn to_wasm(action: Action) -> WasmAction {
 
 /// Reads the answer to an HTTP call from the host and hands it to the worker (whichever context
 /// the SDK delivered it to).
-fn deliver_call_response(
-    worker: Option<&Rc<RefCell<Worker>>>,
-    metrics: &MetricIds,
-    context_id: u32,
-    token_id: u32,
-    num_headers: usize,
-    body_size: usize,
-) {
+fn deliver_call_response(context_id: u32, token_id: u32, num_headers: usize, body_size: usize) {
     let response = call_response(num_headers, body_size);
-    if let Some(Ok(mut w)) = worker.map(|w| w.try_borrow_mut()) {
-        let mut host = WasmHost { metrics };
-        w.on_call_response(context_id, token_id, response, &mut host);
+    let delivered = with_vm(|vm| {
+        let mut host = WasmHost {
+            current: context_id,
+        };
+        vm.worker
+            .on_call_response(context_id, token_id, response, &mut host);
+    });
+    if delivered.is_none() {
+        log(
+            LogLevel::Error,
+            "keyrealm: a realm answer arrived while the filter was busy; the look-up ends at its deadline",
+        );
     }
 }
 
@@ -178,16 +294,28 @@ fn call_response(num_headers: usize, body_size: usize) -> CallResponse {
     let status = if num_headers == 0 {
         None
     } else {
-        hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse::<u32>().ok())
+        match hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status") {
+            Ok(s) => s.and_then(|s| s.parse::<u32>().ok()),
+            Err(status) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("keyrealm: reading a realm answer's status failed: {status:?}"),
+                );
+                None
+            }
+        }
     };
     let body = if body_size > 0 {
-        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+        match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size) {
+            Ok(b) => b.unwrap_or_default(),
+            Err(status) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("keyrealm: reading a realm answer's body failed: {status:?}"),
+                );
+                Vec::new()
+            }
+        }
     } else {
         Vec::new()
     };
@@ -196,8 +324,7 @@ fn call_response(num_headers: usize, body_size: usize) -> CallResponse {
 
 struct Root {
     context_id: u32,
-    worker: Option<Rc<RefCell<Worker>>>,
-    metrics: Rc<MetricIds>,
+    filter: Option<Arc<Filter>>,
 }
 
 impl Context for Root {
@@ -208,76 +335,79 @@ impl Context for Root {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        deliver_call_response(
-            self.worker.as_ref(),
-            &self.metrics,
-            self.context_id,
-            token_id,
-            num_headers,
-            body_size,
-        );
+        deliver_call_response(self.context_id, token_id, num_headers, body_size);
+    }
+
+    fn on_done(&mut self) -> bool {
+        // The root context goes (its plugin was removed or replaced): calls it received are
+        // made again by another root's tick; the counters are flushed now.
+        let root = self.context_id;
+        with_vm(|vm| {
+            vm.worker.on_done(root);
+            flush_counters(vm);
+        });
+        true
     }
 }
 
 impl RootContext for Root {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(
+        let bytes = match hostcalls::get_buffer(
             BufferType::PluginConfiguration,
             0,
             plugin_configuration_size,
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+        ) {
+            Ok(b) => b.unwrap_or_default(),
+            Err(status) => {
+                log(
+                    LogLevel::Critical,
+                    &format!("keyrealm: reading the configuration failed: {status:?}"),
+                );
+                return false;
+            }
+        };
         let now = WasmHost {
-            metrics: &self.metrics,
+            current: self.context_id,
         }
         .now_ms();
-        let parsed = config::parse(&bytes, now, &|name| std::env::var(name).ok());
-        let cfg = match parsed {
+        let cfg = match config::parse(&bytes, now, &|name| std::env::var(name).ok()) {
             Ok(cfg) => cfg,
             Err(err) => {
-                let _ = hostcalls::log(
+                log(
                     LogLevel::Critical,
                     &format!("keyrealm: configuration refused: {err}"),
                 );
                 return false;
             }
         };
-        if self.metrics.0.iter().all(|id| *id == 0) {
-            self.metrics = Rc::new(MetricIds::define());
+        let made = with_vm(|vm| {
+            define_metrics(&mut vm.metrics);
+            Filter::new(cfg, &vm.shared)
+        });
+        match made {
+            Some(filter) => self.filter = Some(filter),
+            None => return false,
         }
-        // The tick looks after realm calls and requests waiting for a body.
-        let needs_tick = cfg.has_realms() || cfg.key_in_body;
-        match &self.worker {
-            Some(worker) => match worker.try_borrow_mut() {
-                Ok(mut w) => w.configure(cfg),
-                Err(_) => return false,
-            },
-            None => self.worker = Some(Rc::new(RefCell::new(Worker::new(cfg)))),
-        }
-        if needs_tick {
-            let _ = hostcalls::set_tick_period(TICK_PERIOD);
-        }
+        check(
+            "setting the tick period",
+            hostcalls::set_tick_period(TICK_PERIOD),
+        );
         true
     }
 
     fn on_tick(&mut self) {
-        if let Some(worker) = &self.worker {
-            if let Ok(mut w) = worker.try_borrow_mut() {
-                let mut host = WasmHost {
-                    metrics: &self.metrics,
-                };
-                w.on_tick(self.context_id, &mut host);
-            }
-        }
+        let root = self.context_id;
+        with_vm(|vm| {
+            let mut host = WasmHost { current: root };
+            vm.worker.on_tick(root, &mut host);
+            flush_counters(vm);
+        });
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http {
             context_id,
-            worker: self.worker.clone(),
-            metrics: self.metrics.clone(),
+            filter: self.filter.clone(),
         }))
     }
 
@@ -288,29 +418,31 @@ impl RootContext for Root {
 
 struct Http {
     context_id: u32,
-    worker: Option<Rc<RefCell<Worker>>>,
-    metrics: Rc<MetricIds>,
+    filter: Option<Arc<Filter>>,
 }
 
 impl Http {
-    /// Runs `f` on the worker; without one (never configured) the request is refused.
+    /// Runs `f` on the worker; without a configuration (or with the worker busy, which does not
+    /// happen) the request is refused.
     fn with_worker(
         &mut self,
-        f: impl FnOnce(&mut Worker, u32, &mut WasmHost<'_>) -> Action,
+        f: impl FnOnce(&mut Worker, &Arc<Filter>, u32, &mut WasmHost) -> Action,
     ) -> WasmAction {
-        let mut host = WasmHost {
-            metrics: &self.metrics,
+        let ctx = self.context_id;
+        let mut host = WasmHost { current: ctx };
+        let action = match &self.filter {
+            Some(filter) => with_vm(|vm| f(&mut vm.worker, filter, ctx, &mut host)),
+            None => None,
         };
-        let borrowed = self.worker.as_ref().and_then(|w| w.try_borrow_mut().ok());
-        match borrowed {
-            Some(mut w) => to_wasm(f(&mut w, self.context_id, &mut host)),
+        match action {
+            Some(action) => to_wasm(action),
             None => {
-                let body = error_body("An unexpected error occurred", None);
-                host.send_response(
-                    500,
-                    &[("content-type", "application/json; charset=utf-8")],
-                    &body,
+                log(
+                    LogLevel::Error,
+                    "keyrealm: a request arrived with no usable filter state; answered 500",
                 );
+                let body = error_body("An unexpected error occurred", None);
+                host.send_response(500, &[("content-type", JSON_CONTENT_TYPE)], &body);
                 WasmAction::Pause
             }
         }
@@ -325,36 +457,28 @@ impl Context for Http {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        deliver_call_response(
-            self.worker.as_ref(),
-            &self.metrics,
-            self.context_id,
-            token_id,
-            num_headers,
-            body_size,
-        );
+        deliver_call_response(self.context_id, token_id, num_headers, body_size);
     }
 
     fn on_done(&mut self) -> bool {
-        if let Some(worker) = &self.worker {
-            if let Ok(mut w) = worker.try_borrow_mut() {
-                w.on_done(self.context_id);
-            }
-        }
+        let ctx = self.context_id;
+        with_vm(|vm| vm.worker.on_done(ctx));
         true
     }
 }
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> WasmAction {
-        self.with_worker(|w, ctx, host| w.on_request_headers(ctx, end_of_stream, host))
+        self.with_worker(|w, filter, ctx, host| {
+            w.on_request_headers(filter, ctx, end_of_stream, host)
+        })
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> WasmAction {
-        self.with_worker(|w, ctx, host| w.on_request_body(ctx, body_size, end_of_stream, host))
+        self.with_worker(|w, _, ctx, host| w.on_request_body(ctx, body_size, end_of_stream, host))
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> WasmAction {
-        self.with_worker(|w, ctx, host| w.on_request_trailers(ctx, host))
+        self.with_worker(|w, _, ctx, host| w.on_request_trailers(ctx, host))
     }
 }

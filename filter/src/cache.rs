@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::identity::Identity;
 use crate::sha256::Digest;
@@ -130,7 +130,7 @@ impl<V> Bounded<V> {
 
 #[derive(Debug, Clone)]
 struct FoundEntry {
-    identity: Rc<Identity>,
+    identity: Arc<Identity>,
     /// Fresh until then (ms since the epoch): ttl, capped by the credential's expiry.
     fresh_until_ms: u64,
     /// The credential's own expiry: never served beyond it, not even stale.
@@ -140,7 +140,7 @@ struct FoundEntry {
 /// What the cache knows about a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cached {
-    Found(Rc<Identity>),
+    Found(Arc<Identity>),
     NotFound,
     Miss,
 }
@@ -178,7 +178,7 @@ impl CredentialCache {
     }
 
     /// A found entry past its ttl by at most `stale_ms`, and not past the credential's expiry.
-    pub fn stale(&self, key: &CacheKey, now_ms: u64, stale_ms: u64) -> Option<Rc<Identity>> {
+    pub fn stale(&self, key: &CacheKey, now_ms: u64, stale_ms: u64) -> Option<Arc<Identity>> {
         let entry = self.found.get(key)?;
         let within_stale = now_ms < entry.fresh_until_ms.saturating_add(stale_ms);
         let not_expired = entry.expires_at_ms.map(|e| now_ms < e).unwrap_or(true);
@@ -188,7 +188,7 @@ impl CredentialCache {
     pub fn insert_found(
         &mut self,
         key: CacheKey,
-        identity: Rc<Identity>,
+        identity: Arc<Identity>,
         ttl_ms: u64,
         expires_at_ms: Option<u64>,
         now_ms: u64,
@@ -244,8 +244,8 @@ mod tests {
         }
     }
 
-    fn ident(id: &str) -> Rc<Identity> {
-        Rc::new(Identity {
+    fn ident(id: &str) -> Arc<Identity> {
+        Arc::new(Identity {
             consumer_id: id.into(),
             username: None,
             custom_id: None,

@@ -4,10 +4,9 @@
 //!
 //! Every refusal is a [`ConfigError`] naming the field (`identity_realms[1].region`) and the reason.
 
-use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -153,11 +152,11 @@ pub enum Source {
     /// The `consumers` of this configuration.
     ControlPlane,
     /// A realm of the realm service.
-    Realm(Rc<RealmRef>),
+    Realm(Arc<RealmRef>),
 }
 
 /// A realm entry of `identity_realms`, resolved against `realm_service`.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct RealmRef {
     pub id: String,
     pub region: Option<String>,
@@ -165,15 +164,12 @@ pub struct RealmRef {
     pub authority: String,
     /// `/<realm id>/v0/authenticate`.
     pub path: String,
-    /// The worker's number for this realm id in its cache keys (set when the worker takes the
-    /// configuration; `u32::MAX` until then).
-    pub slot: Cell<u32>,
 }
 
 /// A control-plane credential, indexed by the SHA-256 of its key.
 #[derive(Debug, Clone)]
 pub struct CpCredential {
-    pub identity: Rc<Identity>,
+    pub identity: Arc<Identity>,
     /// Milliseconds since the Unix epoch after which the key is unknown.
     pub expires_at_ms: Option<u64>,
 }
@@ -193,7 +189,7 @@ pub struct RealmService {
 #[derive(Debug, Clone)]
 pub struct Anonymous {
     pub value: String,
-    pub identity: Option<Rc<Identity>>,
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// The validated configuration the request path works from.
@@ -316,7 +312,7 @@ fn validate(
     };
 
     // consumers
-    let mut identities: Vec<Rc<Identity>> = Vec::new();
+    let mut identities: Vec<Arc<Identity>> = Vec::new();
     let mut credentials: HashMap<Digest, CpCredential> = HashMap::new();
     let mut consumer_ids: HashSet<String> = HashSet::new();
     let mut usernames: HashSet<String> = HashSet::new();
@@ -374,7 +370,7 @@ fn validate(
             }
         }
         let _ = consumer.tags;
-        let identity = Rc::new(Identity {
+        let identity = Arc::new(Identity {
             consumer_id: id,
             username: consumer.username,
             custom_id: consumer.custom_id,
@@ -424,7 +420,7 @@ fn validate(
                 }
                 Some(ttl) => Some(now_ms.saturating_add(ttl.saturating_mul(1000))),
             };
-            let identity = Rc::new(Identity {
+            let identity = Arc::new(Identity {
                 credential_id: Some(cred_id),
                 ..(*identity).clone()
             });
@@ -661,13 +657,12 @@ fn validate(
                     }
                 };
                 let path = format!("/{id}/v0/authenticate");
-                sources.push(Source::Realm(Rc::new(RealmRef {
+                sources.push(Source::Realm(Arc::new(RealmRef {
                     authority: authority.clone().unwrap_or_else(|| cluster.clone()),
                     id,
                     region: entry.region,
                     cluster,
                     path,
-                    slot: Cell::new(u32::MAX),
                 })));
             }
             other => {

@@ -10,6 +10,7 @@ use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
 use crate::config::Config;
+use crate::engine::Headers;
 
 /// What one location says about one name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +38,7 @@ pub enum Extraction {
 
 /// Where the key of a request is looked for.
 pub struct RequestParts<'a> {
-    pub headers: &'a [(String, String)],
+    pub headers: &'a Headers,
     /// The raw query string (after `?`, without `#fragment`), if any.
     pub query: Option<&'a str>,
     /// The parsed body; `None` while it is still to come.
@@ -90,16 +91,16 @@ pub fn header_name_matches(header: &str, header_form: &str) -> bool {
         })
 }
 
-pub fn find_header<'a>(headers: &'a [(String, String)], header_form: &str) -> Found<'a> {
+pub fn find_header<'a>(headers: &'a Headers, header_form: &str) -> Found<'a> {
     let mut found = Found::Absent;
-    for (name, value) in headers {
+    for (name, value) in headers.iter() {
         if name.starts_with(':') || !header_name_matches(name, header_form) {
             continue;
         }
         if found != Found::Absent {
             return Found::Many;
         }
-        found = Found::One(Cow::Borrowed(value.as_str()));
+        found = Found::One(Cow::Borrowed(value));
     }
     found
 }

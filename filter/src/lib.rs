@@ -9,7 +9,10 @@
 //!
 //! Layout: the logic is plain Rust ([`config`], [`extract`], [`cache`], [`realm`], [`engine`])
 //! written against the small [`engine::Host`] trait and tested natively; the proxy-wasm adapter
-//! (`adapter`, compiled for `wasm32` only) maps the SDK's callbacks onto [`engine::Worker`].
+//! (`adapter`, compiled for `wasm32` only) maps the SDK's callbacks onto the engine's
+//! [`engine::Filter`] (one per root context) and [`engine::Worker`] with its
+//! [`engine::SharedState`] (one per VM). The [`engine`] module documents the seam a native
+//! adapter uses.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 

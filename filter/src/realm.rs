@@ -1,6 +1,6 @@
 //! The realm service's authenticate call: the request the filter sends and how it reads the answer.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
@@ -25,7 +25,7 @@ pub fn authenticate_body(key: &str) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RealmAnswer {
     Found {
-        identity: Rc<Identity>,
+        identity: Arc<Identity>,
         ttl_ms: u64,
         /// The credential's expiry (ms since the epoch), if it has one.
         expires_at_ms: Option<u64>,
@@ -139,7 +139,7 @@ pub fn classify(response: &CallResponse) -> RealmAnswer {
                 ));
             }
             RealmAnswer::Found {
-                identity: Rc::new(identity),
+                identity: Arc::new(identity),
                 ttl_ms: minutes_to_ms(body.ttl),
                 expires_at_ms,
             }

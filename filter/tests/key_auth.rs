@@ -508,12 +508,49 @@ fn a_body_the_proxy_never_delivers_is_refused_after_a_while() {
     h.host.now += 1;
     h.tick();
     let o = h.outcome(ctx);
-    assert_eq!(o.status(), 500);
+    assert_eq!(o.status(), 408);
+    assert_eq!(o.message(), "Request body not received in time");
+    // The proxy never delivered a body to paused headers here: the log says what to check.
     assert!(h
         .host
         .logs
         .iter()
         .any(|(_, l)| l.contains("allow_on_headers_stop_iteration")));
+}
+
+/// Review fix 5: with a proxy that does deliver bodies to paused headers (seen before), a body
+/// whose first byte takes more than 10 s is a slow client: 408 with a neutral log line, not a
+/// 500 blaming allow_on_headers_stop_iteration.
+#[test]
+fn a_slow_body_is_408_with_a_neutral_log_line() {
+    let mut h = harness(r#""key_in_body":true"#);
+    // A body key that arrived normally: this proxy delivers bodies to paused headers.
+    let o =
+        h.send(Req::new("POST", "/").body("application/x-www-form-urlencoded", "apikey=alice-key"));
+    assert_alice(&o);
+    let ctx = h.start(Req::new("POST", "/").chunks(
+        "application/x-www-form-urlencoded",
+        &["", "apikey=alice-key"],
+    ));
+    assert_eq!(h.outcome(ctx), Outcome::Paused);
+    h.host.now += 10_000;
+    h.tick();
+    let o = h.outcome(ctx);
+    assert_eq!(o.status(), 408, "{o:?}");
+    assert_eq!(o.message(), "Request body not received in time");
+    assert!(
+        h.host
+            .logs
+            .iter()
+            .all(|(_, l)| !l.contains("allow_on_headers_stop_iteration")),
+        "{:?}",
+        h.host.logs
+    );
+    assert!(
+        h.host.logs.iter().any(|(_, l)| l.contains("408")),
+        "{:?}",
+        h.host.logs
+    );
 }
 
 #[test]

@@ -481,10 +481,7 @@ fn reconfiguration_keeps_the_cache_of_the_same_realm() {
     let t = h.last_call().token;
     h.answer(t, Some(201), &found("rc-1", "ariel", "rk-1", 10));
     assert_eq!(h.outcome(ctx).status(), 200);
-    h.worker.configure(support::parse_config(&config(
-        &format!("{CP},{}", realm(REALM_A, "eu")),
-        "",
-    )));
+    h.new_root(&config(&format!("{CP},{}", realm(REALM_A, "eu")), ""));
     assert_realm_consumer(&h.send(key("realm-key")));
     assert_eq!(h.host.calls.len(), 1);
 }
@@ -606,4 +603,149 @@ fn a_reused_context_id_never_gets_the_answer_for_its_predecessor_s_key() {
         &found("rc-1", "ariel", "rk-1", 10),
     );
     assert_realm_consumer(&h.outcome(later));
+}
+
+/// Review fix 2: key_in_body + hide_credentials, the key in a header and in the body, a cache
+/// miss, the body in chunks and the realm answer arriving mid-upload. The filter must not resume
+/// the request before the body edit is complete: Envoy would forward the chunk it holds (with
+/// the key) and the edit at the end would only see the tail.
+#[test]
+fn a_body_in_chunks_with_the_answer_mid_upload_never_leaks_the_key() {
+    for with_paused_headers in [true, false] {
+        let mut h = Harness::new(&config(&realm(REALM_A, "us"), "").replacen(
+            r#"{"identity_realms""#,
+            r#"{"key_in_body":true,"hide_credentials":true,"identity_realms""#,
+            1,
+        ));
+        h.body_with_paused_headers = with_paused_headers;
+        let ctx = h.start(Req::new("POST", "/").header("apikey", "realm-key").chunks(
+            "application/x-www-form-urlencoded",
+            &["apikey=realm-key&a=1", "&b=2", "&c=3"],
+        ));
+        assert_eq!(h.outcome(ctx), Outcome::Paused);
+        let t = h.last_call().token;
+        h.answer(t, Some(201), &found("rc-1", "ariel", "rk-1", 10));
+        let so_far = h.upstream_so_far(ctx).unwrap_or_default();
+        assert!(
+            !so_far.contains("realm-key"),
+            "with_paused_headers={with_paused_headers}: the key went upstream: {so_far:?}"
+        );
+        h.next_chunk(ctx);
+        h.next_chunk(ctx);
+        let o = h.outcome(ctx);
+        assert_realm_consumer(&o);
+        assert_eq!(o.header("apikey"), None);
+        assert_eq!(
+            o.body(),
+            "a=1&b=2&c=3",
+            "with_paused_headers={with_paused_headers}"
+        );
+        assert_eq!(h.worker.tracked_requests(), 0);
+    }
+}
+
+/// The same body, with the answer before any of the body reached the filter and after all of
+/// it did: both end with the key removed.
+#[test]
+fn a_body_in_chunks_is_edited_whenever_the_answer_comes() {
+    for answer_after_chunk in 0..3 {
+        let mut h = Harness::new(&config(&realm(REALM_A, "us"), "").replacen(
+            r#"{"identity_realms""#,
+            r#"{"key_in_body":true,"hide_credentials":true,"identity_realms""#,
+            1,
+        ));
+        let ctx = h.start(Req::new("POST", "/").header("apikey", "realm-key").chunks(
+            "application/json",
+            &[r#"{"x":1,"#, r#""apikey":"realm-key","#, r#""y":2}"#],
+        ));
+        let t = h.last_call().token;
+        for sent in 0..2 {
+            if sent == answer_after_chunk {
+                h.answer(t, Some(201), &found("rc-1", "ariel", "rk-1", 10));
+            }
+            h.next_chunk(ctx);
+        }
+        if answer_after_chunk == 2 {
+            h.answer(t, Some(201), &found("rc-1", "ariel", "rk-1", 10));
+        }
+        let o = h.outcome(ctx);
+        assert_realm_consumer(&o);
+        assert_eq!(
+            o.body(),
+            r#"{"x":1,"y":2}"#,
+            "answer after chunk {answer_after_chunk}"
+        );
+    }
+}
+
+/// Review fix 4: the same realm under two regions. A request never joins a look-up made in
+/// another region: its answer says nothing about whether this region could answer.
+#[test]
+fn a_request_never_joins_a_look_up_made_in_another_region() {
+    let mut h = Harness::new(&config(
+        &format!("{},{}", realm(REALM_A, "us"), realm(REALM_A, "eu")),
+        "",
+    ));
+    let first = h.start(key("realm-key"));
+    let us = h.last_call().clone();
+    assert_eq!(us.cluster, "realm_us");
+    h.answer(us.token, Some(503), "down");
+    let eu = h.last_call().clone();
+    assert_eq!(eu.cluster, "realm_eu", "us unavailable: eu is asked");
+    // A second request for the key starts with the "us" entry: it asks "us" itself rather
+    // than waiting for the "eu" call.
+    let second = h.start(key("realm-key"));
+    assert_eq!(h.host.calls.len(), 3);
+    let second_us = h.last_call().clone();
+    assert_eq!(second_us.cluster, "realm_us");
+    h.answer(eu.token, Some(201), &found("rc-1", "ariel", "rk-1", 10));
+    assert_realm_consumer(&h.outcome(first));
+    h.answer(
+        second_us.token,
+        Some(201),
+        &found("rc-1", "ariel", "rk-1", 10),
+    );
+    assert_realm_consumer(&h.outcome(second));
+}
+
+/// Review fix 1: a configuration change makes Envoy create a new root context in the same VM.
+/// The cache (and stale-if-error with it) and the look-ups in flight survive it.
+#[test]
+fn a_new_root_context_keeps_the_cache_and_the_look_ups_in_flight() {
+    let mut h = Harness::new(&config(&realm(REALM_A, "us"), ""));
+    let cached = h.start(key("cached-key"));
+    let t = h.last_call().token;
+    h.answer(t, Some(201), &found("rc-1", "ariel", "rk-1", 1));
+    assert_realm_consumer(&h.outcome(cached));
+    let waiting = h.start(key("realm-key"));
+    let in_flight = h.last_call().clone();
+
+    // The configuration changes (another key name, the same realm and token).
+    h.new_root(&config(&realm(REALM_A, "us"), "").replacen(
+        r#"{"identity_realms""#,
+        r#"{"key_names":["apikey","x-key"],"identity_realms""#,
+        1,
+    ));
+    let joined = h.start(key("realm-key"));
+    assert_eq!(
+        h.host.calls.len(),
+        2,
+        "joined the look-up of the old root context"
+    );
+    h.answer(
+        in_flight.token,
+        Some(201),
+        &found("rc-1", "ariel", "rk-1", 10),
+    );
+    assert_realm_consumer(&h.outcome(waiting));
+    assert_realm_consumer(&h.outcome(joined));
+
+    // Past the cached key's ttl, with the realm down: stale-if-error serves it under the new
+    // root context.
+    h.host.now += 2 * MINUTE;
+    let stale = h.start(key("cached-key"));
+    let t = h.last_call().token;
+    h.answer(t, None, "");
+    assert_realm_consumer(&h.outcome(stale));
+    assert_eq!(h.metric(Metric::CacheStale), 1);
 }

@@ -4,7 +4,11 @@
 //! in-process and asked over HTTP, one request at a time on a keep-alive connection, for keys
 //! it has never seen (each a cache miss: one indexed SQLite probe).
 //!
-//! `cargo run --release -p realm-service --example lookup_latency -- [--keys 1000,1000000] [--lookups 2000] [--dir DIR]`
+//! With `--postgres URL` (a URL of an existing database, used to create one database per size),
+//! the same runs on PostgreSQL: the keys are generated inside PostgreSQL (`generate_series`,
+//! `sha256`) and the service runs on the new database.
+//!
+//! `cargo run --release -p realm-service --example lookup_latency -- [--keys 1000,1000000] [--lookups 2000] [--dir DIR] [--postgres URL]`
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,7 +21,7 @@ use realm_service::{spawn, ServiceConfig};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-const ADMIN: &str = "bench-admin";
+const ADMIN: &str = "bench-admin-token-0123456789abcdefghij";
 const CONSUMERS: usize = 1000;
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
@@ -117,12 +121,76 @@ impl Lcg {
     }
 }
 
-async fn run(dir: &Path, keys: usize, lookups: usize) {
+/// Creates database `name` through the server of `admin_url`; returns its URL.
+async fn create_pg_database(admin_url: &str, name: &str) -> String {
+    let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::spawn(connection);
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        client.batch_execute(&sql).await.expect("create database");
+    }
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(base, _)| base)
+        .unwrap_or(admin_url);
+    format!("{base}/{name}")
+}
+
+/// Loads the same keys as [`load_keys`], generated inside PostgreSQL; returns the database size.
+async fn load_pg_keys(url: &str, realm: &str, keys: usize) -> u64 {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::spawn(connection);
+    let realm: uuid::Uuid = realm.parse().expect("realm id");
+    client
+        .execute(
+            "INSERT INTO consumers (id, realm_id, username, custom_id, type, tags, consumer_groups,
+                created_at, updated_at)
+             SELECT gen_random_uuid(), $1, 'bench-' || i, NULL, NULL, '[]', '[]', 0, 0
+             FROM generate_series(0, $2::bigint - 1) AS i",
+            &[&realm, &(CONSUMERS as i64)],
+        )
+        .await
+        .expect("load consumers");
+    client
+        .execute(
+            "INSERT INTO keys (id, consumer_id, realm_id, type, secret_hash, tags, created_at,
+                updated_at, expires_at)
+             SELECT gen_random_uuid(), c.id, $1, 'legacy',
+                    sha256(convert_to('bench-key-' || i, 'UTF8')), '[]', 0, 0, NULL
+             FROM generate_series(0, $2::bigint - 1) AS i
+             JOIN (SELECT id, row_number() OVER (ORDER BY seq) - 1 AS n
+                   FROM consumers WHERE realm_id = $1) c ON c.n = i % $3::bigint",
+            &[&realm, &(keys as i64), &(CONSUMERS as i64)],
+        )
+        .await
+        .expect("load keys");
+    client.batch_execute("ANALYZE").await.expect("analyze");
+    let row = client
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await
+        .expect("size");
+    row.get::<_, i64>(0) as u64
+}
+
+async fn run(dir: &Path, keys: usize, lookups: usize, postgres: Option<&str>) {
     let database = dir.join(format!("lookup-{keys}.db"));
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", database.display()));
     }
-    let mut config = ServiceConfig::new(database.clone());
+    let pg_url = match postgres {
+        Some(admin) => Some(create_pg_database(admin, &format!("lookup_{keys}")).await),
+        None => None,
+    };
+    let mut config = match &pg_url {
+        Some(url) => ServiceConfig::new(url.as_str()),
+        None => ServiceConfig::new(database.clone()),
+    };
     config.admin_token = Some(ADMIN.to_string());
     let service = spawn(config).await.expect("spawn");
     let base = format!("http://{}", service.local_addr());
@@ -159,15 +227,19 @@ async fn run(dir: &Path, keys: usize, lookups: usize) {
     let realm = realm["id"].as_str().expect("realm").to_string();
 
     let started = Instant::now();
-    let db = database.clone();
-    let realm_for_load = realm.clone();
-    tokio::task::spawn_blocking(move || load_keys(&db, &realm_for_load, keys))
-        .await
-        .expect("load task")
-        .expect("load keys");
+    let size = match &pg_url {
+        Some(url) => load_pg_keys(url, &realm, keys).await,
+        None => {
+            let db = database.clone();
+            let realm_for_load = realm.clone();
+            tokio::task::spawn_blocking(move || load_keys(&db, &realm_for_load, keys))
+                .await
+                .expect("load task")
+                .expect("load keys");
+            file_size(&database) + file_size(&PathBuf::from(format!("{}-wal", database.display())))
+        }
+    };
     let load_time = started.elapsed();
-    let size =
-        file_size(&database) + file_size(&PathBuf::from(format!("{}-wal", database.display())));
 
     let path = format!("/{realm}/v0/authenticate");
     let mut rng = Lcg(keys as u64);
@@ -208,7 +280,12 @@ async fn run(dir: &Path, keys: usize, lookups: usize) {
         assert_eq!(status, 201);
     }
     println!(
-        "keys={keys} db_size={:.1}MiB load={:.1}s",
+        "store={} keys={keys} db_size={:.1}MiB load={:.1}s",
+        if pg_url.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        },
         size as f64 / (1024.0 * 1024.0),
         load_time.as_secs_f64()
     );
@@ -226,6 +303,7 @@ async fn main() {
     let mut keys = vec![1000usize, 1_000_000];
     let mut lookups = 2000usize;
     let mut dir = std::env::temp_dir();
+    let mut postgres: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().unwrap_or_default();
@@ -238,10 +316,11 @@ async fn main() {
             }
             "--lookups" => lookups = value.parse().expect("--lookups: a number"),
             "--dir" => dir = PathBuf::from(value),
+            "--postgres" => postgres = Some(value),
             other => panic!("unknown argument {other}"),
         }
     }
     for n in keys {
-        run(&dir, n, lookups).await;
+        run(&dir, n, lookups, postgres.as_deref()).await;
     }
 }

@@ -1,8 +1,13 @@
-//! The in-process cache that lets the authenticate path answer without touching SQLite.
+//! The in-process cache that lets the authenticate path answer without touching the database.
 //!
 //! It holds four maps: data-plane token hash → control plane, admin token hashes, realm id →
 //! the realm's policy, and (realm id, sha256(secret)) → the finished 201 body (or "not found").
 //! None holds a plaintext secret.
+//!
+//! On PostgreSQL, other replicas write too: each write `NOTIFY`s inside its transaction, and a
+//! listener task calls [`AuthCache::invalidate`] when it hears one. While the listener is
+//! disconnected the cache is suspended ([`AuthCache::suspend`]) and every look-up reads the
+//! database; it resumes (empty) once the listener is back.
 //!
 //! Invalidation is deliberately blunt: every committed write clears all of it and bumps a
 //! generation number. A look-up that missed remembers the generation it started under and may
@@ -11,7 +16,7 @@
 //! after each one costs little, and no write path can forget to invalidate.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -66,10 +71,23 @@ struct Maps {
     keys: HashMap<(Uuid, SecretHash), KeyAnswer>,
 }
 
-#[derive(Default)]
 pub struct AuthCache {
     generation: AtomicU64,
     maps: RwLock<Maps>,
+    /// False while a replica cannot hear other replicas' invalidations (its PostgreSQL listener
+    /// is down): the cache is then neither read nor filled, and every look-up goes to the
+    /// database.
+    live: AtomicBool,
+}
+
+impl Default for AuthCache {
+    fn default() -> Self {
+        AuthCache {
+            generation: AtomicU64::new(0),
+            maps: RwLock::new(Maps::default()),
+            live: AtomicBool::new(true),
+        }
+    }
 }
 
 /// The generation a look-up started under.
@@ -100,7 +118,28 @@ impl AuthCache {
         drop(old);
     }
 
+    /// Stops using the cache (the invalidations of other writers can no longer be heard):
+    /// empties it, and until [`AuthCache::resume`] nothing is served from it or stored in it.
+    pub fn suspend(&self) {
+        self.live.store(false, Ordering::Release);
+        self.invalidate();
+    }
+
+    /// Uses the cache again (once invalidations are heard again): empties it first, since
+    /// writes made meanwhile were not heard.
+    pub fn resume(&self) {
+        self.invalidate();
+        self.live.store(true, Ordering::Release);
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
     fn store(&self, generation: Generation, f: impl FnOnce(&mut Maps)) {
+        if !self.is_live() {
+            return;
+        }
         let mut maps = self.maps.write();
         // Checked under the write lock that `invalidate` also takes: no write committed since
         // the look-up began, so its answer is still true.
@@ -112,6 +151,13 @@ impl AuthCache {
     /// Everything the authenticate path may find, under one read lock: the token's control
     /// plane, and (when the request named a realm and a secret) the realm's policy and the key.
     pub fn lookup(&self, token: &SecretHash, key: Option<(&Uuid, &SecretHash)>) -> Snapshot {
+        if !self.is_live() {
+            return Snapshot {
+                control_plane: None,
+                realm: None,
+                key: None,
+            };
+        }
         let maps = self.maps.read();
         Snapshot {
             control_plane: maps.tokens.get(token).copied(),
@@ -121,6 +167,9 @@ impl AuthCache {
     }
 
     pub fn token(&self, hash: &SecretHash) -> Option<Uuid> {
+        if !self.is_live() {
+            return None;
+        }
         self.maps.read().tokens.get(hash).copied()
     }
     pub fn store_token(&self, generation: Generation, hash: SecretHash, control_plane: Uuid) {
@@ -130,6 +179,9 @@ impl AuthCache {
     }
 
     pub fn is_admin(&self, hash: &SecretHash) -> bool {
+        if !self.is_live() {
+            return false;
+        }
         self.maps.read().admin.contains(hash)
     }
     pub fn store_admin(&self, generation: Generation, hash: SecretHash) {
@@ -143,6 +195,9 @@ impl AuthCache {
 
     /// `Some(None)`: known not to exist. `None`: not cached.
     pub fn realm(&self, id: &Uuid) -> Option<Option<Arc<RealmPolicy>>> {
+        if !self.is_live() {
+            return None;
+        }
         self.maps.read().realms.get(id).cloned()
     }
     pub fn store_realm(&self, generation: Generation, id: Uuid, policy: Option<Arc<RealmPolicy>>) {
@@ -150,6 +205,9 @@ impl AuthCache {
     }
 
     pub fn key(&self, realm: &Uuid, hash: &SecretHash) -> Option<KeyAnswer> {
+        if !self.is_live() {
+            return None;
+        }
         self.maps.read().keys.get(&(*realm, *hash)).cloned()
     }
     pub fn store_key(
@@ -168,6 +226,26 @@ impl AuthCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_suspended_cache_serves_and_keeps_nothing() {
+        let cache = AuthCache::default();
+        let realm = Uuid::new_v4();
+        let now = cache.generation();
+        cache.store_key(now, realm, [1; 32], KeyAnswer::NotFound);
+        cache.suspend();
+        assert!(cache.key(&realm, &[1; 32]).is_none());
+        let during = cache.generation();
+        cache.store_key(during, realm, [2; 32], KeyAnswer::NotFound);
+        assert!(cache.key(&realm, &[2; 32]).is_none());
+        cache.resume();
+        // An answer read while suspended is not stored after the resume either.
+        cache.store_key(during, realm, [2; 32], KeyAnswer::NotFound);
+        assert!(cache.key(&realm, &[2; 32]).is_none());
+        let after = cache.generation();
+        cache.store_key(after, realm, [2; 32], KeyAnswer::NotFound);
+        assert!(cache.key(&realm, &[2; 32]).is_some());
+    }
 
     #[test]
     fn an_answer_read_before_a_write_is_not_stored_after_it() {

@@ -15,14 +15,10 @@ use utoipa::ToSchema;
 /// Failures of the service outside a request: opening or migrating the database, binding.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("database {path}: {source}")]
-    Database {
-        path: String,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error("storage: {0}")]
-    Storage(#[from] rusqlite::Error),
+    #[error("database {database}: {reason}")]
+    Database { database: String, reason: String },
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -119,6 +115,13 @@ impl ApiError {
     pub fn invalid_field(field: impl Into<String>, rule: &str, reason: impl Into<String>) -> Self {
         Self::invalid(vec![InvalidParameter::new(field, rule, reason)])
     }
+    /// The database cannot be reached: 503, and the client may retry.
+    pub fn unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database unavailable; retry later",
+        )
+    }
     /// Something broke inside (storage). Logged; the client sees no internals.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
@@ -145,12 +148,6 @@ impl ApiError {
             invalid_parameters,
             negative_ttl: self.negative_ttl,
         }
-    }
-}
-
-impl From<rusqlite::Error> for ApiError {
-    fn from(e: rusqlite::Error) -> Self {
-        ApiError::internal(e)
     }
 }
 

@@ -6,15 +6,17 @@
 //! call to look a key up. The contract is `shared/spec/realm-api.md`; the user reference is
 //! `docs/realm-api.md`.
 //!
-//! Storage is SQLite (WAL, `synchronous=FULL`): secrets and tokens are kept only as SHA-256
-//! hashes. The authenticate path reads only and is served from an in-process cache that every
-//! committed write invalidates ([`cache`]).
+//! Storage goes through one seam ([`store`]): SQLite (WAL, `synchronous=FULL`; the embedded
+//! default, one process per file) or PostgreSQL (any number of stateless replicas; every write
+//! `NOTIFY`s the others). Secrets and tokens are kept only as SHA-256 hashes. The authenticate
+//! path reads only and is served from an in-process cache that every committed write invalidates
+//! ([`cache`]), on every replica. Operating replicas: `docs/operations.md`.
 //!
 //! Use it in-process:
 //! ```no_run
 //! # async fn demo() -> Result<(), realm_service::Error> {
-//! let mut config = realm_service::ServiceConfig::new("realm.db".into());
-//! config.admin_token = Some("secret-admin-token".into());
+//! let mut config = realm_service::ServiceConfig::new(std::path::PathBuf::from("realm.db"));
+//! config.admin_token = Some("an-admin-token-of-at-least-32-characters".into());
 //! let service = realm_service::spawn(config).await?;
 //! println!("listening on {}", service.local_addr());
 //! service.shutdown().await;
@@ -25,7 +27,6 @@
 pub mod api;
 pub mod cache;
 pub mod clock;
-pub mod db;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -35,9 +36,11 @@ pub mod schema;
 pub mod secrets;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod validate;
 
 pub use api::{app, routes};
 pub use error::{ApiError, Error};
 pub use server::{spawn, RunningService, ServiceConfig};
-pub use state::{create_admin_token, AppState};
+pub use state::{create_admin_token, revoke_admin_token, AppState};
+pub use store::{Database, Store};

@@ -2,11 +2,10 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use realm_service::{create_admin_token, spawn, ServiceConfig};
+use realm_service::{create_admin_token, revoke_admin_token, spawn, Database, ServiceConfig};
 
 #[derive(Parser)]
 #[command(
@@ -26,10 +25,12 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "REALM_LISTEN", default_value = "127.0.0.1:8001")]
         listen: SocketAddr,
-        /// SQLite database file (created and migrated on start).
+        /// SQLite database file (created and migrated on start; one process serves a file), or
+        /// a PostgreSQL URL `postgres://USER[:PASSWORD]@HOST:PORT/DBNAME` for any number of
+        /// replicas on one database.
         #[arg(long, env = "REALM_DATABASE", default_value = "./realm.db")]
-        database: PathBuf,
-        /// An admin token to accept (prefer the environment variable: command lines are visible
+        database: String,
+        /// An admin token (at least 32 characters) to accept (prefer the environment variable: command lines are visible
         /// to other users).
         #[arg(long, env = "REALM_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
@@ -48,9 +49,18 @@ enum TokenCommand {
         /// A name to recognise the token by.
         #[arg(long)]
         name: String,
-        /// SQLite database file.
+        /// SQLite database file or PostgreSQL URL.
         #[arg(long, env = "REALM_DATABASE", default_value = "./realm.db")]
-        database: PathBuf,
+        database: String,
+    },
+    /// Revoke every admin token minted with this name (every replica refuses it within a second).
+    Revoke {
+        /// The name given to `token create`.
+        #[arg(long)]
+        name: String,
+        /// SQLite database file or PostgreSQL URL.
+        #[arg(long, env = "REALM_DATABASE", default_value = "./realm.db")]
+        database: String,
     },
 }
 
@@ -71,37 +81,61 @@ fn main() -> ExitCode {
             admin_token,
         } => serve(ServiceConfig {
             listen,
-            database,
+            database: Database::parse(&database),
             admin_token: admin_token.filter(|t| !t.is_empty()),
         }),
         Command::Token {
             command: TokenCommand::Create { name, database },
-        } => match create_admin_token(&database, &name) {
-            Ok(token) => {
-                println!("{token}");
-                ExitCode::SUCCESS
+        } => run(async move {
+            match create_admin_token(&Database::parse(&database), &name).await {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot create the admin token");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot create the admin token");
-                ExitCode::FAILURE
+        }),
+        Command::Token {
+            command: TokenCommand::Revoke { name, database },
+        } => run(async move {
+            match revoke_admin_token(&Database::parse(&database), &name).await {
+                Ok(0) => {
+                    tracing::error!(name, "no admin token has this name");
+                    ExitCode::FAILURE
+                }
+                Ok(n) => {
+                    println!("revoked {n} admin token(s) named {name}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot revoke the admin token");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }),
+    }
+}
+
+/// Runs `task` on a new multi-threaded runtime.
+fn run(task: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(task),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            ExitCode::FAILURE
+        }
     }
 }
 
 fn serve(config: ServiceConfig) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async move {
-        let database = config.database.display().to_string();
+    run(async move {
+        let database = config.database.describe();
         let service = match spawn(config).await {
             Ok(s) => s,
             Err(e) => {

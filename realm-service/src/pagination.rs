@@ -4,9 +4,6 @@
 //! `seq`. `page[after]` continues after it, `page[before]` goes back before it. Rows created or
 //! deleted between two pages never make a walk return a row twice.
 
-use rusqlite::types::Value;
-use rusqlite::{Connection, Row};
-
 use crate::error::ApiError;
 use crate::extract::QueryParams;
 use crate::model::{Page, PageInfo, PageMeta};
@@ -86,48 +83,15 @@ fn decode_cursor(text: &str) -> Option<i64> {
     i64::from_str_radix(text, 16).ok()
 }
 
-/// Runs `select` (which must select `seq` first and end in a WHERE clause) for one page.
-/// Returns the rows in ascending order and whether more exist beyond the page in the walk's
-/// direction.
-pub fn fetch<T>(
-    conn: &Connection,
-    select: &str,
-    mut params: Vec<Value>,
-    page: &PageRequest,
-    map: impl Fn(&Row) -> rusqlite::Result<T>,
-) -> Result<(Vec<(i64, T)>, bool), ApiError> {
-    let n = params.len();
-    let sql = match page.before {
-        Some(before) => {
-            params.push(Value::Integer(before));
-            format!(
-                "{select} AND seq < ?{} ORDER BY seq DESC LIMIT ?{}",
-                n + 1,
-                n + 2
-            )
-        }
-        None => {
-            params.push(Value::Integer(page.after.unwrap_or(0)));
-            format!(
-                "{select} AND seq > ?{} ORDER BY seq ASC LIMIT ?{}",
-                n + 1,
-                n + 2
-            )
-        }
-    };
-    params.push(Value::Integer(i64::from(page.size) + 1));
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows: Vec<(i64, T)> = stmt
-        .query_map(rusqlite::params_from_iter(params), |row| {
-            Ok((row.get::<_, i64>(0)?, map(row)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+/// Trims rows fetched with `LIMIT size + 1` (in the walk's direction) to one page, in
+/// ascending order, and says whether more exist beyond it. Used by every store.
+pub fn finish<T>(mut rows: Vec<(i64, T)>, page: &PageRequest) -> (Vec<(i64, T)>, bool) {
     let more = rows.len() > page.size as usize;
     rows.truncate(page.size as usize);
     if page.before.is_some() {
         rows.reverse();
     }
-    Ok((rows, more))
+    (rows, more)
 }
 
 /// Builds the answer with `next`/`previous` links (`path` plus the list's other query

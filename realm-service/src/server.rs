@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::Router;
@@ -16,24 +15,25 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::api::app;
 use crate::error::Error;
 use crate::state::AppState;
+use crate::store::Database;
 
 /// How the service is started.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     /// Address to listen on; port 0 picks a free one.
     pub listen: SocketAddr,
-    /// SQLite file, created and migrated on start.
-    pub database: PathBuf,
+    /// A SQLite file (created and migrated on start) or a PostgreSQL URL.
+    pub database: Database,
     /// Accepted as an admin token (like `REALM_ADMIN_TOKEN`).
     pub admin_token: Option<String>,
 }
 
 impl ServiceConfig {
     /// Listens on 127.0.0.1:0, no admin token.
-    pub fn new(database: PathBuf) -> Self {
+    pub fn new(database: impl Into<Database>) -> Self {
         ServiceConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database,
+            database: database.into(),
             admin_token: None,
         }
     }
@@ -67,12 +67,7 @@ impl RunningService {
 
 /// Opens the database, binds and serves on a tokio task.
 pub async fn spawn(config: ServiceConfig) -> Result<RunningService, Error> {
-    let database = config.database.clone();
-    let admin_token = config.admin_token.clone();
-    let state =
-        tokio::task::spawn_blocking(move || AppState::open(&database, admin_token.as_deref()))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??;
+    let state = AppState::connect(&config.database, config.admin_token.as_deref()).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| Error::Bind {

@@ -3,6 +3,8 @@
 
 mod common;
 
+const STORE: common::StoreKind = common::StoreKind::Sqlite;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -118,9 +120,13 @@ fn db_in(dir: &tempfile::TempDir) -> PathBuf {
 #[tokio::test]
 async fn the_seed_calls_work_over_tcp_against_the_binary() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_logging(&db_in(&dir), Some("seed-admin"), "debug");
+    let server = Server::start_logging(
+        &db_in(&dir),
+        Some("seed-admin-token-0123456789abcdefghijk"),
+        "debug",
+    );
     let http = server.client();
-    let admin = "seed-admin";
+    let admin = "seed-admin-token-0123456789abcdefghijk";
     assert_eq!(http.call("GET", "/health", None, None).await.status, 200);
 
     // The control plane whose data planes will call, and its data-plane token.
@@ -195,7 +201,12 @@ async fn the_seed_calls_work_over_tcp_against_the_binary() {
         log.contains("request"),
         "debug request lines expected:\n{log}"
     );
-    for secret in ["seed-admin", token.as_str(), secret.as_str(), "another_key"] {
+    for secret in [
+        "seed-admin-token-0123456789abcdefghijk",
+        token.as_str(),
+        secret.as_str(),
+        "another_key",
+    ] {
         assert!(!log.contains(secret), "the log holds a secret:\n{log}");
     }
 }
@@ -204,11 +215,11 @@ async fn the_seed_calls_work_over_tcp_against_the_binary() {
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let database = db_in(&dir);
-    let server = Server::start(&database, Some("adm"));
+    let server = Server::start(&database, Some(common::ADMIN));
     let http = std::sync::Arc::new(server.client());
     let realm = text(
         &http
-            .create("/v1/realms", "adm", json!({"name": "durable"}))
+            .create("/v1/realms", common::ADMIN, json!({"name": "durable"}))
             .await,
         "id",
     );
@@ -218,7 +229,7 @@ async fn acknowledged_writes_survive_kill_9() {
         let consumers = format!("/v1/realms/{realm}/consumers");
         tasks.spawn(async move {
             let body = json!({"username": format!("user-{i}")});
-            text(&http.create(&consumers, "adm", body).await, "id")
+            text(&http.create(&consumers, common::ADMIN, body).await, "id")
         });
     }
     let mut acknowledged = std::collections::HashSet::new();
@@ -229,13 +240,13 @@ async fn acknowledged_writes_survive_kill_9() {
     server.kill_9();
     assert_eq!(acknowledged.len(), 200);
 
-    let restarted = Server::start(&database, Some("adm"));
+    let restarted = Server::start(&database, Some(common::ADMIN));
     let list = restarted
         .client()
         .call(
             "GET",
             &format!("/v1/realms/{realm}/consumers?page[size]=1000"),
-            Some("adm"),
+            Some(common::ADMIN),
             None,
         )
         .await
@@ -311,7 +322,8 @@ async fn the_database_and_its_wal_hold_no_plaintext_secret_or_token() {
         }
     }
     // What is stored is the SHA-256 (so the files searched are the ones that hold the keys).
-    for secret in [generated.as_str(), legacy, dp_token.as_str(), admin] {
+    // The bootstrap admin token is not stored at all (held in memory by the process).
+    for secret in [generated.as_str(), legacy, dp_token.as_str()] {
         let hash = sha2::Sha256::digest(secret.as_bytes());
         assert!(
             files.iter().any(|(_, bytes)| contains(bytes, &hash)),
@@ -354,22 +366,128 @@ async fn token_create_prints_an_admin_token_that_works() {
     drop(server);
 
     // A REALM_ADMIN_TOKEN works while it is configured, and not after a restart without it.
-    let server = Server::start(&database, Some("from-env"));
+    let server = Server::start(&database, Some("from-env-token-0123456789abcdefghijklmn"));
     server
         .client()
-        .call("GET", "/v1/realms", Some("from-env"), None)
+        .call(
+            "GET",
+            "/v1/realms",
+            Some("from-env-token-0123456789abcdefghijklmn"),
+            None,
+        )
         .await
         .ok(200);
     drop(server);
-    let server = Server::start(&database, Some("rotated"));
+    let server = Server::start(&database, Some("rotated-token-0123456789abcdefghijklmno"));
     let http = server.client();
-    http.call("GET", "/v1/realms", Some("from-env"), None)
-        .await
-        .problem(401);
-    http.call("GET", "/v1/realms", Some("rotated"), None)
-        .await
-        .ok(200);
+    http.call(
+        "GET",
+        "/v1/realms",
+        Some("from-env-token-0123456789abcdefghijklmn"),
+        None,
+    )
+    .await
+    .problem(401);
+    http.call(
+        "GET",
+        "/v1/realms",
+        Some("rotated-token-0123456789abcdefghijklmno"),
+        None,
+    )
+    .await
+    .ok(200);
     http.call("GET", "/v1/realms", Some(&token), None)
         .await
         .ok(200);
+}
+
+/// Waits (at most 20 s) for a process to exit; returns its output.
+fn exits(mut child: Child) -> (std::process::ExitStatus, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut log = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+            }
+            return (status, log);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn serve_command(database: &Path, admin_token: &str) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+        .arg(database)
+        .env_remove("REALM_LISTEN")
+        .env_remove("REALM_DATABASE")
+        .env("REALM_ADMIN_TOKEN", admin_token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+#[tokio::test]
+async fn a_second_serve_on_a_sqlite_file_exits_at_once_pointing_to_postgresql() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = db_in(&dir);
+    let first = Server::start(&database, Some(common::ADMIN));
+    let (status, log) = exits(
+        serve_command(&database, common::ADMIN)
+            .spawn()
+            .expect("start the second"),
+    );
+    assert!(!status.success());
+    assert!(log.contains("another realm-service process"), "{log}");
+    assert!(log.contains("PostgreSQL"), "{log}");
+    // The first one still serves.
+    first
+        .client()
+        .call("GET", "/v1/realms", Some(common::ADMIN), None)
+        .await
+        .ok(200);
+}
+
+#[test]
+fn a_short_realm_admin_token_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, log) = exits(
+        serve_command(&db_in(&dir), "change-me")
+            .spawn()
+            .expect("start"),
+    );
+    assert!(!status.success());
+    assert!(log.contains("REALM_ADMIN_TOKEN"), "{log}");
+    assert!(log.contains("at least 32"), "{log}");
+}
+
+#[test]
+fn simultaneous_first_starts_on_a_new_sqlite_file_both_migrate_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..8 {
+        let database = dir.path().join(format!("race-{round}.db"));
+        let children: Vec<Child> = (0..2)
+            .map(|i| {
+                Command::new(BIN)
+                    .args(["token", "create", "--name", &format!("t{i}"), "--database"])
+                    .arg(&database)
+                    .env_remove("REALM_DATABASE")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("token create")
+            })
+            .collect();
+        for child in children {
+            let (status, log) = exits(child);
+            assert!(status.success(), "round {round}: {log}");
+        }
+    }
 }

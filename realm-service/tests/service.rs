@@ -2,6 +2,8 @@
 
 mod common;
 
+const STORE: common::StoreKind = common::StoreKind::Sqlite;
+
 use std::time::Duration;
 
 use common::HttpClient;
@@ -13,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn spawn_serves_on_a_free_port_and_shutdown_drops_keep_alive_connections() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServiceConfig::new(dir.path().join("realm.db"));
-    config.admin_token = Some("adm".into());
+    config.admin_token = Some(common::ADMIN.into());
     let service = spawn(config).await.expect("spawn");
     let addr = service.local_addr();
     assert_ne!(addr.port(), 0);
@@ -21,7 +23,7 @@ async fn spawn_serves_on_a_free_port_and_shutdown_drops_keep_alive_connections()
     http.call(
         "POST",
         "/v1/realms",
-        Some("adm"),
+        Some(common::ADMIN),
         Some(json!({"name": "r"})),
     )
     .await
@@ -60,13 +62,13 @@ async fn the_data_survives_a_restart_of_the_library_service() {
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("realm.db");
     let mut config = ServiceConfig::new(database.clone());
-    config.admin_token = Some("adm".into());
+    config.admin_token = Some(common::ADMIN.into());
     let first = spawn(config.clone()).await.unwrap();
     let realm = HttpClient::new(first.local_addr())
         .call(
             "POST",
             "/v1/realms",
-            Some("adm"),
+            Some(common::ADMIN),
             Some(json!({"name": "kept"})),
         )
         .await
@@ -77,7 +79,7 @@ async fn the_data_survives_a_restart_of_the_library_service() {
         .call(
             "GET",
             &format!("/v1/realms/{}", realm["id"].as_str().unwrap()),
-            Some("adm"),
+            Some(common::ADMIN),
             None,
         )
         .await
@@ -92,4 +94,19 @@ async fn a_database_path_that_cannot_be_opened_is_an_error() {
     let config = ServiceConfig::new(dir.path().join("missing-dir").join("realm.db"));
     let error = spawn(config).await.err().expect("error");
     assert!(error.to_string().contains("missing-dir"), "{error}");
+}
+
+#[tokio::test]
+async fn an_admin_token_shorter_than_32_characters_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServiceConfig::new(dir.path().join("realm.db"));
+    config.admin_token = Some("x".repeat(31));
+    let error = spawn(config.clone()).await.err().expect("refused");
+    assert!(error.to_string().contains("at least 32"), "{error}");
+    config.admin_token = Some("x".repeat(32));
+    spawn(config)
+        .await
+        .expect("32 characters are enough")
+        .shutdown()
+        .await;
 }

@@ -144,3 +144,103 @@ pub fn multipart(fields: &[(&str, &str)]) -> (String, String) {
     body.push_str(&format!("--{boundary}--\r\n"));
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
+
+/// Sends a `POST` over a fresh HTTP/1.1 connection with the body in chunks
+/// (`Transfer-Encoding: chunked`): the first chunk goes with the headers, each next one after its
+/// delay. Returns the reply (status 0 and the error as the body on a transport error); 20 s
+/// limit in all.
+pub async fn post_in_chunks(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    chunks: &[(Duration, &str)],
+) -> Reply {
+    let run = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ntransfer-encoding: chunked\r\n"
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut first = true;
+        for (delay, chunk) in chunks {
+            if !first {
+                tokio::time::sleep(*delay).await;
+            }
+            let mut out = if first { head.clone() } else { String::new() };
+            first = false;
+            out.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+            stream.write_all(out.as_bytes()).await?;
+            stream.flush().await?;
+        }
+        stream.write_all(b"0\r\n\r\n").await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        anyhow::Ok(parse_response(&raw))
+    };
+    match tokio::time::timeout(Duration::from_secs(20), run).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(err)) => Reply {
+            status: 0,
+            headers: HeaderMap::new(),
+            body: format!("chunked POST failed: {err:?}"),
+        },
+        Err(_) => Reply {
+            status: 0,
+            headers: HeaderMap::new(),
+            body: "chunked POST timed out".to_string(),
+        },
+    }
+}
+
+/// A raw HTTP/1.1 response (read to the end of the connection), with a chunked body decoded.
+fn parse_response(raw: &[u8]) -> Reply {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        if let Some((n, v)) = line.split_once(':') {
+            if let (Ok(n), Ok(v)) = (
+                reqwest::header::HeaderName::from_bytes(n.trim().as_bytes()),
+                reqwest::header::HeaderValue::from_str(v.trim()),
+            ) {
+                headers.append(n, v);
+            }
+        }
+    }
+    let chunked = headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+                break;
+            };
+            if n == 0 || after.len() < n {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}

@@ -6,10 +6,14 @@
 //! [`GatewayKind::start`]. The spec is rendered to one Envoy configuration file
 //! ([`render_config`]); every gateway kind is started from that same file.
 //!
-//! There are two kinds, and [`gateway_test!`](crate::gateway_test) runs every scenario on both:
+//! There are three kinds, and [`gateway_test!`](crate::gateway_test) runs every scenario on each:
 //!
 //! - [`GatewayKind::Envoy`]: the real Envoy binary named by `ENVOY_BIN`, started as a child
-//!   process with `--concurrency 1`, on free ports picked before it starts;
+//!   process with `--concurrency 1` (or [`GatewaySpec::workers`]), on free ports picked before it
+//!   starts, with the wasm filter;
+//! - [`GatewayKind::EnvoyNative`]: the same Envoy with the filter as the native dynamic module
+//!   (`libkeyrealm_native.so`, [`native_module_dir`], found through
+//!   `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`) instead of the wasm filter;
 //! - [`GatewayKind::Host`]: keyrealm-host, started in-process with
 //!   [`keyrealm_host::start_with_options`] and one worker (to match Envoy's `--concurrency 1`,
 //!   so that per-worker state such as the filter's cache is the same), from the same rendered
@@ -38,6 +42,8 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum GatewayKind {
     /// Real Envoy (`ENVOY_BIN`) with the filter loaded in V8.
     Envoy,
+    /// Real Envoy with the filter as the native dynamic module (`keyrealm-native`).
+    EnvoyNative,
     /// keyrealm-host, in-process, one worker.
     Host,
 }
@@ -47,7 +53,7 @@ impl GatewayKind {
     pub async fn start(self, spec: &GatewaySpec) -> anyhow::Result<Gateway> {
         let started = Instant::now();
         let gateway = match self {
-            GatewayKind::Envoy => start_envoy(spec).await,
+            GatewayKind::Envoy | GatewayKind::EnvoyNative => start_envoy(self, spec).await,
             GatewayKind::Host => start_host(spec).await,
         }?;
         eprintln!("{self} ready in {:?}", started.elapsed());
@@ -57,7 +63,9 @@ impl GatewayKind {
     /// Starts a gateway with `spec`, which is expected to be refused; returns what it logged.
     pub async fn start_expecting_refusal(self, spec: &GatewaySpec) -> anyhow::Result<Refusal> {
         match self {
-            GatewayKind::Envoy => start_envoy_expecting_refusal(spec).await,
+            GatewayKind::Envoy | GatewayKind::EnvoyNative => {
+                start_envoy_expecting_refusal(self, spec).await
+            }
             GatewayKind::Host => start_host_expecting_refusal(spec).await,
         }
     }
@@ -67,6 +75,7 @@ impl fmt::Display for GatewayKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             GatewayKind::Envoy => f.write_str("envoy"),
+            GatewayKind::EnvoyNative => f.write_str("envoy-native"),
             GatewayKind::Host => f.write_str("host"),
         }
     }
@@ -80,10 +89,13 @@ pub struct GatewaySpec {
     pub listeners: Vec<Option<Value>>,
     /// Where the `upstream` cluster points.
     pub upstream: Option<SocketAddr>,
-    /// Extra clusters (name, address) the filter calls, e.g. `("realm_us", addr)`.
+    /// Extra clusters (name, address) the filter calls, e.g. `("realm_us", addr)`; a name given
+    /// several times is one cluster over all its addresses (replicas).
     pub clusters: Vec<(String, SocketAddr)>,
     /// Environment of the gateway process (e.g. `KEYREALM_DP_TOKEN`).
     pub env: Vec<(String, String)>,
+    /// Worker threads (Envoy's `--concurrency`, keyrealm-host's workers); `None`: 1.
+    pub workers: Option<u32>,
 }
 
 impl GatewaySpec {
@@ -148,6 +160,33 @@ pub fn wasm_filter(filter_config: &Value, wasm_path: &Path) -> Value {
     })
 }
 
+/// The filter as Envoy's `envoy.filters.http.dynamic_modules` (the native form): module
+/// `keyrealm_native`, filter name `keyrealm`, the same JSON configuration as a StringValue.
+pub fn native_filter(filter_config: &Value) -> Value {
+    json!({
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"name": "keyrealm_native"},
+            "filter_name": "keyrealm",
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": filter_config.to_string(),
+            },
+        },
+    })
+}
+
+/// Which form of the filter a rendered configuration loads.
+#[derive(Clone, Debug)]
+pub enum FilterForm {
+    /// The wasm module at this path (`envoy.filters.http.wasm`).
+    Wasm(PathBuf),
+    /// The native dynamic module (`envoy.filters.http.dynamic_modules`), found by Envoy through
+    /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+    Native,
+}
+
 fn socket_address(addr: SocketAddr) -> Value {
     json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}})
 }
@@ -164,13 +203,44 @@ fn static_cluster(name: &str, addr: SocketAddr) -> Value {
     })
 }
 
+/// A cluster over several endpoints (the same name given to [`GatewaySpec::cluster`] more than
+/// once): round robin, `/health` checked every second, an endpoint refusing connections ejected
+/// at once (as `envoy-replicas.yaml` does for realm-service replicas).
+fn replicated_cluster(name: &str, addrs: &[SocketAddr]) -> Value {
+    let endpoints: Vec<Value> = addrs
+        .iter()
+        .map(|addr| json!({"endpoint": {"address": socket_address(*addr)}}))
+        .collect();
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        // Never "panic" (spread over unhealthy endpoints too) when half of them are down.
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
+        "health_checks": [{
+            // no_traffic_interval: a realm cluster is often idle (data planes cache answers);
+            // without it Envoy checks an idle cluster only once a minute.
+            "timeout": "1s", "interval": "1s", "no_traffic_interval": "1s",
+            "unhealthy_threshold": 1, "healthy_threshold": 1,
+            "http_health_check": {"path": "/health"},
+        }],
+        "outlier_detection": {
+            "split_external_local_origin_errors": true,
+            "consecutive_local_origin_failure": 1,
+            "interval": "1s", "base_ejection_time": "5s", "max_ejection_percent": 100,
+        },
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]},
+    })
+}
+
 /// Renders `spec` as an Envoy bootstrap (JSON, which is valid YAML). `listener_addrs` are the
 /// addresses to bind, one per listener of the spec (port 0 where the gateway supports it).
 pub fn render_config(
     spec: &GatewaySpec,
     listener_addrs: &[SocketAddr],
     admin_addr: SocketAddr,
-    wasm_path: &Path,
+    form: &FilterForm,
 ) -> Value {
     let listeners: Vec<Value> = spec
         .listeners
@@ -180,7 +250,10 @@ pub fn render_config(
         .map(|(index, (filter_config, addr))| {
             let mut http_filters = Vec::new();
             if let Some(filter_config) = filter_config {
-                http_filters.push(wasm_filter(filter_config, wasm_path));
+                http_filters.push(match form {
+                    FilterForm::Wasm(wasm_path) => wasm_filter(filter_config, wasm_path),
+                    FilterForm::Native => native_filter(filter_config),
+                });
             }
             http_filters.push(json!({
                 "name": "envoy.filters.http.router",
@@ -212,8 +285,24 @@ pub fn render_config(
     if let Some(upstream) = spec.upstream {
         clusters.push(static_cluster("upstream", upstream));
     }
-    for (name, addr) in &spec.clusters {
-        clusters.push(static_cluster(name, *addr));
+    // A name given more than once is one cluster over all its addresses.
+    let mut names: Vec<&str> = Vec::new();
+    for (name, _) in &spec.clusters {
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    for name in names {
+        let addrs: Vec<SocketAddr> = spec
+            .clusters
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, addr)| *addr)
+            .collect();
+        clusters.push(match addrs.as_slice() {
+            [addr] => static_cluster(name, *addr),
+            many => replicated_cluster(name, many),
+        });
     }
     json!({
         "admin": {"address": socket_address(admin_addr)},
@@ -381,6 +470,34 @@ pub fn wasm_path() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The folder of the built native module (`libkeyrealm_native.so`): `$KEYREALM_NATIVE_DIR`,
+/// else `$CARGO_TARGET_DIR/release/`, else the workspace's `target/release/`. Missing = an error
+/// that says how to build it.
+pub fn native_module_dir() -> anyhow::Result<PathBuf> {
+    const FILE: &str = "libkeyrealm_native.so";
+    let mut candidates = Vec::new();
+    if let Some(explicit) = std::env::var_os("KEYREALM_NATIVE_DIR") {
+        candidates.push(PathBuf::from(explicit));
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(target).join("release"));
+    }
+    candidates.push(workspace_root().join("target").join("release"));
+    for candidate in &candidates {
+        if candidate.join(FILE).is_file() {
+            return Ok(candidate.canonicalize()?);
+        }
+    }
+    bail!(
+        "the native module is not built (looked for {FILE} in {}): run `cargo build --release -p keyrealm-native` first",
+        candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
 /// The workspace root (the parent of this crate).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -407,6 +524,8 @@ fn unique_base_id() -> u32 {
 }
 
 struct Prepared {
+    /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH` for the native form.
+    module_dir: Option<PathBuf>,
     dir: tempfile::TempDir,
     config_path: PathBuf,
     log_path: PathBuf,
@@ -414,12 +533,20 @@ struct Prepared {
     admin: SocketAddr,
 }
 
-fn prepare_envoy(spec: &GatewaySpec) -> anyhow::Result<Prepared> {
+fn prepare_envoy(kind: GatewayKind, spec: &GatewaySpec) -> anyhow::Result<Prepared> {
     // The filter must be built, unless no listener runs it (the harness's own check).
-    let wasm = if spec.listeners.iter().any(Option::is_some) {
-        wasm_path()?
-    } else {
-        PathBuf::from("unused.wasm")
+    let uses_filter = spec.listeners.iter().any(Option::is_some);
+    let (form, module_dir) = match kind {
+        GatewayKind::EnvoyNative => {
+            let dir = if uses_filter {
+                Some(native_module_dir()?)
+            } else {
+                None
+            };
+            (FilterForm::Native, dir)
+        }
+        _ if uses_filter => (FilterForm::Wasm(wasm_path()?), None),
+        _ => (FilterForm::Wasm(PathBuf::from("unused.wasm")), None),
     };
     let dir = tempfile::Builder::new().prefix("keyrealm-e2e-").tempdir()?;
     let listeners = spec
@@ -428,11 +555,12 @@ fn prepare_envoy(spec: &GatewaySpec) -> anyhow::Result<Prepared> {
         .map(|_| free_port().map(loopback))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let admin = loopback(free_port()?);
-    let config = render_config(spec, &listeners, admin, &wasm);
+    let config = render_config(spec, &listeners, admin, &form);
     let config_path = dir.path().join("envoy.yaml");
     std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
     let log_path = dir.path().join("envoy.log");
     Ok(Prepared {
+        module_dir,
         dir,
         config_path,
         log_path,
@@ -448,13 +576,9 @@ fn spawn_envoy(spec: &GatewaySpec, prepared: &Prepared) -> anyhow::Result<Child>
     command
         .arg("-c")
         .arg(&prepared.config_path)
-        .args([
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            "-l",
-            "warning",
-        ])
+        .args(["--disable-hot-restart", "--concurrency"])
+        .arg(spec.workers.unwrap_or(1).to_string())
+        .args(["-l", "warning"])
         .arg("--base-id")
         .arg(unique_base_id().to_string())
         .stdin(Stdio::null())
@@ -462,6 +586,9 @@ fn spawn_envoy(spec: &GatewaySpec, prepared: &Prepared) -> anyhow::Result<Child>
         .stderr(log);
     for (name, value) in &spec.env {
         command.env(name, value);
+    }
+    if let Some(dir) = &prepared.module_dir {
+        command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", dir);
     }
     kill_with_parent(&mut command);
     command
@@ -489,7 +616,7 @@ fn port_clash(log: &str) -> bool {
     log.contains("Address already in use") || log.contains("cannot bind")
 }
 
-async fn start_envoy(spec: &GatewaySpec) -> anyhow::Result<Gateway> {
+async fn start_envoy(kind: GatewayKind, spec: &GatewaySpec) -> anyhow::Result<Gateway> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
@@ -497,10 +624,10 @@ async fn start_envoy(spec: &GatewaySpec) -> anyhow::Result<Gateway> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let prepared = prepare_envoy(spec)?;
+        let prepared = prepare_envoy(kind, spec)?;
         let child = spawn_envoy(spec, &prepared)?;
         let mut gateway = Gateway {
-            kind: GatewayKind::Envoy,
+            kind,
             listeners: prepared.listeners.clone(),
             admin: prepared.admin,
             log_path: prepared.log_path.clone(),
@@ -546,8 +673,11 @@ async fn wait_ready(gateway: &mut Gateway) -> anyhow::Result<()> {
     }
 }
 
-async fn start_envoy_expecting_refusal(spec: &GatewaySpec) -> anyhow::Result<Refusal> {
-    let prepared = prepare_envoy(spec)?;
+async fn start_envoy_expecting_refusal(
+    kind: GatewayKind,
+    spec: &GatewaySpec,
+) -> anyhow::Result<Refusal> {
+    let prepared = prepare_envoy(kind, spec)?;
     let mut child = spawn_envoy(spec, &prepared)?;
     let deadline = Instant::now() + REFUSAL_TIMEOUT;
     let http = reqwest::Client::builder()
@@ -606,12 +736,12 @@ fn prepare_host(spec: &GatewaySpec) -> anyhow::Result<PreparedHost> {
         .prefix("keyrealm-e2e-host-")
         .tempdir()?;
     let listeners = vec![loopback(0); spec.listeners.len()];
-    let config = render_config(spec, &listeners, loopback(0), &wasm);
+    let config = render_config(spec, &listeners, loopback(0), &FilterForm::Wasm(wasm));
     let config_path = dir.path().join("envoy.yaml");
     std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
     let log_path = dir.path().join("host.log");
     let options = keyrealm_host::HostOptions {
-        workers: Some(1),
+        workers: Some(spec.workers.unwrap_or(1) as usize),
         env: spec.env.clone(),
         log_path: Some(log_path.clone()),
         ..keyrealm_host::HostOptions::default()
@@ -707,7 +837,8 @@ fn stop_host(host: keyrealm_host::RunningHost) {
 }
 
 /// Declares one `#[tokio::test]` per [`GatewayKind`] for a scenario `async fn(GatewayKind)`:
-/// `gateway_test!(seed_story);` makes `seed_story::envoy` and `seed_story::host`.
+/// `gateway_test!(seed_story);` makes `seed_story::envoy`, `seed_story::envoy_native` and
+/// `seed_story::host`.
 #[macro_export]
 macro_rules! gateway_test {
     ($scenario:ident) => {
@@ -715,6 +846,11 @@ macro_rules! gateway_test {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn envoy() {
                 super::$scenario($crate::gateway::GatewayKind::Envoy).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn envoy_native() {
+                super::$scenario($crate::gateway::GatewayKind::EnvoyNative).await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,13 @@
 //! keyrealm-tests: the end-to-end suite of keyrealm and the tools it runs on.
 //!
 //! The suite (under `tests/`) starts the real realm service in-process, an echo upstream
-//! in-process, and a gateway running the `keyrealm_filter.wasm` built by `scripts/build-wasm.sh`
-//! from a generated configuration, then plays the seed's story and Kong's key-auth cases through
-//! it and asserts what the client and the upstream saw. Every scenario runs twice, once per
-//! gateway (`<scenario>::envoy`: real Envoy as a child process; `<scenario>::host`: keyrealm-host
-//! in-process), and must pass on both.
+//! in-process, and a gateway running the filter (`keyrealm_filter.wasm` built by
+//! `scripts/build-wasm.sh`, or the native module `libkeyrealm_native.so`) from a generated
+//! configuration, then plays the seed's story and Kong's key-auth cases through it and asserts
+//! what the client and the upstream saw. Every scenario runs three times, once per gateway
+//! (`<scenario>::envoy`: real Envoy as a child process with the wasm filter;
+//! `<scenario>::envoy_native`: the same Envoy with the native module; `<scenario>::host`:
+//! keyrealm-host in-process), and must pass on each.
 //!
 //! - [`echo`]: the echo upstream (also the `echo-upstream` binary used by `scripts/demo.sh`);
 //! - [`gateway`]: the gateway under test behind [`gateway::GatewayKind`], and the config renderer;
@@ -26,8 +28,8 @@ pub mod hang;
 pub mod realm;
 
 pub use checks::Checks;
-pub use client::{http_client, multipart, Reply, Upstream};
+pub use client::{http_client, multipart, post_in_chunks, Reply, Upstream};
 pub use echo::EchoUpstream;
 pub use gateway::{Gateway, GatewayKind, GatewaySpec, TOKEN_ENV};
-pub use hang::{FailingServer, HangingServer};
+pub use hang::{FailingServer, HangingServer, SlowProxy};
 pub use realm::{RealmConsumer, RealmService};

@@ -30,11 +30,25 @@ pub struct RealmConsumer {
 impl RealmService {
     /// Starts the service on 127.0.0.1:0 with a fresh SQLite database and a random admin token.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(None, None).await
+    }
+
+    /// Starts a replica on the PostgreSQL database at `url`, accepting `admin_token`.
+    pub async fn start_on(url: &str, admin_token: &str) -> anyhow::Result<Self> {
+        Self::start_with(Some(url), Some(admin_token)).await
+    }
+
+    async fn start_with(url: Option<&str>, admin_token: Option<&str>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("keyrealm-realm-")
             .tempdir()?;
-        let admin_token = format!("e2e-admin-{}", random_suffix());
-        let mut config = realm_service::ServiceConfig::new(dir.path().join("realm.db"));
+        let admin_token = admin_token
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("e2e-admin-token-{}", random_suffix()));
+        let mut config = match url {
+            Some(url) => realm_service::ServiceConfig::new(url),
+            None => realm_service::ServiceConfig::new(dir.path().join("realm.db")),
+        };
         config.admin_token = Some(admin_token.clone());
         let running = realm_service::spawn(config)
             .await

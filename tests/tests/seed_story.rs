@@ -103,14 +103,26 @@ async fn seed_story(kind: GatewayKind) {
     .await;
     checks.error("no key → 401", &none, 401, "No API key found in request");
 
-    // The filter's counters are visible in the gateway's Prometheus stats.
-    let stats = gateway.prometheus_stats().await.expect("stats");
-    for (counter, why) in [
+    // The filter's counters are visible in the gateway's Prometheus stats. The wasm filter
+    // counts in the guest and flushes on its tick (200 ms): wait for a flush.
+    let counters = [
         ("keyrealm_requests_authenticated_realm", "Ariel's request"),
         ("keyrealm_requests_unauthorized", "another_key"),
         ("keyrealm_requests_no_key", "the request without a key"),
         ("keyrealm_realm_calls_found", "the look-up of Ariel's key"),
-    ] {
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let stats = loop {
+        let stats = gateway.prometheus_stats().await.expect("stats");
+        let all = counters
+            .iter()
+            .all(|(c, _)| counter_value(&stats, c).is_some_and(|v| v >= 1.0));
+        if all || std::time::Instant::now() >= deadline {
+            break stats;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    for (counter, why) in counters {
         let value = counter_value(&stats, counter);
         checks.check(
             &format!("/stats/prometheus has {counter} ≥ 1 ({why})"),

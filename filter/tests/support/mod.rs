@@ -1,15 +1,21 @@
-//! A fake proxy for driving `keyrealm_filter::engine::Worker` natively.
+//! A fake proxy for driving the engine (`keyrealm_filter::engine::Worker`) natively.
 //!
 //! It behaves like Envoy where that matters to the filter: a request paused on its headers gets no
-//! body callbacks until it is resumed; request headers can only be changed before they continue
+//! body callbacks until it is resumed (unless `body_with_paused_headers`, Envoy's
+//! `allow_on_headers_stop_iteration`); request headers can only be changed before they continue
 //! (changing them later fails the test, as Envoy refuses it); HTTP call answers are delivered
-//! later, by the test, through `answer`.
+//! later, by the test, through `answer`. A body may come in several chunks ([`Req::chunks`],
+//! [`Harness::next_chunk`]): the first arrives with the headers; what the filter holds goes
+//! upstream as it is when the filter resumes the request or continues a chunk, as in Envoy.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use keyrealm_filter::config::{self, Config};
-use keyrealm_filter::engine::{Action, Host, Level, Worker};
+use keyrealm_filter::engine::{
+    Action, CallHandle, CallRequest, Filter, Headers, Host, Level, SharedState, Worker,
+};
 use keyrealm_filter::metrics::Metric;
 use keyrealm_filter::realm::CallResponse;
 
@@ -40,10 +46,21 @@ pub type LocalResponse = (u32, Vec<(String, String)>, Vec<u8>);
 #[derive(Debug, Clone, Default)]
 pub struct FakeRequest {
     pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
     pub has_body: bool,
+    /// Chunks the client has not sent yet.
+    pub chunks: VecDeque<Vec<u8>>,
+    /// The client has sent all of the body.
+    pub client_done: bool,
+    /// Body that reached the proxy but not the filter (headers paused without
+    /// `body_with_paused_headers`).
+    pub proxy_buffer: Vec<u8>,
+    /// Body given to the filter and held by it (what `request_body` reads).
+    pub held: Vec<u8>,
+    /// The filter got the end of the body.
+    pub end_delivered: bool,
+    /// Body that went upstream.
+    pub upstream_body: Vec<u8>,
     pub headers_continued: bool,
-    pub body_delivered: bool,
     pub finished_upstream: bool,
     pub response: Option<LocalResponse>,
     pub resumed: bool,
@@ -81,8 +98,8 @@ impl FakeHost {
 }
 
 impl Host for FakeHost {
-    fn request_headers(&mut self) -> Vec<(String, String)> {
-        self.req().headers.clone()
+    fn request_headers(&mut self) -> Headers {
+        self.req().headers.iter().map(|(n, v)| (n, v)).collect()
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) {
@@ -106,15 +123,17 @@ impl Host for FakeHost {
 
     fn request_body(&mut self, size: usize) -> Option<Vec<u8>> {
         let r = self.req();
-        assert!(r.body_delivered, "body read before it was delivered");
-        Some(r.body[..size.min(r.body.len())].to_vec())
+        assert!(
+            size <= r.held.len(),
+            "body read beyond what the filter holds"
+        );
+        Some(r.held[..size].to_vec())
     }
 
     fn replace_request_body(&mut self, size: usize, body: &[u8]) {
         let r = self.req();
-        assert!(r.body_delivered, "body replaced before it was delivered");
-        assert_eq!(size, r.body.len(), "the whole body is replaced");
-        r.body = body.to_vec();
+        assert_eq!(size, r.held.len(), "the whole held body is replaced");
+        r.held = body.to_vec();
     }
 
     fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
@@ -136,30 +155,26 @@ impl Host for FakeHost {
         self.resumed.push(ctx);
     }
 
-    fn dispatch_call(
-        &mut self,
-        cluster: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-        timeout_ms: u64,
-    ) -> Result<u32, String> {
+    fn dispatch_call(&mut self, call: &CallRequest<'_>) -> Result<CallHandle, String> {
         if let Some(e) = &self.refuse_dispatch {
             return Err(e.clone());
         }
         self.next_token += 1;
         let token = self.next_token;
+        let receiver = self.current_receiver();
         self.calls.push(Call {
             token,
-            receiver: self.current_receiver(),
-            cluster: cluster.to_string(),
-            headers: headers
+            receiver,
+            cluster: call.cluster.to_string(),
+            headers: call
+                .headers
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            body: String::from_utf8(body.to_vec()).unwrap(),
-            timeout_ms,
+            body: String::from_utf8(call.body.to_vec()).unwrap(),
+            timeout_ms: call.timeout_ms,
         });
-        Ok(token)
+        Ok(CallHandle { token, receiver })
     }
 
     fn now_ms(&mut self) -> u64 {
@@ -168,10 +183,6 @@ impl Host for FakeHost {
 
     fn log(&mut self, level: Level, message: &str) {
         self.logs.push((level, message.to_string()));
-    }
-
-    fn increment(&mut self, metric: Metric) {
-        *self.metrics.entry(metric).or_default() += 1;
     }
 
     fn set_effective_context(&mut self, context_id: u32) {
@@ -266,6 +277,7 @@ impl Outcome {
 pub struct Req {
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
+    pub chunks: Vec<Vec<u8>>,
 }
 
 impl Req {
@@ -282,6 +294,7 @@ impl Req {
                 ("x-request-id".into(), "req-1".into()),
             ],
             body: None,
+            chunks: Vec::new(),
         }
     }
 
@@ -308,10 +321,22 @@ impl Req {
         self.body = Some(body.as_bytes().to_vec());
         self
     }
+
+    /// A body sent in chunks (without content-length): the first arrives with the headers, the
+    /// others when the test calls [`Harness::next_chunk`].
+    pub fn chunks(mut self, content_type: &str, chunks: &[&str]) -> Req {
+        self.headers
+            .push(("content-type".into(), content_type.into()));
+        self.chunks = chunks.iter().map(|c| c.as_bytes().to_vec()).collect();
+        self
+    }
 }
 
-/// A worker and a fake host.
+/// A worker, the state it shares, the filter of the current root context, and a fake host.
 pub struct Harness {
+    pub shared: Arc<SharedState>,
+    /// The configuration new requests run under (the latest root context).
+    pub filter: Arc<Filter>,
     pub worker: Worker,
     pub host: FakeHost,
     /// Whether a request paused on its headers still gets its body (Envoy with
@@ -329,8 +354,11 @@ pub fn parse_config(json: &str) -> Config {
 
 impl Harness {
     pub fn new(json: &str) -> Harness {
+        let shared = SharedState::new(1);
         Harness {
-            worker: Worker::new(parse_config(json)),
+            filter: Filter::new(parse_config(json), &shared),
+            worker: Worker::new(shared.clone()),
+            shared,
             host: FakeHost {
                 now: 1_000_000,
                 ..FakeHost::default()
@@ -338,6 +366,12 @@ impl Harness {
             body_with_paused_headers: true,
             next_ctx: 100,
         }
+    }
+
+    /// A new root context with this configuration, as Envoy creates on a configuration change
+    /// (in the same VM): new requests run under it; requests under way keep theirs.
+    pub fn new_root(&mut self, json: &str) {
+        self.filter = Filter::new(parse_config(json), &self.shared);
     }
 
     /// Starts a request; returns its context id. It runs as far as the filter lets it.
@@ -350,21 +384,30 @@ impl Harness {
 
     /// Starts a request on a given context id (a host may reuse the id of a finished stream).
     pub fn start_as(&mut self, ctx: u32, req: Req) {
+        let mut chunks: VecDeque<Vec<u8>> = match req.body {
+            Some(body) => VecDeque::from([body]),
+            None => req.chunks.into(),
+        };
+        let has_body = !chunks.is_empty();
+        // The first chunk arrives with the headers.
+        let first = chunks.pop_front().unwrap_or_default();
         self.host.requests.insert(
             ctx,
             FakeRequest {
                 headers: req.headers,
-                has_body: req.body.is_some(),
-                body: req.body.unwrap_or_default(),
+                has_body,
+                client_done: chunks.is_empty(),
+                chunks,
+                proxy_buffer: first,
                 ..FakeRequest::default()
             },
         );
         self.host.effective = ctx;
         set_current(ctx);
-        let has_body = self.host.requests[&ctx].has_body;
+        let filter = self.filter.clone();
         let action = self
             .worker
-            .on_request_headers(ctx, !has_body, &mut self.host);
+            .on_request_headers(&filter, ctx, !has_body, &mut self.host);
         self.after_headers(ctx, action);
         self.pump();
     }
@@ -383,33 +426,53 @@ impl Harness {
                 r.finished_upstream = r.response.is_none();
                 return;
             }
-            self.deliver_body(ctx);
-        } else if r.has_body && self.body_with_paused_headers && r.response.is_none() {
-            // Envoy with allow_on_headers_stop_iteration: the body still reaches the filter.
-            self.deliver_body(ctx);
         }
+        self.deliver_body(ctx);
     }
 
-    fn deliver_body(&mut self, ctx: u32) {
+    /// The client sends the next chunk of the body (the last one ends it).
+    pub fn next_chunk(&mut self, ctx: u32) {
         let r = self.host.requests.get_mut(&ctx).unwrap();
-        if r.body_delivered || r.response.is_some() {
+        let chunk = r.chunks.pop_front().expect("no chunk left to send");
+        r.proxy_buffer.extend_from_slice(&chunk);
+        r.client_done = r.chunks.is_empty();
+        self.deliver_body(ctx);
+        self.pump();
+    }
+
+    /// Gives the filter the body that reached the proxy, if the filter may have it now.
+    fn deliver_body(&mut self, ctx: u32) {
+        let may = self.body_with_paused_headers;
+        let r = self.host.requests.get_mut(&ctx).unwrap();
+        let end = r.client_done;
+        if r.response.is_some()
+            || r.end_delivered
+            || !r.has_body
+            || (r.proxy_buffer.is_empty() && !end)
+            || !(r.headers_continued || may)
+        {
             return;
         }
-        r.body_delivered = true;
-        let size = r.body.len();
+        let data = std::mem::take(&mut r.proxy_buffer);
+        r.held.extend_from_slice(&data);
+        r.end_delivered = end;
+        let size = r.held.len();
         self.host.effective = ctx;
         set_current(ctx);
-        let action = self.worker.on_request_body(ctx, size, true, &mut self.host);
+        let action = self.worker.on_request_body(ctx, size, end, &mut self.host);
         if action == Action::Continue {
             let r = self.host.requests.get_mut(&ctx).unwrap();
             if r.response.is_none() {
+                // Envoy sends the headers too if they were still stopped.
                 r.headers_continued = true;
-                r.finished_upstream = true;
+                let held = std::mem::take(&mut r.held);
+                r.upstream_body.extend_from_slice(&held);
+                r.finished_upstream = end;
             }
         }
     }
 
-    /// Continues requests the filter resumed.
+    /// Continues requests the filter resumed: what the filter holds goes upstream as it is.
     pub fn pump(&mut self) {
         while let Some(ctx) = self.host.resumed.pop() {
             let r = self.host.requests.get_mut(&ctx).unwrap();
@@ -417,17 +480,24 @@ impl Harness {
             if r.response.is_some() {
                 continue;
             }
-            let headers_were_paused = !r.headers_continued;
             r.headers_continued = true;
-            if !r.has_body || r.body_delivered {
-                // Everything the filter held goes on.
+            let held = std::mem::take(&mut r.held);
+            r.upstream_body.extend_from_slice(&held);
+            if !r.has_body || r.end_delivered {
                 r.finished_upstream = true;
-            } else if headers_were_paused {
-                // Paused on headers without the body (Envoy's StopAllIteration): the body
-                // reaches the filter now.
+            } else {
+                // Body that waited in the proxy (paused headers without the body) reaches the
+                // filter now.
                 self.deliver_body(ctx);
             }
         }
+    }
+
+    /// What went upstream so far (headers continued), finished or not.
+    pub fn upstream_so_far(&self, ctx: u32) -> Option<String> {
+        let r = &self.host.requests[&ctx];
+        r.headers_continued
+            .then(|| String::from_utf8_lossy(&r.upstream_body).into_owned())
     }
 
     pub fn outcome(&self, ctx: u32) -> Outcome {
@@ -442,7 +512,7 @@ impl Harness {
         if r.finished_upstream {
             return Outcome::Upstream {
                 headers: r.headers.clone(),
-                body: String::from_utf8_lossy(&r.body).into_owned(),
+                body: String::from_utf8_lossy(&r.upstream_body).into_owned(),
             };
         }
         Outcome::Paused
@@ -488,7 +558,11 @@ impl Harness {
         self.host.calls.last().unwrap()
     }
 
-    pub fn metric(&self, m: Metric) -> u64 {
+    /// A counter's value (the worker's counts, flushed as the adapter does on its tick).
+    pub fn metric(&mut self, m: Metric) -> u64 {
+        let metrics = &mut self.host.metrics;
+        self.worker
+            .drain_counters(|metric, n| *metrics.entry(metric).or_default() += n);
         self.host.metrics.get(&m).copied().unwrap_or(0)
     }
 }

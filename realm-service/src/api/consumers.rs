@@ -3,64 +3,15 @@
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::Json;
-use rusqlite::types::Value;
-use rusqlite::{Connection, Row};
-use uuid::Uuid;
 
-use super::realms::require as require_realm;
-use super::{is_unique_violation, optional, strings_at, to_json, uuid_at, Admin};
-use crate::clock;
+use super::Admin;
 use crate::error::{ApiError, Problem};
 use crate::extract::{parse_id, ApiJson, QueryParams};
 use crate::model::{Consumer, CreateConsumer, MoveConsumer, MovedConsumer, Page, UpdateConsumer};
 use crate::pagination::{self, PageRequest, PAGE_PARAMS};
 use crate::state::AppState;
+use crate::store::{ConsumerChanges, ConsumerFilter, NewConsumer};
 use crate::validate::{dedup, Checks, MAX_NAME, MAX_TAG};
-
-const CONSUMER_SELECT: &str = "SELECT seq, id, username, custom_id, type, tags, consumer_groups,
-    created_at, updated_at FROM consumers";
-
-fn consumer(row: &Row) -> rusqlite::Result<Consumer> {
-    Ok(Consumer {
-        id: uuid_at(row, 1)?,
-        username: row.get(2)?,
-        custom_id: row.get(3)?,
-        kind: row.get(4)?,
-        tags: strings_at(row, 5)?,
-        consumer_groups: strings_at(row, 6)?,
-        created_at: clock::rfc3339(row.get(7)?),
-        updated_at: clock::rfc3339(row.get(8)?),
-    })
-}
-
-fn load(conn: &Connection, realm: &Uuid, id: &Uuid) -> Result<Consumer, ApiError> {
-    optional(
-        conn.prepare_cached(&format!(
-            "{CONSUMER_SELECT} WHERE id = ?1 AND realm_id = ?2"
-        ))?
-        .query_row([id.to_string(), realm.to_string()], consumer),
-    )?
-    .ok_or_else(|| not_found(realm, id))
-}
-
-fn not_found(realm: &Uuid, id: &Uuid) -> ApiError {
-    ApiError::not_found(format!("consumer {id} not found in realm {realm}"))
-}
-
-/// The consumer must exist in this realm (404 otherwise, also when it lives in another realm).
-pub(crate) fn require(conn: &Connection, realm: &Uuid, id: &Uuid) -> Result<(), ApiError> {
-    let found = optional(
-        conn.prepare_cached("SELECT 1 FROM consumers WHERE id = ?1 AND realm_id = ?2")?
-            .query_row([id.to_string(), realm.to_string()], |_| Ok(())),
-    )?;
-    found.ok_or_else(|| not_found(realm, id))
-}
-
-fn username_taken(username: &str, realm: &Uuid) -> ApiError {
-    ApiError::conflict(format!(
-        "a consumer with username '{username}' already exists in realm {realm}"
-    ))
-}
 
 fn check_fields(
     checks: &mut Checks,
@@ -103,31 +54,17 @@ pub async fn create(
     );
     checks.finish()?;
     let created = state
-        .write(move |tx| {
-            require_realm(tx, &realm)?;
-            let now = clock::now();
-            let id = Uuid::new_v4();
-            let inserted = tx.execute(
-                "INSERT INTO consumers (id, realm_id, username, custom_id, type, tags,
-                    consumer_groups, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
-                rusqlite::params![
-                    id.to_string(),
-                    realm.to_string(),
-                    body.username,
-                    body.custom_id,
-                    body.kind,
-                    to_json(&body.tags.unwrap_or_default()),
-                    to_json(&dedup(&body.consumer_groups.unwrap_or_default())),
-                    now
-                ],
-            );
-            match inserted {
-                Err(e) if is_unique_violation(&e) => Err(username_taken(&body.username, &realm)),
-                other => other.map_err(ApiError::from),
-            }?;
-            load(tx, &realm, &id)
-        })
+        .store()
+        .create_consumer(
+            realm,
+            NewConsumer {
+                username: body.username,
+                custom_id: body.custom_id,
+                kind: body.kind,
+                tags: body.tags.unwrap_or_default(),
+                consumer_groups: dedup(&body.consumer_groups.unwrap_or_default()),
+            },
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -152,30 +89,28 @@ pub async fn list(
     allowed.extend(["filter[username]", "filter[custom_id]"]);
     let query = QueryParams::parse(uri.query(), &allowed)?;
     let page = PageRequest::from_query(&query)?;
-    let username = query.get("filter[username]").map(str::to_string);
-    let custom_id = query.get("filter[custom_id]").map(str::to_string);
-    let path = uri.path().to_string();
-    let answer = state
-        .read(move |conn| {
-            require_realm(conn, &realm)?;
-            let mut sql = format!("{CONSUMER_SELECT} WHERE realm_id = ?1");
-            let mut params: Vec<Value> = vec![realm.to_string().into()];
-            let mut filters: Vec<(&str, &str)> = Vec::new();
-            if let Some(u) = &username {
-                params.push(u.clone().into());
-                sql.push_str(&format!(" AND username = ?{}", params.len()));
-                filters.push(("filter[username]", u));
-            }
-            if let Some(c) = &custom_id {
-                params.push(c.clone().into());
-                sql.push_str(&format!(" AND custom_id = ?{}", params.len()));
-                filters.push(("filter[custom_id]", c));
-            }
-            let (rows, more) = pagination::fetch(conn, &sql, params, &page, consumer)?;
-            Ok(pagination::page(rows, more, &page, &path, &filters))
-        })
+    let filter = ConsumerFilter {
+        username: query.get("filter[username]").map(str::to_string),
+        custom_id: query.get("filter[custom_id]").map(str::to_string),
+    };
+    let mut filters: Vec<(&str, &str)> = Vec::new();
+    if let Some(u) = &filter.username {
+        filters.push(("filter[username]", u));
+    }
+    if let Some(c) = &filter.custom_id {
+        filters.push(("filter[custom_id]", c));
+    }
+    let (rows, more) = state
+        .store()
+        .list_consumers(realm, filter.clone(), page.clone())
         .await?;
-    Ok(Json(answer))
+    Ok(Json(pagination::page(
+        rows,
+        more,
+        &page,
+        uri.path(),
+        &filters,
+    )))
 }
 
 /// Get a consumer.
@@ -190,8 +125,7 @@ pub async fn get(
 ) -> Result<Json<Consumer>, ApiError> {
     let realm = parse_id("realmId", &realm_id)?;
     let id = parse_id("consumerId", &consumer_id)?;
-    let found = state.read(move |conn| load(conn, &realm, &id)).await?;
-    Ok(Json(found))
+    Ok(Json(state.store().get_consumer(realm, id).await?))
 }
 
 /// Change a consumer (only the fields given; `custom_id`/`type` null clears them).
@@ -220,33 +154,18 @@ pub async fn update(
     );
     checks.finish()?;
     let updated = state
-        .write(move |tx| {
-            let current = load(tx, &realm, &id)?;
-            let username = body.username.unwrap_or(current.username);
-            let result = tx.execute(
-                "UPDATE consumers SET username = ?2, custom_id = ?3, type = ?4, tags = ?5,
-                    consumer_groups = ?6, updated_at = ?7 WHERE id = ?1",
-                rusqlite::params![
-                    id.to_string(),
-                    username,
-                    body.custom_id.unwrap_or(current.custom_id),
-                    body.kind.unwrap_or(current.kind),
-                    to_json(&body.tags.unwrap_or(current.tags)),
-                    to_json(
-                        &body
-                            .consumer_groups
-                            .map(|g| dedup(&g))
-                            .unwrap_or(current.consumer_groups)
-                    ),
-                    clock::now()
-                ],
-            );
-            match result {
-                Err(e) if is_unique_violation(&e) => Err(username_taken(&username, &realm)),
-                other => other.map_err(ApiError::from),
-            }?;
-            load(tx, &realm, &id)
-        })
+        .store()
+        .update_consumer(
+            realm,
+            id,
+            ConsumerChanges {
+                username: body.username,
+                custom_id: body.custom_id,
+                kind: body.kind,
+                tags: body.tags,
+                consumer_groups: body.consumer_groups.map(|g| dedup(&g)),
+            },
+        )
         .await?;
     Ok(Json(updated))
 }
@@ -263,18 +182,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let realm = parse_id("realmId", &realm_id)?;
     let id = parse_id("consumerId", &consumer_id)?;
-    state
-        .write(move |tx| {
-            let n = tx.execute(
-                "DELETE FROM consumers WHERE id = ?1 AND realm_id = ?2",
-                [id.to_string(), realm.to_string()],
-            )?;
-            if n == 0 {
-                return Err(not_found(&realm, &id));
-            }
-            Ok(())
-        })
-        .await?;
+    state.store().delete_consumer(realm, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -295,35 +203,7 @@ pub async fn move_consumer(
     let realm = parse_id("realmId", &realm_id)?;
     let id = parse_id("consumerId", &consumer_id)?;
     let target = body.target_realm_id;
-    state
-        .write(move |tx| {
-            let current = load(tx, &realm, &id)?;
-            if target == realm {
-                return Ok(());
-            }
-            require_realm(tx, &target)?;
-            let moved = tx.execute(
-                "UPDATE consumers SET realm_id = ?2, updated_at = ?3 WHERE id = ?1",
-                rusqlite::params![id.to_string(), target.to_string(), clock::now()],
-            );
-            match moved {
-                Err(e) if is_unique_violation(&e) => {
-                    Err(username_taken(&current.username, &target))
-                }
-                other => other.map_err(ApiError::from),
-            }?;
-            let keys = tx.execute(
-                "UPDATE keys SET realm_id = ?2 WHERE consumer_id = ?1",
-                [id.to_string(), target.to_string()],
-            );
-            match keys {
-                Err(e) if is_unique_violation(&e) => Err(ApiError::conflict(format!(
-                    "a key of consumer {id} already exists in realm {target}"
-                ))),
-                other => other.map(|_| ()).map_err(ApiError::from),
-            }
-        })
-        .await?;
+    state.store().move_consumer(realm, id, target).await?;
     Ok((
         StatusCode::CREATED,
         Json(MovedConsumer { realm_id: target }),

@@ -3,10 +3,8 @@
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::Json;
-use rusqlite::{Connection, Row};
-use uuid::Uuid;
 
-use super::{optional, uuid_at, Admin};
+use super::Admin;
 use crate::error::{ApiError, Problem};
 use crate::extract::{parse_id, ApiJson, QueryParams};
 use crate::model::{
@@ -14,32 +12,9 @@ use crate::model::{
     Page,
 };
 use crate::pagination::{self, PageRequest, PAGE_PARAMS};
+use crate::secrets;
 use crate::state::AppState;
 use crate::validate::{Checks, MAX_NAME};
-use crate::{clock, secrets};
-
-const CP_SELECT: &str = "SELECT seq, id, name, created_at, updated_at FROM control_planes";
-
-fn control_plane(row: &Row) -> rusqlite::Result<ControlPlane> {
-    Ok(ControlPlane {
-        id: uuid_at(row, 1)?,
-        name: row.get(2)?,
-        created_at: clock::rfc3339(row.get(3)?),
-        updated_at: clock::rfc3339(row.get(4)?),
-    })
-}
-
-pub(crate) fn exists(conn: &Connection, id: &Uuid) -> Result<bool, ApiError> {
-    Ok(optional(
-        conn.prepare_cached("SELECT 1 FROM control_planes WHERE id = ?1")?
-            .query_row([id.to_string()], |_| Ok(())),
-    )?
-    .is_some())
-}
-
-fn not_found(id: &Uuid) -> ApiError {
-    ApiError::not_found(format!("control plane {id} not found"))
-}
 
 /// Create a control plane.
 #[utoipa::path(post, path = "/v2/control-planes", tag = "control planes",
@@ -56,22 +31,7 @@ pub async fn create(
     let mut checks = Checks::default();
     checks.text("name", &body.name, MAX_NAME);
     checks.finish()?;
-    let cp = state
-        .write(move |tx| {
-            let now = clock::now();
-            let id = Uuid::new_v4();
-            tx.execute(
-                "INSERT INTO control_planes (id, name, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
-                rusqlite::params![id.to_string(), body.name, now],
-            )?;
-            Ok(ControlPlane {
-                id,
-                name: body.name,
-                created_at: clock::rfc3339(now),
-                updated_at: clock::rfc3339(now),
-            })
-        })
-        .await?;
+    let cp = state.store().create_control_plane(body.name).await?;
     Ok((StatusCode::CREATED, Json(cp)))
 }
 
@@ -90,15 +50,8 @@ pub async fn list(
 ) -> Result<Json<Page<ControlPlane>>, ApiError> {
     let query = QueryParams::parse(uri.query(), &PAGE_PARAMS)?;
     let page = PageRequest::from_query(&query)?;
-    let path = uri.path().to_string();
-    let answer = state
-        .read(move |conn| {
-            let sql = format!("{CP_SELECT} WHERE 1 = 1");
-            let (rows, more) = pagination::fetch(conn, &sql, vec![], &page, control_plane)?;
-            Ok(pagination::page(rows, more, &page, &path, &[]))
-        })
-        .await?;
-    Ok(Json(answer))
+    let (rows, more) = state.store().list_control_planes(page.clone()).await?;
+    Ok(Json(pagination::page(rows, more, &page, uri.path(), &[])))
 }
 
 /// Get a control plane.
@@ -112,16 +65,7 @@ pub async fn get(
     Path(cp_id): Path<String>,
 ) -> Result<Json<ControlPlane>, ApiError> {
     let id = parse_id("cpId", &cp_id)?;
-    let cp = state
-        .read(move |conn| {
-            optional(
-                conn.prepare_cached(&format!("{CP_SELECT} WHERE id = ?1"))?
-                    .query_row([id.to_string()], control_plane),
-            )?
-            .ok_or_else(|| not_found(&id))
-        })
-        .await?;
-    Ok(Json(cp))
+    Ok(Json(state.store().get_control_plane(id).await?))
 }
 
 /// Delete a control plane, its data-plane tokens, and its place in every realm's
@@ -136,15 +80,7 @@ pub async fn delete(
     Path(cp_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id("cpId", &cp_id)?;
-    state
-        .write(move |tx| {
-            let n = tx.execute("DELETE FROM control_planes WHERE id = ?1", [id.to_string()])?;
-            if n == 0 {
-                return Err(not_found(&id));
-            }
-            Ok(())
-        })
-        .await?;
+    state.store().delete_control_plane(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -167,36 +103,19 @@ pub async fn create_token(
     let token = secrets::generate(secrets::DATA_PLANE_TOKEN_PREFIX).map_err(ApiError::internal)?;
     let hash = secrets::hash(&token);
     let created = state
-        .write(move |tx| {
-            if !exists(tx, &cp)? {
-                return Err(not_found(&cp));
-            }
-            let now = clock::now();
-            let id = Uuid::new_v4();
-            tx.execute(
-                "INSERT INTO data_plane_tokens (id, control_plane_id, name, token_hash, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                rusqlite::params![id.to_string(), cp.to_string(), body.name, &hash[..], now],
-            )?;
-            Ok(CreatedDataPlaneToken {
-                id,
-                name: body.name,
-                control_plane_id: cp,
-                token,
-                created_at: clock::rfc3339(now),
-            })
-        })
+        .store()
+        .create_data_plane_token(cp, body.name, hash)
         .await?;
-    Ok((StatusCode::CREATED, Json(created)))
-}
-
-fn data_plane_token(row: &Row) -> rusqlite::Result<DataPlaneToken> {
-    Ok(DataPlaneToken {
-        id: uuid_at(row, 1)?,
-        name: row.get(2)?,
-        control_plane_id: uuid_at(row, 3)?,
-        created_at: clock::rfc3339(row.get(4)?),
-    })
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedDataPlaneToken {
+            id: created.id,
+            name: created.name,
+            control_plane_id: created.control_plane_id,
+            token,
+            created_at: created.created_at,
+        }),
+    ))
 }
 
 /// List a control plane's data-plane tokens (never the tokens themselves).
@@ -215,25 +134,11 @@ pub async fn list_tokens(
     let cp = parse_id("cpId", &cp_id)?;
     let query = QueryParams::parse(uri.query(), &PAGE_PARAMS)?;
     let page = PageRequest::from_query(&query)?;
-    let path = uri.path().to_string();
-    let answer = state
-        .read(move |conn| {
-            if !exists(conn, &cp)? {
-                return Err(not_found(&cp));
-            }
-            let sql = "SELECT seq, id, name, control_plane_id, created_at FROM data_plane_tokens
-                       WHERE control_plane_id = ?1";
-            let (rows, more) = pagination::fetch(
-                conn,
-                sql,
-                vec![cp.to_string().into()],
-                &page,
-                data_plane_token,
-            )?;
-            Ok(pagination::page(rows, more, &page, &path, &[]))
-        })
+    let (rows, more) = state
+        .store()
+        .list_data_plane_tokens(cp, page.clone())
         .await?;
-    Ok(Json(answer))
+    Ok(Json(pagination::page(rows, more, &page, uri.path(), &[])))
 }
 
 /// Delete (revoke) a data-plane token: it stops working at once.
@@ -248,19 +153,6 @@ pub async fn delete_token(
 ) -> Result<StatusCode, ApiError> {
     let cp = parse_id("cpId", &cp_id)?;
     let token = parse_id("tokenId", &token_id)?;
-    state
-        .write(move |tx| {
-            let n = tx.execute(
-                "DELETE FROM data_plane_tokens WHERE id = ?1 AND control_plane_id = ?2",
-                [token.to_string(), cp.to_string()],
-            )?;
-            if n == 0 {
-                return Err(ApiError::not_found(format!(
-                    "data-plane token {token} not found in control plane {cp}"
-                )));
-            }
-            Ok(())
-        })
-        .await?;
+    state.store().delete_data_plane_token(cp, token).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -11,10 +11,9 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, MethodRouter};
-use rusqlite::Connection;
 use uuid::Uuid;
 
-use super::{bearer, optional, strings_at, uuid_at, AUTHENTICATE_ROUTE};
+use super::{bearer, AUTHENTICATE_ROUTE};
 use crate::cache::{KeyAnswer, RealmPolicy};
 use crate::clock;
 use crate::error::{to_problem, ApiError, Problem};
@@ -23,6 +22,7 @@ use crate::metrics::AuthOutcome;
 use crate::model::{AuthenticateRequest, Credential, Identity};
 use crate::secrets::{self, SecretHash};
 use crate::state::AppState;
+use crate::store::KeyRecord;
 use crate::validate::{dedup, MIN_REALM_TTL};
 
 /// Look up a key for a data plane.
@@ -135,43 +135,40 @@ async fn answer(
         None => control_plane_of(state, token).await?,
     };
     let (realm, secret) = request?;
-    state.metrics().cache(snapshot.key.is_some());
 
-    let (policy, key) = match (snapshot.realm, snapshot.key) {
-        (Some(policy), Some(key)) => (policy, key),
-        (cached_policy, cached_key) => {
-            let (policy, key) = state
-                .read(move |conn| {
-                    let policy = match cached_policy {
-                        Some(p) => p,
-                        None => load_policy(conn, &realm)?,
-                    };
-                    let key = match (&policy, cached_key) {
-                        (_, Some(k)) => Some(k),
-                        (Some(p), None) => Some(load_key(conn, &realm, &secret, p)?),
-                        (None, None) => None,
-                    };
-                    Ok((policy, key))
-                })
-                .await?;
+    let policy = match snapshot.realm {
+        Some(policy) => policy,
+        None => {
+            let policy = load_policy(state, realm).await?;
             cache.store_realm(generation, realm, policy.clone());
-            if let Some(key) = &key {
-                cache.store_key(generation, realm, secret, key.clone());
-            }
-            (policy, key.unwrap_or(KeyAnswer::NotFound))
+            policy
         }
     };
-
     let Some(policy) = policy else {
         let mut error = ApiError::not_found(format!("realm {realm} not found"));
         error.negative_ttl = Some(MIN_REALM_TTL);
         return Err(error);
     };
+    // Refused before the key is looked up or cached: a token the realm does not allow can
+    // neither probe its keys nor fill (and so flush) the key cache.
     if !policy.allows(&control_plane) {
         return Err(ApiError::forbidden(format!(
             "realm {realm} does not allow this data plane's control plane"
         )));
     }
+    state.metrics().cache(snapshot.key.is_some());
+    let key = match snapshot.key {
+        Some(key) => key,
+        None => {
+            let record = state.store().key_by_secret(realm, secret).await?;
+            let key = match record {
+                Some(record) => found(record, &policy)?,
+                None => KeyAnswer::NotFound,
+            };
+            cache.store_key(generation, realm, secret, key.clone());
+            key
+        }
+    };
     let not_found = || {
         let mut error = ApiError::not_found("no such key in this realm");
         error.negative_ttl = Some(policy.negative_ttl);
@@ -218,22 +215,7 @@ async fn control_plane_of(state: &AppState, hash: SecretHash) -> Result<Uuid, Ap
         return Ok(cp);
     }
     let generation = state.cache().generation();
-    let found = state
-        .read(move |conn| {
-            let row = optional(
-                conn.prepare_cached(
-                    "SELECT control_plane_id, token_hash FROM data_plane_tokens WHERE token_hash = ?1",
-                )?
-                .query_row([&hash[..]], |r| {
-                    Ok((uuid_at(r, 0)?, r.get::<_, Vec<u8>>(1)?))
-                }),
-            )?;
-            Ok(row
-                .filter(|(_, stored)| secrets::hashes_equal(stored, &hash))
-                .map(|(cp, _)| cp))
-        })
-        .await?;
-    match found {
+    match state.store().control_plane_of_token(hash).await? {
         Some(cp) => {
             state.cache().store_token(generation, hash, cp);
             Ok(cp)
@@ -242,8 +224,8 @@ async fn control_plane_of(state: &AppState, hash: SecretHash) -> Result<Uuid, Ap
     }
 }
 
-fn load_policy(conn: &Connection, realm: &Uuid) -> Result<Option<Arc<RealmPolicy>>, ApiError> {
-    Ok(super::realms::load(conn, realm)?.map(|r| {
+async fn load_policy(state: &AppState, realm: Uuid) -> Result<Option<Arc<RealmPolicy>>, ApiError> {
+    Ok(state.store().find_realm(realm).await?.map(|r| {
         Arc::new(RealmPolicy {
             allow_all_control_planes: r.allow_all_control_planes,
             allowed_control_planes: r.allowed_control_planes.into_iter().collect::<HashSet<_>>(),
@@ -254,53 +236,29 @@ fn load_policy(conn: &Connection, realm: &Uuid) -> Result<Option<Arc<RealmPolicy
     }))
 }
 
-/// One indexed probe by (realm, sha256(secret)); builds the finished 201 body.
-fn load_key(
-    conn: &Connection,
-    realm: &Uuid,
-    secret: &SecretHash,
-    policy: &RealmPolicy,
-) -> Result<KeyAnswer, ApiError> {
-    let row = optional(
-        conn.prepare_cached(
-            "SELECT k.id, k.created_at, k.tags, k.expires_at, k.secret_hash,
-                    c.id, c.username, c.custom_id, c.type, c.tags, c.consumer_groups
-             FROM keys k JOIN consumers c ON c.id = k.consumer_id
-             WHERE k.realm_id = ?1 AND k.secret_hash = ?2",
-        )?
-        .query_row(rusqlite::params![realm.to_string(), &secret[..]], |r| {
-            let stored: Vec<u8> = r.get(4)?;
-            let expires_at: Option<i64> = r.get(3)?;
-            let own_groups = strings_at(r, 10)?;
-            let mut groups = policy.consumer_groups.clone();
-            groups.extend(own_groups);
-            let identity = Identity {
-                id: uuid_at(r, 5)?,
-                username: r.get(6)?,
-                custom_id: r.get(7)?,
-                kind: r.get(8)?,
-                tags: strings_at(r, 9)?,
-                consumer_group_names: dedup(&groups),
-                ttl: policy.ttl,
-                negative_ttl: policy.negative_ttl,
-                credential: Credential {
-                    id: uuid_at(r, 0)?,
-                    created_at: clock::rfc3339(r.get(1)?),
-                    tags: strings_at(r, 2)?,
-                    expires_at: expires_at.map(clock::rfc3339),
-                },
-            };
-            Ok((stored, identity, expires_at))
-        }),
-    )?;
-    Ok(match row {
-        Some((stored, identity, expires_at)) if secrets::hashes_equal(&stored, secret) => {
-            let body = serde_json::to_vec(&identity).map_err(ApiError::internal)?;
-            KeyAnswer::Found {
-                body: Bytes::from(body),
-                expires_at,
-            }
-        }
-        _ => KeyAnswer::NotFound,
+/// The finished 201 body for a key found by its secret.
+fn found(record: KeyRecord, policy: &RealmPolicy) -> Result<KeyAnswer, ApiError> {
+    let mut groups = policy.consumer_groups.clone();
+    groups.extend(record.consumer_groups);
+    let identity = Identity {
+        id: record.consumer_id,
+        username: record.username,
+        custom_id: record.custom_id,
+        kind: record.kind,
+        tags: record.tags,
+        consumer_group_names: dedup(&groups),
+        ttl: policy.ttl,
+        negative_ttl: policy.negative_ttl,
+        credential: Credential {
+            id: record.key_id,
+            created_at: clock::rfc3339(record.key_created_at),
+            tags: record.key_tags,
+            expires_at: record.expires_at.map(clock::rfc3339),
+        },
+    };
+    let body = serde_json::to_vec(&identity).map_err(ApiError::internal)?;
+    Ok(KeyAnswer::Found {
+        body: Bytes::from(body),
+        expires_at: record.expires_at,
     })
 }

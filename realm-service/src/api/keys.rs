@@ -4,44 +4,16 @@
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::Json;
-use rusqlite::{Connection, Row};
-use uuid::Uuid;
 
-use super::consumers::require as require_consumer;
-use super::{is_unique_violation, optional, strings_at, to_json, uuid_at, Admin};
+use super::Admin;
 use crate::error::{ApiError, Problem};
 use crate::extract::{parse_id, ApiJson, QueryParams};
 use crate::model::{CreateKey, CreatedKey, Key, KeyType, Page};
 use crate::pagination::{self, PageRequest, PAGE_PARAMS};
+use crate::secrets;
 use crate::state::AppState;
+use crate::store::NewKey;
 use crate::validate::{Checks, MAX_KEY_TTL, MAX_SECRET, MAX_TAG};
-use crate::{clock, secrets};
-
-const KEY_SELECT: &str = "SELECT seq, id, type, tags, created_at, updated_at, expires_at FROM keys";
-
-fn key(row: &Row) -> rusqlite::Result<Key> {
-    let kind: String = row.get(2)?;
-    Ok(Key {
-        id: uuid_at(row, 1)?,
-        kind: KeyType::parse(&kind),
-        tags: strings_at(row, 3)?,
-        created_at: clock::rfc3339(row.get(4)?),
-        updated_at: clock::rfc3339(row.get(5)?),
-        expires_at: row.get::<_, Option<i64>>(6)?.map(clock::rfc3339),
-    })
-}
-
-fn load(conn: &Connection, consumer: &Uuid, id: &Uuid) -> Result<Key, ApiError> {
-    optional(
-        conn.prepare_cached(&format!("{KEY_SELECT} WHERE id = ?1 AND consumer_id = ?2"))?
-            .query_row([id.to_string(), consumer.to_string()], key),
-    )?
-    .ok_or_else(|| not_found(consumer, id))
-}
-
-fn not_found(consumer: &Uuid, id: &Uuid) -> ApiError {
-    ApiError::not_found(format!("key {id} not found for consumer {consumer}"))
-}
 
 /// Create a key. `type: new` generates the secret; `type: legacy` takes the one given. The
 /// secret is in this answer only.
@@ -88,49 +60,31 @@ pub async fn create(
         Some(secret) => secret,
         None => secrets::generate(secrets::KEY_PREFIX).map_err(ApiError::internal)?,
     };
-    let hash = secrets::hash(&secret);
-    let kind = body.kind;
-    let tags = body.tags.unwrap_or_default();
-    let ttl = body.ttl;
-    let created = state
-        .write(move |tx| {
-            require_consumer(tx, &realm, &consumer)?;
-            let now = clock::now();
-            let id = Uuid::new_v4();
-            let expires_at = ttl.map(|t| now + t);
-            let inserted = tx.execute(
-                "INSERT INTO keys (id, consumer_id, realm_id, type, secret_hash, tags, created_at,
-                    updated_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
-                rusqlite::params![
-                    id.to_string(),
-                    consumer.to_string(),
-                    realm.to_string(),
-                    kind.as_str(),
-                    &hash[..],
-                    to_json(&tags),
-                    now,
-                    expires_at
-                ],
-            );
-            match inserted {
-                Err(e) if is_unique_violation(&e) => Err(ApiError::conflict(format!(
-                    "this secret already exists in realm {realm}"
-                ))),
-                other => other.map_err(ApiError::from),
-            }?;
-            Ok(CreatedKey {
-                id,
-                kind,
-                secret,
-                tags,
-                created_at: clock::rfc3339(now),
-                updated_at: clock::rfc3339(now),
-                expires_at: expires_at.map(clock::rfc3339),
-            })
-        })
+    let key = state
+        .store()
+        .create_key(
+            realm,
+            consumer,
+            NewKey {
+                kind: body.kind,
+                secret_hash: secrets::hash(&secret),
+                tags: body.tags.unwrap_or_default(),
+                ttl: body.ttl,
+            },
+        )
         .await?;
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            id: key.id,
+            kind: key.kind,
+            secret,
+            tags: key.tags,
+            created_at: key.created_at,
+            updated_at: key.updated_at,
+            expires_at: key.expires_at,
+        }),
+    ))
 }
 
 /// List a consumer's keys (never the secrets).
@@ -150,17 +104,11 @@ pub async fn list(
     let consumer = parse_id("consumerId", &consumer_id)?;
     let query = QueryParams::parse(uri.query(), &PAGE_PARAMS)?;
     let page = PageRequest::from_query(&query)?;
-    let path = uri.path().to_string();
-    let answer = state
-        .read(move |conn| {
-            require_consumer(conn, &realm, &consumer)?;
-            let sql = format!("{KEY_SELECT} WHERE consumer_id = ?1");
-            let (rows, more) =
-                pagination::fetch(conn, &sql, vec![consumer.to_string().into()], &page, key)?;
-            Ok(pagination::page(rows, more, &page, &path, &[]))
-        })
+    let (rows, more) = state
+        .store()
+        .list_keys(realm, consumer, page.clone())
         .await?;
-    Ok(Json(answer))
+    Ok(Json(pagination::page(rows, more, &page, uri.path(), &[])))
 }
 
 /// Get a key (never the secret).
@@ -176,13 +124,7 @@ pub async fn get(
     let realm = parse_id("realmId", &realm_id)?;
     let consumer = parse_id("consumerId", &consumer_id)?;
     let id = parse_id("keyId", &key_id)?;
-    let found = state
-        .read(move |conn| {
-            require_consumer(conn, &realm, &consumer)?;
-            load(conn, &consumer, &id)
-        })
-        .await?;
-    Ok(Json(found))
+    Ok(Json(state.store().get_key(realm, consumer, id).await?))
 }
 
 /// Delete (revoke) a key: the service stops accepting it at once.
@@ -198,18 +140,6 @@ pub async fn delete(
     let realm = parse_id("realmId", &realm_id)?;
     let consumer = parse_id("consumerId", &consumer_id)?;
     let id = parse_id("keyId", &key_id)?;
-    state
-        .write(move |tx| {
-            require_consumer(tx, &realm, &consumer)?;
-            let n = tx.execute(
-                "DELETE FROM keys WHERE id = ?1 AND consumer_id = ?2",
-                [id.to_string(), consumer.to_string()],
-            )?;
-            if n == 0 {
-                return Err(not_found(&consumer, &id));
-            }
-            Ok(())
-        })
-        .await?;
+    state.store().delete_key(realm, consumer, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

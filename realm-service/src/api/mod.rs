@@ -16,8 +16,6 @@ use axum::middleware::{from_fn_with_state, Next};
 use axum::response::Response;
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
-use rusqlite::Row;
-use uuid::Uuid;
 
 use crate::error::{to_problem, ApiError};
 use crate::secrets;
@@ -151,64 +149,15 @@ impl FromRequestParts<AppState> for Admin {
             ));
         };
         let hash = secrets::hash(token);
-        if state.cache().is_admin(&hash) {
+        if state.is_bootstrap_admin(&hash) {
             return Ok(Admin);
         }
-        let generation = state.cache().generation();
-        let known = state
-            .read(move |conn| {
-                let stored: Option<Vec<u8>> = conn
-                    .prepare_cached("SELECT token_hash FROM admin_tokens WHERE token_hash = ?1")?
-                    .query_row([&hash[..]], |r| r.get(0))
-                    .map(Some)
-                    .or_else(|e| match e {
-                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                        e => Err(e),
-                    })?;
-                Ok(stored.is_some_and(|s| secrets::hashes_equal(&s, &hash)))
-            })
-            .await?;
-        if known {
-            state.cache().store_admin(generation, hash);
+        // Not cached: admin calls are rare, and a token revoked by `realm-service token revoke`
+        // (another process, even on SQLite) must stop working at once.
+        if state.store().is_admin_token(hash).await? {
             Ok(Admin)
         } else {
             Err(ApiError::unauthorized("unknown admin token"))
         }
     }
-}
-
-/// `Ok(None)` for no row.
-pub fn optional<T>(result: rusqlite::Result<T>) -> rusqlite::Result<Option<T>> {
-    match result {
-        Ok(v) => Ok(Some(v)),
-        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// A UUID stored as text.
-pub fn uuid_at(row: &Row, index: usize) -> rusqlite::Result<Uuid> {
-    let text: String = row.get(index)?;
-    Uuid::parse_str(&text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-/// A list of strings stored as JSON text.
-pub fn strings_at(row: &Row, index: usize) -> rusqlite::Result<Vec<String>> {
-    let text: String = row.get(index)?;
-    serde_json::from_str(&text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-pub fn to_json(values: &[String]) -> String {
-    serde_json::to_string(values).unwrap_or_else(|_| "[]".to_string())
-}
-
-/// Is this a UNIQUE constraint failure?
-pub fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _)
-        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-            || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
 }

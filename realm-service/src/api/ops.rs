@@ -14,15 +14,16 @@ use super::{
 };
 use crate::error::{ApiError, InvalidParameter, Problem, PROBLEM_JSON};
 use crate::model::*;
+use crate::pagination;
 use crate::state::AppState;
-use crate::{db, pagination};
 
 /// 200 when the database answers.
 #[utoipa::path(get, path = "/health", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = Problem)))]
 pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     state
-        .read(db::ping)
+        .store()
+        .ping()
         .await
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database unavailable"))?;
     Ok(Json(Health { status: "ok" }))

@@ -3,73 +3,21 @@
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::Json;
-use rusqlite::{Connection, Row};
 use uuid::Uuid;
 
-use super::{optional, strings_at, to_json, uuid_at, Admin};
-use crate::clock;
+use super::Admin;
 use crate::error::{ApiError, Problem};
 use crate::extract::{parse_id, ApiJson, QueryParams};
 use crate::model::{CreateRealm, Page, Realm, UpdateRealm};
 use crate::pagination::{self, PageRequest, PAGE_PARAMS};
 use crate::state::AppState;
+use crate::store::{NewRealm, RealmChanges};
 use crate::validate::{dedup, Checks, DEFAULT_REALM_TTL, MAX_NAME, MAX_REALM_TTL, MIN_REALM_TTL};
 
-const REALM_SELECT: &str = "SELECT seq, id, name, ttl, negative_ttl, consumer_groups,
-    allow_all_control_planes, created_at, updated_at,
-    (SELECT group_concat(control_plane_id, ',' ORDER BY position)
-       FROM realm_control_planes WHERE realm_id = realms.id)
-    FROM realms";
-
-fn realm(row: &Row) -> rusqlite::Result<Realm> {
-    let allowed: Option<String> = row.get(9)?;
-    let allowed_control_planes = allowed
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            Uuid::parse_str(s).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    9,
-                    rusqlite::types::Type::Text,
-                    Box::new(e),
-                )
-            })
-        })
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(Realm {
-        id: uuid_at(row, 1)?,
-        name: row.get(2)?,
-        ttl: row.get(3)?,
-        negative_ttl: row.get(4)?,
-        consumer_groups: strings_at(row, 5)?,
-        allow_all_control_planes: row.get::<_, i64>(6)? != 0,
-        created_at: clock::rfc3339(row.get(7)?),
-        updated_at: clock::rfc3339(row.get(8)?),
-        allowed_control_planes,
-    })
-}
-
-/// The realm, or `None`.
-pub(crate) fn load(conn: &Connection, id: &Uuid) -> Result<Option<Realm>, ApiError> {
-    Ok(optional(
-        conn.prepare_cached(&format!("{REALM_SELECT} WHERE id = ?1"))?
-            .query_row([id.to_string()], realm),
-    )?)
-}
-
-pub(crate) fn not_found(id: &Uuid) -> ApiError {
-    ApiError::not_found(format!("realm {id} not found"))
-}
-
-/// The realm must exist (404 otherwise).
-pub(crate) fn require(conn: &Connection, id: &Uuid) -> Result<(), ApiError> {
-    let found = optional(
-        conn.prepare_cached("SELECT 1 FROM realms WHERE id = ?1")?
-            .query_row([id.to_string()], |_| Ok(())),
-    )?;
-    found.ok_or_else(|| not_found(id))
+fn not_found(id: &Uuid) -> ApiError {
+    ApiError::from(crate::store::StoreError::NotFound(
+        crate::store::Missing::Realm(*id),
+    ))
 }
 
 fn check_fields(
@@ -89,37 +37,6 @@ fn check_fields(
         "minutes",
     );
     checks.list("consumer_groups", groups, MAX_NAME);
-}
-
-/// Replaces the realm's allowed control planes; each must exist (400 naming it otherwise).
-fn set_allowed(conn: &Connection, realm: &Uuid, allowed: &[Uuid]) -> Result<(), ApiError> {
-    let allowed = dedup(allowed);
-    let mut checks = Checks::default();
-    for (i, cp) in allowed.iter().enumerate() {
-        if !super::control_planes::exists(conn, cp)? {
-            checks.push(
-                &format!("allowed_control_planes[{i}]"),
-                "exists",
-                format!("control plane {cp} does not exist"),
-            );
-        }
-    }
-    checks.finish()?;
-    conn.execute(
-        "DELETE FROM realm_control_planes WHERE realm_id = ?1",
-        [realm.to_string()],
-    )?;
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO realm_control_planes (realm_id, control_plane_id, position) VALUES (?1, ?2, ?3)",
-    )?;
-    for (position, cp) in allowed.iter().enumerate() {
-        insert.execute(rusqlite::params![
-            realm.to_string(),
-            cp.to_string(),
-            position as i64
-        ])?;
-    }
-    Ok(())
 }
 
 /// Create a realm.
@@ -143,26 +60,14 @@ pub async fn create(
     );
     checks.finish()?;
     let created = state
-        .write(move |tx| {
-            let now = clock::now();
-            let id = Uuid::new_v4();
-            let groups = dedup(&body.consumer_groups.unwrap_or_default());
-            tx.execute(
-                "INSERT INTO realms (id, name, ttl, negative_ttl, consumer_groups,
-                    allow_all_control_planes, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-                rusqlite::params![
-                    id.to_string(),
-                    body.name,
-                    body.ttl.unwrap_or(DEFAULT_REALM_TTL),
-                    body.negative_ttl.unwrap_or(DEFAULT_REALM_TTL),
-                    to_json(&groups),
-                    body.allow_all_control_planes.unwrap_or(false),
-                    now
-                ],
-            )?;
-            set_allowed(tx, &id, &body.allowed_control_planes.unwrap_or_default())?;
-            load(tx, &id)?.ok_or_else(|| not_found(&id))
+        .store()
+        .create_realm(NewRealm {
+            name: body.name,
+            ttl: body.ttl.unwrap_or(DEFAULT_REALM_TTL),
+            negative_ttl: body.negative_ttl.unwrap_or(DEFAULT_REALM_TTL),
+            consumer_groups: dedup(&body.consumer_groups.unwrap_or_default()),
+            allow_all_control_planes: body.allow_all_control_planes.unwrap_or(false),
+            allowed_control_planes: dedup(&body.allowed_control_planes.unwrap_or_default()),
         })
         .await?;
     Ok((StatusCode::CREATED, Json(created)))
@@ -182,15 +87,8 @@ pub async fn list(
 ) -> Result<Json<Page<Realm>>, ApiError> {
     let query = QueryParams::parse(uri.query(), &PAGE_PARAMS)?;
     let page = PageRequest::from_query(&query)?;
-    let path = uri.path().to_string();
-    let answer = state
-        .read(move |conn| {
-            let sql = format!("{REALM_SELECT} WHERE 1 = 1");
-            let (rows, more) = pagination::fetch(conn, &sql, vec![], &page, realm)?;
-            Ok(pagination::page(rows, more, &page, &path, &[]))
-        })
-        .await?;
-    Ok(Json(answer))
+    let (rows, more) = state.store().list_realms(page.clone()).await?;
+    Ok(Json(pagination::page(rows, more, &page, uri.path(), &[])))
 }
 
 /// Get a realm.
@@ -204,10 +102,8 @@ pub async fn get(
     Path(realm_id): Path<String>,
 ) -> Result<Json<Realm>, ApiError> {
     let id = parse_id("realmId", &realm_id)?;
-    let found = state
-        .read(move |conn| load(conn, &id)?.ok_or_else(|| not_found(&id)))
-        .await?;
-    Ok(Json(found))
+    let found = state.store().find_realm(id).await?;
+    Ok(Json(found.ok_or_else(|| not_found(&id))?))
 }
 
 /// Change a realm (only the fields given). Cached answers for it are dropped at once.
@@ -233,31 +129,18 @@ pub async fn update(
     );
     checks.finish()?;
     let updated = state
-        .write(move |tx| {
-            let current = load(tx, &id)?.ok_or_else(|| not_found(&id))?;
-            let groups = body
-                .consumer_groups
-                .map(|g| dedup(&g))
-                .unwrap_or(current.consumer_groups);
-            tx.execute(
-                "UPDATE realms SET name = ?2, ttl = ?3, negative_ttl = ?4, consumer_groups = ?5,
-                    allow_all_control_planes = ?6, updated_at = ?7 WHERE id = ?1",
-                rusqlite::params![
-                    id.to_string(),
-                    body.name.unwrap_or(current.name),
-                    body.ttl.unwrap_or(current.ttl),
-                    body.negative_ttl.unwrap_or(current.negative_ttl),
-                    to_json(&groups),
-                    body.allow_all_control_planes
-                        .unwrap_or(current.allow_all_control_planes),
-                    clock::now()
-                ],
-            )?;
-            if let Some(allowed) = body.allowed_control_planes {
-                set_allowed(tx, &id, &allowed)?;
-            }
-            load(tx, &id)?.ok_or_else(|| not_found(&id))
-        })
+        .store()
+        .update_realm(
+            id,
+            RealmChanges {
+                name: body.name,
+                ttl: body.ttl,
+                negative_ttl: body.negative_ttl,
+                consumer_groups: body.consumer_groups.map(|g| dedup(&g)),
+                allow_all_control_planes: body.allow_all_control_planes,
+                allowed_control_planes: body.allowed_control_planes.map(|a| dedup(&a)),
+            },
+        )
         .await?;
     Ok(Json(updated))
 }
@@ -287,28 +170,6 @@ pub async fn delete(
             ))
         }
     };
-    state
-        .write(move |tx| {
-            require(tx, &id)?;
-            if !force {
-                let consumers: i64 = tx.query_row(
-                    "SELECT count(*) FROM consumers WHERE realm_id = ?1",
-                    [id.to_string()],
-                    |r| r.get(0),
-                )?;
-                if consumers > 0 {
-                    return Err(ApiError::invalid_field(
-                        "force",
-                        "force",
-                        format!(
-                            "the realm still has {consumers} consumer(s); delete them first or pass force=true"
-                        ),
-                    ));
-                }
-            }
-            tx.execute("DELETE FROM realms WHERE id = ?1", [id.to_string()])?;
-            Ok(())
-        })
-        .await?;
+    state.store().delete_realm(id, force).await?;
     Ok(StatusCode::NO_CONTENT)
 }

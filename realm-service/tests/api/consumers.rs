@@ -4,7 +4,7 @@ use crate::common::*;
 
 #[tokio::test]
 async fn create_and_get_a_consumer() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "prod"})).await;
     let created = app
         .admin(
@@ -47,7 +47,7 @@ async fn create_and_get_a_consumer() {
 
 #[tokio::test]
 async fn consumer_create_errors() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "prod"})).await;
     let other = app.realm(json!({"name": "other"})).await;
     let path = format!("/v1/realms/{realm}/consumers");
@@ -90,7 +90,7 @@ async fn consumer_create_errors() {
 
 #[tokio::test]
 async fn list_consumers_filtered_by_exact_username_or_custom_id() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "prod"})).await;
     let other = app.realm(json!({"name": "other"})).await;
     for (username, custom) in [("ariel", "A1"), ("bob", "B1"), ("ariel2", "A1x")] {
@@ -170,7 +170,7 @@ async fn list_consumers_filtered_by_exact_username_or_custom_id() {
 
 #[tokio::test]
 async fn a_consumer_is_not_reachable_through_another_realm() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "prod"})).await;
     let other = app.realm(json!({"name": "other"})).await;
     let consumer = app.consumer(&realm, "ariel").await;
@@ -208,7 +208,7 @@ async fn a_consumer_is_not_reachable_through_another_realm() {
 
 #[tokio::test]
 async fn patch_a_consumer() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "prod"})).await;
     let created = app
         .admin(
@@ -247,7 +247,7 @@ async fn patch_a_consumer() {
 
 #[tokio::test]
 async fn consumer_patch_errors() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "prod"})).await;
     let a = app.consumer(&realm, "a").await;
     app.consumer(&realm, "b").await;
@@ -284,7 +284,7 @@ async fn consumer_patch_errors() {
 
 #[tokio::test]
 async fn deleting_a_consumer_deletes_its_keys() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     app.authenticate(&w.realm, &w.token, &w.secret)
         .await
@@ -305,7 +305,7 @@ async fn deleting_a_consumer_deletes_its_keys() {
 
 #[tokio::test]
 async fn move_a_consumer_with_its_keys() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     let target = app
         .realm(json!({"name": "target", "allowed_control_planes": [w.cp]}))
@@ -356,7 +356,7 @@ async fn move_a_consumer_with_its_keys() {
 
 #[tokio::test]
 async fn move_errors() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     let target = app.realm(json!({"name": "target"})).await;
     let path = format!("/v1/realms/{}/consumers/{}/move", w.realm, w.consumer);

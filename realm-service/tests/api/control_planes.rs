@@ -4,7 +4,7 @@ use crate::common::*;
 
 #[tokio::test]
 async fn create_get_list_and_delete_a_control_plane() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let created = app
         .admin("POST", "/v2/control-planes", Some(json!({"name": "eu"})))
         .await
@@ -40,7 +40,7 @@ async fn create_get_list_and_delete_a_control_plane() {
 
 #[tokio::test]
 async fn control_plane_input_errors_name_the_field() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     app.admin("POST", "/v2/control-planes", Some(json!({})))
         .await
         .invalid("name");
@@ -78,7 +78,7 @@ async fn control_plane_input_errors_name_the_field() {
 
 #[tokio::test]
 async fn admin_calls_need_a_valid_admin_token() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     for (method, path) in [
         ("POST", "/v2/control-planes"),
         ("GET", "/v2/control-planes"),
@@ -113,7 +113,7 @@ async fn admin_calls_need_a_valid_admin_token() {
 
 #[tokio::test]
 async fn data_plane_tokens_are_shown_once_and_can_be_revoked() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let cp = app.control_plane("cp").await;
     let created = app
         .admin(
@@ -174,7 +174,7 @@ async fn data_plane_tokens_are_shown_once_and_can_be_revoked() {
 
 #[tokio::test]
 async fn data_plane_token_errors() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let cp = app.control_plane("a").await;
     let other = app.control_plane("b").await;
     let missing = uuid::Uuid::new_v4();
@@ -234,7 +234,7 @@ async fn data_plane_token_errors() {
 
 #[tokio::test]
 async fn deleting_a_control_plane_revokes_its_tokens_and_leaves_realms() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     app.authenticate(&w.realm, &w.token, &w.secret)
         .await
@@ -254,7 +254,7 @@ async fn deleting_a_control_plane_revokes_its_tokens_and_leaves_realms() {
 
 #[tokio::test]
 async fn data_plane_tokens_and_keys_are_not_admin_tokens() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     // The data-plane token is warm in the authenticate cache.
     app.authenticate(&w.realm, &w.token, &w.secret)

@@ -4,7 +4,7 @@ use crate::common::*;
 
 #[tokio::test]
 async fn authenticate_returns_the_consumer_with_effective_groups() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let cp = app.control_plane("cp").await;
     let token = app.dp_token(&cp).await;
     let realm = app
@@ -53,7 +53,7 @@ async fn authenticate_returns_the_consumer_with_effective_groups() {
 
 #[tokio::test]
 async fn an_unknown_key_is_404_with_negative_ttl() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     app.admin(
         "PATCH",
@@ -79,7 +79,7 @@ async fn an_unknown_key_is_404_with_negative_ttl() {
 
 #[tokio::test]
 async fn a_key_of_realm_a_is_never_found_through_realm_b() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     let b = app
         .realm(json!({"name": "b", "allowed_control_planes": [w.cp]}))
@@ -92,7 +92,7 @@ async fn a_key_of_realm_a_is_never_found_through_realm_b() {
 
 #[tokio::test]
 async fn data_plane_tokens_are_required_and_checked() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     let path = format!("/{}/v0/authenticate", w.realm);
     app.call("POST", &path, None, Some(json!({"secret": w.secret})))
@@ -123,7 +123,7 @@ async fn data_plane_tokens_are_required_and_checked() {
 
 #[tokio::test]
 async fn a_control_plane_the_realm_does_not_allow_gets_403() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     let stranger = app.control_plane("stranger").await;
     let stranger_token = app.dp_token(&stranger).await;
@@ -162,7 +162,7 @@ async fn a_control_plane_the_realm_does_not_allow_gets_403() {
 
 #[tokio::test]
 async fn malformed_authenticate_bodies_are_400() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     let path = format!("/{}/v0/authenticate", w.realm);
     let raw = |body: &'static str| {
@@ -195,7 +195,7 @@ async fn malformed_authenticate_bodies_are_400() {
 
 #[tokio::test]
 async fn repeated_lookups_are_cache_hits_and_counted() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     for _ in 0..3 {
         app.authenticate(&w.realm, &w.token, &w.secret)
@@ -245,7 +245,7 @@ async fn repeated_lookups_are_cache_hits_and_counted() {
 
 #[tokio::test]
 async fn revocation_after_a_cached_authenticate_is_immediate() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     app.authenticate(&w.realm, &w.token, &w.secret)
         .await
@@ -275,7 +275,7 @@ async fn revocation_after_a_cached_authenticate_is_immediate() {
 
 #[tokio::test]
 async fn every_write_path_is_seen_at_once_by_cached_lookups() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     app.authenticate(&w.realm, &w.token, &w.secret)
         .await
@@ -345,7 +345,7 @@ async fn every_write_path_is_seen_at_once_by_cached_lookups() {
 
 #[tokio::test]
 async fn cached_misses_and_policies_follow_realm_patches_at_once() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     let other = app.control_plane("other").await;
     let other_token = app.dp_token(&other).await;
@@ -410,4 +410,35 @@ async fn cached_misses_and_policies_follow_realm_patches_at_once() {
         .await
         .problem(404);
     assert_eq!(gone["negative_ttl"], 5);
+}
+
+/// Review finding: a token whose control plane the realm does not allow used to have its
+/// look-ups counted (and cached) as key misses before the 403, so any data-plane token could
+/// fill, and so flush, the key cache. It is refused before the key is looked up.
+#[tokio::test]
+async fn a_disallowed_control_plane_is_refused_before_any_key_lookup_or_caching() {
+    let app = TestApp::new().await;
+    let w = app.world().await;
+    let other = app.control_plane("not allowed").await;
+    let token = app.dp_token(&other).await;
+    let hit = "realm_service_authenticate_cache_total{result=\"hit\"}";
+    let miss = "realm_service_authenticate_cache_total{result=\"miss\"}";
+    let before = (app.metric(hit).await, app.metric(miss).await);
+    for i in 0..5 {
+        app.authenticate(&w.realm, &token, &format!("probe-{i}"))
+            .await
+            .problem(403);
+    }
+    app.authenticate(&w.realm, &token, &w.secret)
+        .await
+        .problem(403);
+    assert_eq!(
+        (app.metric(hit).await, app.metric(miss).await),
+        before,
+        "a refused token's look-ups reached the key cache"
+    );
+    // The allowed data plane is unaffected.
+    app.authenticate(&w.realm, &w.token, &w.secret)
+        .await
+        .ok(201);
 }

@@ -4,7 +4,7 @@ use crate::common::*;
 
 #[tokio::test]
 async fn a_new_key_has_a_generated_secret_shown_once() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "prod"})).await;
     let consumer = app.consumer(&realm, "ariel").await;
     let path = format!("/v1/realms/{realm}/consumers/{consumer}/keys");
@@ -48,7 +48,7 @@ async fn a_new_key_has_a_generated_secret_shown_once() {
 
 #[tokio::test]
 async fn a_legacy_key_keeps_the_given_secret_unique_in_its_realm() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "prod"})).await;
     let other_realm = app.realm(json!({"name": "other"})).await;
     let a = app.consumer(&realm, "a").await;
@@ -88,7 +88,7 @@ async fn a_legacy_key_keeps_the_given_secret_unique_in_its_realm() {
 
 #[tokio::test]
 async fn a_key_with_a_ttl_expires() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     let created = app
         .admin(
@@ -128,7 +128,7 @@ async fn a_key_with_a_ttl_expires() {
 
 #[tokio::test]
 async fn key_create_errors() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "prod"})).await;
     let consumer = app.consumer(&realm, "a").await;
     let path = format!("/v1/realms/{realm}/consumers/{consumer}/keys");
@@ -179,7 +179,7 @@ async fn key_create_errors() {
 
 #[tokio::test]
 async fn get_list_and_delete_key_errors() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     let keys = format!("/v1/realms/{}/consumers/{}/keys", w.realm, w.consumer);
     let missing = uuid::Uuid::new_v4();
@@ -224,7 +224,7 @@ async fn get_list_and_delete_key_errors() {
 /// those: `{type: new}` (a null `secret` is no secret) and `{type: legacy, secret}`.
 #[tokio::test]
 async fn the_documented_key_shapes_are_the_accepted_ones() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let document = app.call("GET", "/openapi.json", None, None).await.ok(200);
     let shapes = document["components"]["schemas"]["CreateKey"]["oneOf"]
         .as_array()
@@ -273,7 +273,7 @@ async fn the_documented_key_shapes_are_the_accepted_ones() {
 
 #[tokio::test]
 async fn an_expired_key_keeps_its_secret_taken_until_it_is_deleted() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     let keys = format!("/v1/realms/{}/consumers/{}/keys", w.realm, w.consumer);
     let expiring = app

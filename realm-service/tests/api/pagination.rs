@@ -6,7 +6,7 @@ use crate::common::*;
 
 #[tokio::test]
 async fn walking_250_consumers_by_100_returns_each_exactly_once() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "prod"})).await;
     let mut created = HashSet::new();
     for i in 0..250 {
@@ -48,7 +48,7 @@ async fn walking_250_consumers_by_100_returns_each_exactly_once() {
 
 #[tokio::test]
 async fn filters_are_kept_in_next_links() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "prod"})).await;
     for i in 0..3 {
         app.admin(
@@ -88,7 +88,7 @@ async fn filters_are_kept_in_next_links() {
 
 #[tokio::test]
 async fn every_list_has_the_same_page_shape() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     for path in [
         "/v2/control-planes".to_string(),
@@ -131,7 +131,7 @@ async fn every_list_has_the_same_page_shape() {
 /// 400 naming the parameter. `page[size]` is digits only.
 #[tokio::test]
 async fn cursors_and_sizes_of_another_shape_are_400() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     for i in 0..3 {
         app.realm(json!({"name": format!("r{i}")})).await;
     }
@@ -203,7 +203,7 @@ async fn cursors_and_sizes_of_another_shape_are_400() {
 
 #[tokio::test]
 async fn a_walk_that_races_creates_deletes_and_moves_sees_each_stable_row_once() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "walked"})).await;
     let elsewhere = app.realm(json!({"name": "elsewhere"})).await;
     // An older consumer of another realm, moved in during the walk: its position is older

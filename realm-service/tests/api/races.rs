@@ -64,7 +64,7 @@ async fn late_successes(tasks: Vec<tokio::task::JoinHandle<(u32, u32)>>) -> (u32
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_lookup_started_after_a_revocation_is_answered_succeeds() {
-    let app = Arc::new(TestApp::new());
+    let app = Arc::new(TestApp::new().await);
     let w = app.world().await;
     for round in 0..8 {
         let secret = format!("racing-key-{round}");
@@ -104,7 +104,7 @@ async fn no_lookup_started_after_a_revocation_is_answered_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_lookup_started_after_a_control_plane_is_disallowed_succeeds() {
-    let app = Arc::new(TestApp::new());
+    let app = Arc::new(TestApp::new().await);
     let w = app.world().await;
     let realm_path = format!("/v1/realms/{}", w.realm);
     for round in 0..8 {
@@ -163,7 +163,7 @@ async fn at_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_writes_for_one_unique_name_give_one_201_and_409s() {
-    let app = Arc::new(TestApp::new());
+    let app = Arc::new(TestApp::new().await);
     let w = app.world().await;
     // Eight creates of one username.
     let path = format!("/v1/realms/{}/consumers", w.realm);
@@ -256,7 +256,7 @@ async fn racing_writes_for_one_unique_name_give_one_201_and_409s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn force_deleting_a_realm_while_keys_are_created_leaves_no_rows_behind() {
-    let app = Arc::new(TestApp::new());
+    let app = Arc::new(TestApp::new().await);
     let w = app.world().await;
     let mut requests: Vec<(String, String, serde_json::Value)> = (0..12)
         .map(|i| {
@@ -285,23 +285,63 @@ async fn force_deleting_a_realm_while_keys_are_created_leaves_no_rows_behind() {
         .await
         .problem(404);
     // Nothing of the realm is left in the database.
-    let db = rusqlite::Connection::open(app.dir.path().join("realm.db")).expect("open db");
     for table in ["consumers", "keys", "realm_control_planes"] {
-        let left: i64 = db
-            .query_row(
-                &format!("SELECT count(*) FROM {table} WHERE realm_id = ?1"),
-                [&w.realm],
-                |r| r.get(0),
+        let left = app
+            .count(
+                &format!("SELECT count(*) FROM {table} WHERE CAST(realm_id AS TEXT) = $1"),
+                Some(&w.realm),
             )
-            .expect("count");
+            .await;
         assert_eq!(left, 0, "{table}");
     }
-    let orphan_keys: i64 = db
-        .query_row(
+    let orphan_keys = app
+        .count(
             "SELECT count(*) FROM keys WHERE consumer_id NOT IN (SELECT id FROM consumers)",
-            [],
-            |r| r.get(0),
+            None,
         )
-        .expect("count");
+        .await;
     assert_eq!(orphan_keys, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_realm_without_force_while_consumers_are_created_leaves_no_orphan() {
+    let app = Arc::new(TestApp::new().await);
+    for round in 0..6 {
+        let realm = app.realm(json!({ "name": format!("r{round}") })).await;
+        let mut requests: Vec<(String, String, serde_json::Value)> = (0..6)
+            .map(|i| {
+                (
+                    "POST".to_string(),
+                    format!("/v1/realms/{realm}/consumers"),
+                    json!({"username": format!("u{i}")}),
+                )
+            })
+            .collect();
+        requests.insert(
+            round % 6,
+            (
+                "DELETE".to_string(),
+                format!("/v1/realms/{realm}"),
+                json!({}),
+            ),
+        );
+        let statuses = at_once(&app, requests).await;
+        assert!(
+            statuses.iter().all(|s| [201, 204, 400, 404].contains(s)),
+            "{statuses:?}"
+        );
+        // Either the delete was refused (consumers came first) or no consumer was created
+        // after it: a 204 next to a 201 would mean a consumer answered 201 is gone.
+        assert!(
+            !(statuses.contains(&204) && statuses.contains(&201)),
+            "{statuses:?}"
+        );
+        let orphans = app
+            .count(
+                "SELECT count(*) FROM consumers WHERE realm_id NOT IN (SELECT id FROM realms)",
+                None,
+            )
+            .await;
+        assert_eq!(orphans, 0);
+    }
 }

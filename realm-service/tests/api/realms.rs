@@ -4,7 +4,7 @@ use crate::common::*;
 
 #[tokio::test]
 async fn create_a_realm_with_defaults() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let realm = app
         .admin("POST", "/v1/realms", Some(json!({"name": "prod"})))
         .await
@@ -21,7 +21,7 @@ async fn create_a_realm_with_defaults() {
 
 #[tokio::test]
 async fn create_a_realm_with_every_field() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let a = app.control_plane("a").await;
     let b = app.control_plane("b").await;
     let realm = app
@@ -53,7 +53,7 @@ async fn create_a_realm_with_every_field() {
 
 #[tokio::test]
 async fn realm_input_errors_name_the_field() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let post = |body| async { app.admin("POST", "/v1/realms", Some(body)).await };
     post(json!({})).await.invalid("name");
     post(json!({"name": ""})).await.invalid("name");
@@ -90,7 +90,7 @@ async fn realm_input_errors_name_the_field() {
 
 #[tokio::test]
 async fn get_and_patch_a_realm() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let cp = app.control_plane("a").await;
     let realm = app
         .realm(json!({"name": "prod", "consumer_groups": ["g"]}))
@@ -127,7 +127,7 @@ async fn get_and_patch_a_realm() {
 
 #[tokio::test]
 async fn realm_patch_and_get_errors() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "prod"})).await;
     let missing = uuid::Uuid::new_v4();
     app.admin("GET", &format!("/v1/realms/{missing}"), None)
@@ -173,7 +173,7 @@ async fn realm_patch_and_get_errors() {
 
 #[tokio::test]
 async fn deleting_a_realm_with_consumers_needs_force() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "prod"})).await;
     let consumer = app.consumer(&realm, "ariel").await;
     let refused = app
@@ -213,7 +213,7 @@ async fn deleting_a_realm_with_consumers_needs_force() {
 
 #[tokio::test]
 async fn an_empty_realm_is_deleted_without_force() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "prod"})).await;
     app.admin("DELETE", &format!("/v1/realms/{realm}"), None)
         .await
@@ -225,7 +225,7 @@ async fn an_empty_realm_is_deleted_without_force() {
 
 #[tokio::test]
 async fn force_deleting_a_realm_revokes_its_keys() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let w = app.world().await;
     app.authenticate(&w.realm, &w.token, &w.secret)
         .await
@@ -249,7 +249,7 @@ async fn force_deleting_a_realm_revokes_its_keys() {
 /// number past any range a 400 naming the field, never a 5xx.
 #[tokio::test]
 async fn a_whole_number_with_a_fraction_or_exponent_is_an_integer() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let created = app
         .admin_raw(
             "POST",

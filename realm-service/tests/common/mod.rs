@@ -14,7 +14,18 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 use tower::ServiceExt;
 
-pub const ADMIN: &str = "test-admin-token";
+pub mod pg;
+
+/// The bootstrap admin token of test services (at least 32 characters, as required).
+pub const ADMIN: &str = "test-admin-token-0123456789abcdefghij";
+
+/// Which store a test crate runs its suite on (each crate that includes this module says which
+/// with a `const STORE: common::StoreKind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
 
 /// An answer, as a client sees it.
 #[derive(Debug)]
@@ -111,20 +122,75 @@ where
     }
 }
 
-/// The service's router over a fresh database, with admin token [`ADMIN`].
+/// The service's router over a fresh database (SQLite file or PostgreSQL database, as the
+/// crate's `STORE` says), with admin token [`ADMIN`].
 pub struct TestApp {
     pub router: Router,
+    pub state: realm_service::AppState,
     pub dir: TempDir,
+    /// The PostgreSQL URL, on PostgreSQL.
+    pub url: Option<String>,
 }
 
 impl TestApp {
-    pub fn new() -> TestApp {
+    pub async fn new() -> TestApp {
+        TestApp::on(crate::STORE).await
+    }
+
+    pub async fn on(store: StoreKind) -> TestApp {
         let dir = tempfile::tempdir().expect("tempdir");
-        let state = realm_service::AppState::open(&dir.path().join("realm.db"), Some(ADMIN))
+        let (database, url) = match store {
+            StoreKind::Sqlite => (
+                realm_service::Database::Sqlite(dir.path().join("realm.db")),
+                None,
+            ),
+            StoreKind::Postgres => {
+                let url = pg::shared().create_database().await;
+                (realm_service::Database::Postgres(url.clone()), Some(url))
+            }
+        };
+        let state = realm_service::AppState::connect(&database, Some(ADMIN))
+            .await
             .expect("open state");
+        // On PostgreSQL the cache is used once the invalidation listener is connected.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !state.listening() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the invalidation listener did not connect"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         TestApp {
-            router: realm_service::app(state),
+            router: realm_service::app(state.clone()),
+            state,
             dir,
+            url,
+        }
+    }
+
+    /// `SELECT count(*) ...` straight on the database (`$1` is `param`; compare ids as text,
+    /// e.g. `CAST(realm_id AS TEXT) = $1`, which both stores understand).
+    pub async fn count(&self, sql: &str, param: Option<&str>) -> i64 {
+        match &self.url {
+            None => {
+                let db =
+                    rusqlite::Connection::open(self.dir.path().join("realm.db")).expect("open db");
+                match param {
+                    Some(p) => db.query_row(sql, [p], |r| r.get(0)),
+                    None => db.query_row(sql, [], |r| r.get(0)),
+                }
+                .expect("count")
+            }
+            Some(url) => {
+                let client = pg::connect(url).await;
+                let row = match param {
+                    Some(p) => client.query_one(sql, &[&p]).await,
+                    None => client.query_one(sql, &[]).await,
+                }
+                .expect("count");
+                row.get(0)
+            }
         }
     }
 
@@ -305,6 +371,41 @@ impl HttpClient {
         let exchange = async {
             let response = self.client.request(request).await.expect("request failed");
             answer_of(response).await
+        };
+        tokio::time::timeout(Duration::from_secs(20), exchange)
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path} timed out"))
+    }
+
+    /// Like [`HttpClient::call`], but a failed connection (a killed server) is an `Err`, not a
+    /// panic.
+    pub async fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<Answer, String> {
+        let request = request(method, format!("{}{path}", self.base), token, body).map(Full::new);
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok(Answer {
+                status,
+                headers,
+                text: String::from_utf8_lossy(&bytes).into_owned(),
+            })
         };
         tokio::time::timeout(Duration::from_secs(20), exchange)
             .await
