@@ -7,83 +7,23 @@ mod common;
 
 const STORE: common::StoreKind = common::StoreKind::Postgres;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{pg, HttpClient, ADMIN};
-use serde_json::{json, Value};
-
-const BIN: &str = env!("CARGO_BIN_EXE_realm-service");
+use common::serve::{ServiceProcess, BIN};
+use common::{id, pg, HttpClient, ADMIN};
+use serde_json::json;
 
 /// How long a revocation may take to reach every replica.
 const REVOCATION_BOUND: Duration = Duration::from_secs(1);
 
-/// A replica process; killed when dropped.
-struct Replica {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Replica {
-    fn start(url: &str, admin_token: &str) -> Replica {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--database", url])
-            .env_remove("REALM_LISTEN")
-            .env_remove("REALM_DATABASE")
-            .env("REALM_ADMIN_TOKEN", admin_token)
-            .env("REALM_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start realm-service");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr.parse().expect("listening address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("realm-service did not print 'listening on' within 30 s");
-            }
-        };
-        Replica { child, addr }
-    }
-
-    fn http(&self) -> HttpClient {
-        HttpClient::new(self.addr)
-    }
-
-    fn kill_9(&mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("wait");
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn replicas(url: &str, n: usize) -> Vec<Replica> {
-    (0..n).map(|_| Replica::start(url, ADMIN)).collect()
-}
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_string()
+fn replicas(url: &str, n: usize) -> Vec<ServiceProcess> {
+    (0..n)
+        .map(|_| ServiceProcess::serve(url, Some(ADMIN)))
+        .collect()
 }
 
 /// A control plane with a data-plane token, a realm allowing it, a consumer and a key.
@@ -140,6 +80,22 @@ async fn world(http: &HttpClient) -> World {
     }
 }
 
+impl World {
+    fn key_path(&self) -> String {
+        format!(
+            "/v1/realms/{}/consumers/{}/keys/{}",
+            self.realm, self.consumer, self.key
+        )
+    }
+}
+
+/// Deletes the world's key (revoking it) through `http`.
+async fn delete_key(http: &HttpClient, w: &World) {
+    http.call("DELETE", &w.key_path(), Some(ADMIN), None)
+        .await
+        .ok(204);
+}
+
 async fn authenticate(http: &HttpClient, w: &World) -> u16 {
     http.call(
         "POST",
@@ -169,7 +125,7 @@ async fn time_until(bound: Duration, mut check: impl AsyncFnMut() -> bool) -> Op
 async fn every_kind_of_revocation_through_one_replica_holds_on_the_others_within_a_second() {
     let url = pg::shared().create_database().await;
     let replicas = replicas(&url, 3);
-    let clients: Vec<HttpClient> = replicas.iter().map(Replica::http).collect();
+    let clients: Vec<HttpClient> = replicas.iter().map(ServiceProcess::client).collect();
     let other_realm = id(&clients[0]
         .create("/v1/realms", ADMIN, json!({"name": "elsewhere"}))
         .await);
@@ -193,15 +149,7 @@ async fn every_kind_of_revocation_through_one_replica_holds_on_the_others_within
         }
         let http = &clients[writer];
         let (method, path, body, refused) = match *kind {
-            "key deleted" => (
-                "DELETE",
-                format!(
-                    "/v1/realms/{}/consumers/{}/keys/{}",
-                    w.realm, w.consumer, w.key
-                ),
-                None,
-                404,
-            ),
+            "key deleted" => ("DELETE", w.key_path(), None, 404),
             "consumer deleted" => (
                 "DELETE",
                 format!("/v1/realms/{}/consumers/{}", w.realm, w.consumer),
@@ -296,7 +244,7 @@ async fn bootstrap_tokens_of_replicas_do_not_revoke_each_other_or_minted_tokens(
     let url = pg::shared().create_database().await;
     let first_token = "first-replica-admin-token-0123456789abc";
     let second_token = "second-replica-admin-token-0123456789ab";
-    let first = Replica::start(&url, first_token);
+    let first = ServiceProcess::serve(&url, Some(first_token));
     let minted = Command::new(BIN)
         .args(["token", "create", "--name", "ops", "--database", &url])
         .env_remove("REALM_DATABASE")
@@ -304,20 +252,20 @@ async fn bootstrap_tokens_of_replicas_do_not_revoke_each_other_or_minted_tokens(
         .expect("token create");
     assert!(minted.status.success(), "{minted:?}");
     let minted = String::from_utf8(minted.stdout).unwrap().trim().to_string();
-    let second = Replica::start(&url, second_token);
+    let second = ServiceProcess::serve(&url, Some(second_token));
     first
-        .http()
+        .client()
         .call("GET", "/v1/realms", Some(first_token), None)
         .await
         .ok(200);
     second
-        .http()
+        .client()
         .call("GET", "/v1/realms", Some(second_token), None)
         .await
         .ok(200);
     for replica in [&first, &second] {
         replica
-            .http()
+            .client()
             .call("GET", "/v1/realms", Some(&minted), None)
             .await
             .ok(200);
@@ -328,7 +276,7 @@ async fn bootstrap_tokens_of_replicas_do_not_revoke_each_other_or_minted_tokens(
 async fn a_replica_without_its_listener_answers_from_the_database() {
     let url = pg::shared().create_database().await;
     let replicas = replicas(&url, 2);
-    let (writer, reader) = (replicas[0].http(), replicas[1].http());
+    let (writer, reader) = (replicas[0].client(), replicas[1].client());
     let killing = Arc::new(AtomicBool::new(true));
     // Terminate every listener connection of this database, again and again.
     let killer = {
@@ -353,18 +301,7 @@ async fn a_replica_without_its_listener_answers_from_the_database() {
         let w = world(&writer).await;
         assert_eq!(authenticate(&reader, &w).await, 201);
         assert_eq!(authenticate(&reader, &w).await, 201);
-        writer
-            .call(
-                "DELETE",
-                &format!(
-                    "/v1/realms/{}/consumers/{}/keys/{}",
-                    w.realm, w.consumer, w.key
-                ),
-                Some(ADMIN),
-                None,
-            )
-            .await
-            .ok(204);
+        delete_key(&writer, &w).await;
         // No stale answer, not even once: the reader cannot hear invalidations now.
         assert_eq!(authenticate(&reader, &w).await, 404);
     }
@@ -408,7 +345,7 @@ async fn while_postgresql_is_down_every_answer_is_503_and_replicas_recover_by_th
     let cluster = pg::Cluster::start();
     let url = cluster.create_database().await;
     let replicas = replicas(&url, 2);
-    let clients: Vec<HttpClient> = replicas.iter().map(Replica::http).collect();
+    let clients: Vec<HttpClient> = replicas.iter().map(ServiceProcess::client).collect();
     let w = world(&clients[0]).await;
     for http in &clients {
         assert_eq!(authenticate(http, &w).await, 201);
@@ -456,18 +393,7 @@ async fn while_postgresql_is_down_every_answer_is_503_and_replicas_recover_by_th
             .await;
     }
     // And revocations reach the other replica again (its listener is back).
-    clients[0]
-        .call(
-            "DELETE",
-            &format!(
-                "/v1/realms/{}/consumers/{}/keys/{}",
-                w.realm, w.consumer, w.key
-            ),
-            Some(ADMIN),
-            None,
-        )
-        .await
-        .ok(204);
+    delete_key(&clients[0], &w).await;
     let took = time_until(Duration::from_secs(5), async || {
         authenticate(&clients[1], &w).await == 404
     })

@@ -1,0 +1,179 @@
+//! The HTTP side of the tests: an [`Answer`] as a client sees it (with assertions for the API's
+//! success and problem+json shapes), request building, and a small HTTP/1.1 client over TCP
+//! where every call has a timeout. Also used by `examples/lookup_latency.rs`.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use axum::body::{Bytes, HttpBody};
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// An answer, as a client sees it.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+    /// Asserts a problem+json answer with this status and returns its body.
+    pub fn problem(&self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
+        assert_eq!(
+            self.content_type(),
+            "application/problem+json",
+            "{}",
+            self.text
+        );
+        let body = self.json();
+        assert_eq!(body["status"], status);
+        for field in ["title", "type", "instance", "detail"] {
+            assert!(body[field].is_string(), "problem lacks {field}: {body}");
+        }
+        body
+    }
+    /// Asserts a 400 naming `field` among its invalid_parameters.
+    pub fn invalid(&self, field: &str) -> Value {
+        let body = self.problem(400);
+        let fields: Vec<&str> = body["invalid_parameters"]
+            .as_array()
+            .expect("invalid_parameters")
+            .iter()
+            .map(|p| p["field"].as_str().unwrap_or(""))
+            .collect();
+        assert!(fields.contains(&field), "expected {field} in {fields:?}");
+        body
+    }
+    pub fn ok(&self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
+        if self.text.is_empty() {
+            Value::Null
+        } else {
+            self.json()
+        }
+    }
+}
+
+/// A request with an optional bearer token and optional JSON body.
+pub fn request(
+    method: &str,
+    uri: String,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Request<Bytes> {
+    let mut builder = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).expect("method"))
+        .uri(uri);
+    if let Some(token) = token {
+        builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let bytes = match body {
+        Some(value) => {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+            Bytes::from(value.to_string())
+        }
+        None => Bytes::new(),
+    };
+    builder.body(bytes).expect("request")
+}
+
+/// Reads a whole response.
+pub async fn answer_of<B>(response: axum::http::Response<B>) -> Answer
+where
+    B: HttpBody,
+    B::Error: std::fmt::Display,
+{
+    try_answer_of(response).await.expect("body")
+}
+
+/// Reads a whole response; a body that breaks off is an `Err`.
+pub async fn try_answer_of<B>(response: axum::http::Response<B>) -> Result<Answer, String>
+where
+    B: HttpBody,
+    B::Error: std::fmt::Display,
+{
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Answer {
+        status,
+        headers,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
+/// A tiny HTTP/1.1 client over TCP; every call has a timeout.
+pub struct HttpClient {
+    base: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl HttpClient {
+    pub fn new(addr: std::net::SocketAddr) -> HttpClient {
+        HttpClient {
+            base: format!("http://{addr}"),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        self.try_call(method, path, token, body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path} failed: {e}"))
+    }
+
+    /// Like [`HttpClient::call`], but a failed connection (a killed server) is an `Err`, not a
+    /// panic.
+    pub async fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<Answer, String> {
+        let request = request(method, format!("{}{path}", self.base), token, body).map(Full::new);
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            try_answer_of(response).await
+        };
+        tokio::time::timeout(Duration::from_secs(20), exchange)
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path} timed out"))
+    }
+
+    /// A POST that must answer 201; returns the created object.
+    pub async fn create(&self, path: &str, token: &str, body: Value) -> Value {
+        self.call("POST", path, Some(token), Some(body))
+            .await
+            .ok(201)
+    }
+}
