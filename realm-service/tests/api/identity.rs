@@ -14,22 +14,18 @@ async fn authenticate_returns_the_consumer_with_effective_groups() {
         )
         .await;
     let consumer = app
-        .admin(
-            "POST",
+        .post(
             &format!("/v1/realms/{realm}/consumers"),
-            Some(
-                json!({"username": "Ariel", "custom_id": "A1", "type": "developer",
+            json!({"username": "Ariel", "custom_id": "A1", "type": "developer",
                         "tags": ["vip"], "consumer_groups": ["beta", "gold"]}),
-            ),
         )
         .await
         .ok(201);
     let consumer_id = id(&consumer);
     let key = app
-        .admin(
-            "POST",
+        .post(
             &format!("/v1/realms/{realm}/consumers/{consumer_id}/keys"),
-            Some(json!({"type": "new", "tags": ["k"]})),
+            json!({"type": "new", "tags": ["k"]}),
         )
         .await
         .ok(201);
@@ -55,10 +51,9 @@ async fn authenticate_returns_the_consumer_with_effective_groups() {
 async fn an_unknown_key_is_404_with_negative_ttl() {
     let app = TestApp::new().await;
     let w = app.world().await;
-    app.admin(
-        "PATCH",
+    app.patch(
         &format!("/v1/realms/{}", w.realm),
-        Some(json!({"negative_ttl": 42})),
+        json!({"negative_ttl": 42}),
     )
     .await
     .ok(200);
@@ -137,10 +132,9 @@ async fn a_control_plane_the_realm_does_not_allow_gets_403() {
         .await
         .problem(403);
     // allow_all_control_planes lets every control plane in.
-    app.admin(
-        "PATCH",
+    app.patch(
         &format!("/v1/realms/{}", w.realm),
-        Some(json!({"allow_all_control_planes": true})),
+        json!({"allow_all_control_planes": true}),
     )
     .await
     .ok(200);
@@ -148,10 +142,9 @@ async fn a_control_plane_the_realm_does_not_allow_gets_403() {
         .await
         .ok(201);
     // And removing a control plane from the list locks it out at once.
-    app.admin(
-        "PATCH",
+    app.patch(
         &format!("/v1/realms/{}", w.realm),
-        Some(json!({"allow_all_control_planes": false, "allowed_control_planes": []})),
+        json!({"allow_all_control_planes": false, "allowed_control_planes": []}),
     )
     .await
     .ok(200);
@@ -202,45 +195,27 @@ async fn repeated_lookups_are_cache_hits_and_counted() {
             .await
             .ok(201);
     }
-    app.authenticate(&w.realm, &w.token, "another_key")
-        .await
-        .problem(404);
-    app.authenticate(&w.realm, &w.token, "another_key")
-        .await
-        .problem(404);
+    for _ in 0..2 {
+        app.authenticate(&w.realm, &w.token, "another_key")
+            .await
+            .problem(404);
+    }
     app.authenticate(&w.realm, "bad-token", &w.secret)
         .await
         .problem(401);
-    assert_eq!(
-        app.metric("realm_service_authenticate_total{result=\"found\"}")
-            .await,
-        3
-    );
-    assert_eq!(
-        app.metric("realm_service_authenticate_total{result=\"not_found\"}")
-            .await,
-        2
-    );
-    assert_eq!(
-        app.metric("realm_service_authenticate_total{result=\"unauthorized\"}")
-            .await,
-        1
-    );
-    assert_eq!(
-        app.metric("realm_service_authenticate_cache_total{result=\"miss\"}")
-            .await,
-        2
-    );
-    assert_eq!(
-        app.metric("realm_service_authenticate_cache_total{result=\"hit\"}")
-            .await,
-        3
-    );
-    assert_eq!(
-        app.metric("realm_service_http_requests_total{route=\"/{realmId}/v0/authenticate\",status=\"201\"}")
-            .await,
-        3
-    );
+    for (metric, expected) in [
+        ("realm_service_authenticate_total{result=\"found\"}", 3),
+        ("realm_service_authenticate_total{result=\"not_found\"}", 2),
+        ("realm_service_authenticate_total{result=\"unauthorized\"}", 1),
+        ("realm_service_authenticate_cache_total{result=\"miss\"}", 2),
+        ("realm_service_authenticate_cache_total{result=\"hit\"}", 3),
+        (
+            "realm_service_http_requests_total{route=\"/{realmId}/v0/authenticate\",status=\"201\"}",
+            3,
+        ),
+    ] {
+        assert_eq!(app.metric(metric).await, expected, "{metric}");
+    }
 }
 
 #[tokio::test]
@@ -258,14 +233,10 @@ async fn revocation_after_a_cached_authenticate_is_immediate() {
             .await
             >= 1
     );
-    app.admin(
-        "DELETE",
-        &format!(
-            "/v1/realms/{}/consumers/{}/keys/{}",
-            w.realm, w.consumer, w.key
-        ),
-        None,
-    )
+    app.delete(&format!(
+        "/v1/realms/{}/consumers/{}/keys/{}",
+        w.realm, w.consumer, w.key
+    ))
     .await
     .ok(204);
     app.authenticate(&w.realm, &w.token, &w.secret)
@@ -281,10 +252,9 @@ async fn every_write_path_is_seen_at_once_by_cached_lookups() {
         .await
         .ok(201);
     // Consumer patch.
-    app.admin(
-        "PATCH",
+    app.patch(
         &format!("/v1/realms/{}/consumers/{}", w.realm, w.consumer),
-        Some(json!({"username": "Ariel-renamed", "consumer_groups": ["new"]})),
+        json!({"username": "Ariel-renamed", "consumer_groups": ["new"]}),
     )
     .await
     .ok(200);
@@ -295,10 +265,9 @@ async fn every_write_path_is_seen_at_once_by_cached_lookups() {
     assert_eq!(found["username"], "Ariel-renamed");
     assert_eq!(found["consumer_group_names"], json!(["new"]));
     // Realm patch.
-    app.admin(
-        "PATCH",
+    app.patch(
         &format!("/v1/realms/{}", w.realm),
-        Some(json!({"ttl": 20, "consumer_groups": ["r"]})),
+        json!({"ttl": 20, "consumer_groups": ["r"]}),
     )
     .await
     .ok(200);
@@ -323,19 +292,14 @@ async fn every_write_path_is_seen_at_once_by_cached_lookups() {
         .ok(201);
     // Token delete.
     let listed = app
-        .admin(
-            "GET",
-            &format!("/v2/control-planes/{}/data-plane-tokens", w.cp),
-            None,
-        )
+        .get(&format!("/v2/control-planes/{}/data-plane-tokens", w.cp))
         .await
         .ok(200);
     let token_id = listed["data"][0]["id"].as_str().unwrap().to_string();
-    app.admin(
-        "DELETE",
-        &format!("/v2/control-planes/{}/data-plane-tokens/{token_id}", w.cp),
-        None,
-    )
+    app.delete(&format!(
+        "/v2/control-planes/{}/data-plane-tokens/{token_id}",
+        w.cp
+    ))
     .await
     .ok(204);
     app.authenticate(&w.realm, &w.token, &w.secret)
@@ -358,7 +322,7 @@ async fn cached_misses_and_policies_follow_realm_patches_at_once() {
             .problem(404);
         assert_eq!(miss["negative_ttl"], 10);
     }
-    app.admin("PATCH", &realm_path, Some(json!({"negative_ttl": 7})))
+    app.patch(&realm_path, json!({"negative_ttl": 7}))
         .await
         .ok(200);
     // ... and the patched one at once.
@@ -372,23 +336,18 @@ async fn cached_misses_and_policies_follow_realm_patches_at_once() {
     app.authenticate(&w.realm, &other_token, &w.secret)
         .await
         .problem(403);
-    app.admin(
-        "PATCH",
-        &realm_path,
-        Some(json!({"allow_all_control_planes": true})),
-    )
-    .await
-    .ok(200);
+    app.patch(&realm_path, json!({"allow_all_control_planes": true}))
+        .await
+        .ok(200);
     app.authenticate(&w.realm, &other_token, &w.secret)
         .await
         .ok(201);
     app.authenticate(&w.realm, &w.token, &w.secret)
         .await
         .ok(201);
-    app.admin(
-        "PATCH",
+    app.patch(
         &realm_path,
-        Some(json!({"allow_all_control_planes": false, "allowed_control_planes": [other]})),
+        json!({"allow_all_control_planes": false, "allowed_control_planes": [other]}),
     )
     .await
     .ok(200);
@@ -402,7 +361,7 @@ async fn cached_misses_and_policies_follow_realm_patches_at_once() {
     app.authenticate(&w.realm, &other_token, &w.secret)
         .await
         .ok(201);
-    app.admin("DELETE", &format!("{realm_path}?force=true"), None)
+    app.delete(&format!("{realm_path}?force=true"))
         .await
         .ok(204);
     let gone = app

@@ -79,11 +79,10 @@ async fn no_lookup_started_after_a_revocation_is_answered_succeeds() {
         let done = Arc::new(AtomicBool::new(false));
         let tasks = look_up_until(&app, &w.realm, &w.token, &secret, &done).await;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        app.admin(
-            "DELETE",
-            &format!("/v1/realms/{}/consumers/{}/keys/{key}", w.realm, w.consumer),
-            None,
-        )
+        app.delete(&format!(
+            "/v1/realms/{}/consumers/{}/keys/{key}",
+            w.realm, w.consumer
+        ))
         .await
         .ok(204);
         done.store(true, Ordering::SeqCst);
@@ -108,26 +107,18 @@ async fn no_lookup_started_after_a_control_plane_is_disallowed_succeeds() {
     let w = app.world().await;
     let realm_path = format!("/v1/realms/{}", w.realm);
     for round in 0..8 {
-        app.admin(
-            "PATCH",
-            &realm_path,
-            Some(json!({"allowed_control_planes": [w.cp]})),
-        )
-        .await
-        .ok(200);
+        app.patch(&realm_path, json!({"allowed_control_planes": [w.cp]}))
+            .await
+            .ok(200);
         app.authenticate(&w.realm, &w.token, &w.secret)
             .await
             .ok(201);
         let done = Arc::new(AtomicBool::new(false));
         let tasks = look_up_until(&app, &w.realm, &w.token, &w.secret, &done).await;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        app.admin(
-            "PATCH",
-            &realm_path,
-            Some(json!({"allowed_control_planes": []})),
-        )
-        .await
-        .ok(200);
+        app.patch(&realm_path, json!({"allowed_control_planes": []}))
+            .await
+            .ok(200);
         done.store(true, Ordering::SeqCst);
         let (successes, late) = late_successes(tasks).await;
         assert_eq!(late, 20, "round {round}");
@@ -176,7 +167,7 @@ async fn racing_writes_for_one_unique_name_give_one_201_and_409s() {
     .await;
     assert_eq!(statuses, [201, 409, 409, 409, 409, 409, 409, 409]);
     let listed = app
-        .admin("GET", &format!("{path}?filter[username]=same"), None)
+        .get(&format!("{path}?filter[username]=same"))
         .await
         .ok(200);
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
@@ -233,11 +224,9 @@ async fn racing_writes_for_one_unique_name_give_one_201_and_409s() {
     let statuses = at_once(&app, moves).await;
     assert_eq!(statuses, [201, 409]);
     let in_target = app
-        .admin(
-            "GET",
-            &format!("/v1/realms/{target}/consumers?filter[username]=dup"),
-            None,
-        )
+        .get(&format!(
+            "/v1/realms/{target}/consumers?filter[username]=dup"
+        ))
         .await
         .ok(200);
     assert_eq!(in_target["data"].as_array().unwrap().len(), 1);
