@@ -202,18 +202,14 @@ async fn consumer_patch_errors() {
 async fn deleting_a_consumer_deletes_its_keys() {
     let app = TestApp::new().await;
     let w = app.world().await;
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
+    app.look_up(&w).await.ok(201);
     let path = format!("/v1/realms/{}/consumers/{}", w.realm, w.consumer);
     app.delete(&path).await.ok(204);
     app.get(&path).await.problem(404);
     app.get(&format!("{path}/keys/{}", w.key))
         .await
         .problem(404);
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .problem(404);
+    app.look_up(&w).await.problem(404);
     app.delete(&path).await.problem(404);
     // The username is free again.
     app.consumer(&w.realm, "Ariel").await;
@@ -226,9 +222,7 @@ async fn move_a_consumer_with_its_keys() {
     let target = app
         .realm(json!({"name": "target", "allowed_control_planes": [w.cp]}))
         .await;
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
+    app.look_up(&w).await.ok(201);
     let moved = app
         .post(
             &format!("/v1/realms/{}/consumers/{}/move", w.realm, w.consumer),
@@ -237,9 +231,7 @@ async fn move_a_consumer_with_its_keys() {
         .await
         .ok(201);
     assert_eq!(moved, json!({"realm_id": target}));
-    app.get(&format!("/v1/realms/{}/consumers/{}", w.realm, w.consumer))
-        .await
-        .problem(404);
+    app.get(&w.consumer_path()).await.problem(404);
     app.get(&format!("/v1/realms/{target}/consumers/{}", w.consumer))
         .await
         .ok(200);
@@ -250,9 +242,7 @@ async fn move_a_consumer_with_its_keys() {
     .await
     .ok(200);
     // The key now authenticates through the target realm only.
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .problem(404);
+    app.look_up(&w).await.problem(404);
     let found = app.authenticate(&target, &w.token, &w.secret).await.ok(201);
     assert_eq!(found["id"], w.consumer.as_str());
 }
@@ -301,7 +291,5 @@ async fn move_errors() {
     app.get(&format!("/v1/realms/{}/consumers/{legacy_owner}", w.realm))
         .await
         .ok(200);
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
+    app.look_up(&w).await.ok(201);
 }

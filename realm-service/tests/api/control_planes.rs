@@ -164,16 +164,12 @@ async fn data_plane_token_errors() {
 async fn deleting_a_control_plane_revokes_its_tokens_and_leaves_realms() {
     let app = TestApp::new().await;
     let w = app.world().await;
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
+    app.look_up(&w).await.ok(201);
     app.delete(&format!("/v2/control-planes/{}", w.cp))
         .await
         .ok(204);
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .problem(401);
-    let realm = app.get(&format!("/v1/realms/{}", w.realm)).await.ok(200);
+    app.look_up(&w).await.problem(401);
+    let realm = app.get(&w.realm_path()).await.ok(200);
     assert_eq!(realm["allowed_control_planes"], json!([]));
 }
 
@@ -182,9 +178,7 @@ async fn data_plane_tokens_and_keys_are_not_admin_tokens() {
     let app = TestApp::new().await;
     let w = app.world().await;
     // The data-plane token is warm in the authenticate cache.
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
+    app.look_up(&w).await.ok(201);
     let consumer = format!("/v1/realms/{}/consumers/{}", w.realm, w.consumer);
     let routes = [
         ("GET", "/v2/control-planes".to_string()),
@@ -199,7 +193,7 @@ async fn data_plane_tokens_and_keys_are_not_admin_tokens() {
             format!("/v2/control-planes/{}/data-plane-tokens", w.cp),
         ),
         ("GET", "/v1/realms".to_string()),
-        ("PATCH", format!("/v1/realms/{}", w.realm)),
+        ("PATCH", w.realm_path()),
         ("DELETE", format!("/v1/realms/{}?force=true", w.realm)),
         ("GET", format!("/v1/realms/{}/consumers", w.realm)),
         ("GET", consumer.clone()),
@@ -216,9 +210,7 @@ async fn data_plane_tokens_and_keys_are_not_admin_tokens() {
         }
     }
     // Nothing was changed by the refused calls.
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
+    app.look_up(&w).await.ok(201);
     let keys = app.get(&format!("{consumer}/keys")).await.ok(200);
     assert_eq!(keys["data"].as_array().unwrap().len(), 1);
 }

@@ -142,7 +142,7 @@ async fn no_odd_input_causes_a_server_error() {
             format!("/v2/control-planes/{}/data-plane-tokens", w.cp),
         ),
         ("POST", "/v1/realms".to_string()),
-        ("PATCH", format!("/v1/realms/{}", w.realm)),
+        ("PATCH", w.realm_path()),
         ("POST", format!("/v1/realms/{}/consumers", w.realm)),
         (
             "PATCH",
@@ -312,9 +312,7 @@ async fn a_body_that_stalls_is_408_not_a_hang() {
     let app = TestApp::new().await;
     let w = app.world().await;
     // The token is known (cached) before the clock stops.
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
+    app.look_up(&w).await.ok(201);
     tokio::time::pause();
     let started = tokio::time::Instant::now();
     let request = Request::builder()
@@ -546,7 +544,7 @@ async fn a_json_array_is_not_a_body() {
         ),
         (
             "PATCH",
-            format!("/v1/realms/{}", w.realm),
+            w.realm_path(),
             r#"["renamed", null, true, 30, 30, ["g"]]"#,
         ),
         (

@@ -105,14 +105,12 @@ async fn no_lookup_started_after_a_revocation_is_answered_succeeds() {
 async fn no_lookup_started_after_a_control_plane_is_disallowed_succeeds() {
     let app = Arc::new(TestApp::new().await);
     let w = app.world().await;
-    let realm_path = format!("/v1/realms/{}", w.realm);
+    let realm_path = w.realm_path();
     for round in 0..8 {
         app.patch(&realm_path, json!({"allowed_control_planes": [w.cp]}))
             .await
             .ok(200);
-        app.authenticate(&w.realm, &w.token, &w.secret)
-            .await
-            .ok(201);
+        app.look_up(&w).await.ok(201);
         let done = Arc::new(AtomicBool::new(false));
         let tasks = look_up_until(&app, &w.realm, &w.token, &w.secret, &done).await;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -126,9 +124,7 @@ async fn no_lookup_started_after_a_control_plane_is_disallowed_succeeds() {
             successes, 0,
             "round {round}: a disallowed control plane authenticated after the PATCH was answered"
         );
-        app.authenticate(&w.realm, &w.token, &w.secret)
-            .await
-            .problem(403);
+        app.look_up(&w).await.problem(403);
     }
 }
 
@@ -270,9 +266,7 @@ async fn force_deleting_a_realm_while_keys_are_created_leaves_no_rows_behind() {
         statuses.iter().all(|s| [201, 204, 404].contains(s)),
         "{statuses:?}"
     );
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .problem(404);
+    app.look_up(&w).await.problem(404);
     // Nothing of the realm is left in the database.
     for table in ["consumers", "keys", "realm_control_planes"] {
         let left = app

@@ -180,16 +180,11 @@ async fn an_empty_realm_is_deleted_without_force() {
 async fn force_deleting_a_realm_revokes_its_keys() {
     let app = TestApp::new().await;
     let w = app.world().await;
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
+    app.look_up(&w).await.ok(201);
     app.delete(&format!("/v1/realms/{}?force=true", w.realm))
         .await
         .ok(204);
-    let gone = app
-        .authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .problem(404);
+    let gone = app.look_up(&w).await.problem(404);
     assert!(gone["negative_ttl"].is_number());
 }
 

@@ -176,6 +176,11 @@ impl TestApp {
         .await
     }
 
+    /// The world's data plane looking up the world's key.
+    pub async fn look_up(&self, w: &World) -> Answer {
+        self.authenticate(&w.realm, &w.token, &w.secret).await
+    }
+
     pub async fn control_plane(&self, name: &str) -> String {
         let answer = self
             .admin("POST", "/v2/control-planes", Some(json!({ "name": name })))
@@ -267,6 +272,18 @@ pub struct World {
     pub consumer: String,
     pub key: String,
     pub secret: String,
+}
+
+impl World {
+    pub fn realm_path(&self) -> String {
+        format!("/v1/realms/{}", self.realm)
+    }
+    pub fn consumer_path(&self) -> String {
+        format!("{}/consumers/{}", self.realm_path(), self.consumer)
+    }
+    pub fn key_path(&self) -> String {
+        format!("{}/keys/{}", self.consumer_path(), self.key)
+    }
 }
 
 pub fn id(body: &Value) -> String {
