@@ -169,25 +169,8 @@ async fn run(dir: &Path, keys: usize, lookups: usize, postgres: Option<&str>) {
     let service = spawn(config).await.expect("spawn");
     let http = HttpClient::new(service.local_addr());
 
-    let id = |created: Value| created["id"].as_str().expect("id").to_string();
-    let cp = id(http
-        .create("/v2/control-planes", ADMIN, json!({"name": "bench"}))
-        .await);
-    let token = http
-        .create(
-            &format!("/v2/control-planes/{cp}/data-plane-tokens"),
-            ADMIN,
-            json!({}),
-        )
-        .await;
-    let token = token["token"].as_str().expect("token").to_string();
-    let realm = id(http
-        .create(
-            "/v1/realms",
-            ADMIN,
-            json!({"name": "bench", "allowed_control_planes": [cp]}),
-        )
-        .await);
+    let setup = http.data_plane_realm(ADMIN, "bench").await;
+    let (token, realm) = (setup.token, setup.realm);
 
     let started = Instant::now();
     let size = match &pg_url {

@@ -173,16 +173,8 @@ async fn the_database_and_its_wal_hold_no_plaintext_secret_or_token() {
     let admin = "kradm_plaintext-check-admin-token-0123456789";
     let mut server = ServiceProcess::serve(&database, Some(admin));
     let http = server.client();
-    let cp = text(
-        &http
-            .create("/v2/control-planes", admin, json!({"name": "cp"}))
-            .await,
-        "id",
-    );
-    let dp_tokens = format!("/v2/control-planes/{cp}/data-plane-tokens");
-    let dp_token = text(&http.create(&dp_tokens, admin, json!({})).await, "token");
-    let realm = json!({"name": "prod", "allowed_control_planes": [cp]});
-    let realm = text(&http.create("/v1/realms", admin, realm).await, "id");
+    let setup = http.data_plane_realm(admin, "prod").await;
+    let (dp_token, realm) = (setup.token, setup.realm);
     let consumers = format!("/v1/realms/{realm}/consumers");
     let consumer = text(
         &http

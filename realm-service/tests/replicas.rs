@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::serve::{ServiceProcess, BIN};
-use common::{id, pg, HttpClient, ADMIN};
+use common::{id, pg, DataPlaneRealm, HttpClient, ADMIN};
 use serde_json::json;
 
 /// How long a revocation may take to reach every replica.
@@ -38,23 +38,12 @@ struct World {
 }
 
 async fn world(http: &HttpClient) -> World {
-    let cp = id(&http
-        .create("/v2/control-planes", ADMIN, json!({"name": "cp"}))
-        .await);
-    let token = http
-        .create(
-            &format!("/v2/control-planes/{cp}/data-plane-tokens"),
-            ADMIN,
-            json!({}),
-        )
-        .await;
-    let realm = id(&http
-        .create(
-            "/v1/realms",
-            ADMIN,
-            json!({"name": "r", "allowed_control_planes": [cp]}),
-        )
-        .await);
+    let DataPlaneRealm {
+        cp,
+        token,
+        token_id,
+        realm,
+    } = http.data_plane_realm(ADMIN, "r").await;
     let consumer = id(&http
         .create(
             &format!("/v1/realms/{realm}/consumers"),
@@ -71,8 +60,8 @@ async fn world(http: &HttpClient) -> World {
         .await;
     World {
         cp,
-        token: token["token"].as_str().expect("token").to_string(),
-        token_id: id(&token),
+        token,
+        token_id,
         realm,
         consumer,
         key: id(&key),

@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// An answer, as a client sees it.
 #[derive(Debug)]
@@ -176,4 +176,41 @@ impl HttpClient {
             .await
             .ok(201)
     }
+    /// Through the admin API (token `admin`): control plane `name`, a data-plane token of it and
+    /// realm `name` allowing it.
+    pub async fn data_plane_realm(&self, admin: &str, name: &str) -> DataPlaneRealm {
+        let field = |object: &Value, field: &str| object[field].as_str().expect(field).to_string();
+        let cp = self
+            .create("/v2/control-planes", admin, json!({ "name": name }))
+            .await;
+        let cp = field(&cp, "id");
+        let token = self
+            .create(
+                &format!("/v2/control-planes/{cp}/data-plane-tokens"),
+                admin,
+                json!({}),
+            )
+            .await;
+        let realm = self
+            .create(
+                "/v1/realms",
+                admin,
+                json!({ "name": name, "allowed_control_planes": [cp] }),
+            )
+            .await;
+        DataPlaneRealm {
+            token: field(&token, "token"),
+            token_id: field(&token, "id"),
+            realm: field(&realm, "id"),
+            cp,
+        }
+    }
+}
+
+/// What [`HttpClient::data_plane_realm`] made: ids, and the data-plane token itself.
+pub struct DataPlaneRealm {
+    pub cp: String,
+    pub token: String,
+    pub token_id: String,
+    pub realm: String,
 }
