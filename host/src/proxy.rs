@@ -3,7 +3,8 @@
 //!
 //! Bodies are buffered: the request body is read before the filters run (so a filter that
 //! pauses its headers sees `on_request_body` for the whole body, as Envoy does when the request
-//! arrives at once), and the upstream response is read before the response phase.
+//! arrives at once), and the upstream response is read before the response phase. Both count
+//! against the body limits (`limits.rs`): past them, 413 for a request, 503 for a response.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -11,16 +12,23 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::config::{ListenerConfig, RouteMatch};
-use crate::upstream::{build_request, is_hop_by_hop, MAX_BODY};
+use crate::filter_slot::{ContextHandle, FilterSlot};
+use crate::limits::{collect_body, BodyError, BodyReservation, ConnectionBudget};
+use crate::upstream::{build_request, is_hop_by_hop, UpstreamError, WorkerCtx};
 use crate::wasm::abi::headers::{get_value, replace_value};
 use crate::wasm::instance::{Action, VmError, VmInstance};
 use crate::wasm::{HeaderList, LocalResponse, RequestInfo, StreamState};
-use crate::worker::{ContextHandle, ListenerRuntime, WorkerCtx};
+
+/// One listener as a worker runs it: its configuration and its filters' slots, in order.
+pub struct ListenerRuntime {
+    pub config: ListenerConfig,
+    pub filters: Vec<Rc<FilterSlot>>,
+}
 
 /// How long a client may take to send a request's headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -129,10 +137,13 @@ impl Drop for ContextsGuard {
     }
 }
 
+/// Serves one request: the filters' request phase, routing and the upstream exchange, the
+/// response phase, and the end of each context.
 pub async fn handle(
     req: Request<Incoming>,
     rt: Rc<ListenerRuntime>,
     ctx: Rc<WorkerCtx>,
+    connection: Rc<ConnectionBudget>,
     remote: Option<SocketAddr>,
     local: Option<SocketAddr>,
 ) -> Result<HttpResponse, StreamReset> {
@@ -151,8 +162,15 @@ pub async fn handle(
     if header_bytes > MAX_REQUEST_HEADERS {
         return Ok(plain(431, "Request Header Fields Too Large"));
     }
-    let collected =
-        tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await;
+    // The request's body and, later, its response count against the connection's and the
+    // process's body budgets until the exchange is over.
+    let mut reservation = BodyReservation::new(ctx.budget.clone(), Some(connection));
+    let limit = ctx.limits.request_body_bytes;
+    let collected = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        collect_body(body, limit, &mut reservation),
+    )
+    .await;
     let Ok(collected) = collected else {
         return Ok(plain(408, "request timeout"));
     };
@@ -160,13 +178,15 @@ pub async fn handle(
         return Ok(reply);
     }
     let mut body = match collected {
-        Ok(b) => Vec::from(b.to_bytes()),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return Ok(plain(413, "payload too large"));
-            }
+        Ok(b) => Vec::from(b),
+        Err(BodyError::TooLarge(_) | BodyError::OverBudget) => {
+            ctx.metrics
+                .host
+                .body_limit_rejections
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(plain(413, "Payload Too Large"));
+        }
+        Err(BodyError::Read(e)) => {
             return Err(StreamReset(format!("reading the request body: {e}")));
         }
     };
@@ -182,7 +202,7 @@ pub async fn handle(
 
     // Request phase, filter by filter.
     for filter in &rt.filters {
-        let outcome = match filter.create_context(info.clone()) {
+        let outcome = match filter.create_context(info.clone()).await {
             Ok(handle) => {
                 guard.0.push(handle.clone());
                 let outcome =
@@ -208,9 +228,17 @@ pub async fn handle(
             Outcome::Reset => return Err(StreamReset("closed by a filter".into())),
             Outcome::Failed(e) => {
                 tracing::error!("{e}");
-                if filter.plugin.config.fail_open {
+                if filter.plugin.config.fails_open() {
+                    ctx.metrics
+                        .host
+                        .wasm_fail_open
+                        .fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
+                ctx.metrics
+                    .host
+                    .wasm_fail_stream
+                    .fetch_add(1, Ordering::Relaxed);
                 local_reply = Some(failure_reply());
                 break;
             }
@@ -225,7 +253,7 @@ pub async fn handle(
                 .fetch_add(1, Ordering::Relaxed);
             local_response(l)
         }
-        None => forward(&rt.config, &ctx, headers, body).await,
+        None => forward(&rt.config, &ctx, headers, body, &mut reservation).await,
     };
 
     // Response phase, in reverse order.
@@ -246,7 +274,16 @@ pub async fn handle(
                 // A failed context gets no further callbacks, but it still ends.
                 let failed = guard.0.remove(i);
                 failed.finish();
-                if !failed.filter.plugin.config.fail_open {
+                if failed.filter.plugin.config.fails_open() {
+                    ctx.metrics
+                        .host
+                        .wasm_fail_open
+                        .fetch_add(1, Ordering::Relaxed);
+                } else {
+                    ctx.metrics
+                        .host
+                        .wasm_fail_stream
+                        .fetch_add(1, Ordering::Relaxed);
                     pending = local_response(failure_reply());
                 }
             }
@@ -260,9 +297,10 @@ pub async fn handle(
     Ok(response)
 }
 
+/// Envoy's answer for a request whose filter failed (`failStream`: 503, no body).
 fn failure_reply() -> LocalResponse {
     LocalResponse {
-        status: 500,
+        status: 503,
         details: "wasm_fail_stream".into(),
         body: Vec::new(),
         headers: Vec::new(),
@@ -435,7 +473,7 @@ async fn run_filter(
 ) -> Outcome {
     // The stream keeps its own copy (later callbacks and properties read it); the caller's copy
     // is only needed again if a failure lets the exchange pass unfiltered.
-    let keep = handle.filter.plugin.config.fail_open;
+    let keep = handle.filter.plugin.config.fails_open();
     let count = headers.len();
     let eos = body.is_empty();
     let h = if keep {
@@ -601,6 +639,7 @@ async fn forward(
     ctx: &WorkerCtx,
     mut headers: HeaderList,
     body: Vec<u8>,
+    reservation: &mut BodyReservation,
 ) -> Pending {
     let authority = String::from_utf8_lossy(get_value(&headers, ":authority").unwrap_or_default());
     let path = String::from_utf8_lossy(get_value(&headers, ":path").unwrap_or_default());
@@ -641,7 +680,12 @@ async fn forward(
         }
     };
     let started = Instant::now();
-    match ctx.pool.exchange(cluster, request, route.timeout).await {
+    let limit = ctx.limits.response_body_bytes;
+    let answer = ctx
+        .pool
+        .exchange(cluster, request, route.timeout, limit, reservation)
+        .await;
+    match answer {
         Ok(r) => {
             let mut headers: HeaderList =
                 vec![(":status".into(), r.status.to_string().into_bytes())];
@@ -662,10 +706,11 @@ async fn forward(
             }
         }
         Err(e) => {
-            ctx.metrics
-                .host
-                .upstream_failures
-                .fetch_add(1, Ordering::Relaxed);
+            let counter = match e {
+                UpstreamError::TooLarge => &ctx.metrics.host.body_limit_rejections,
+                _ => &ctx.metrics.host.upstream_failures,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(cluster = %route.cluster, "upstream: {e}");
             let (status, body) = e.router_reply();
             router_reply(status, body)

@@ -1529,3 +1529,66 @@ async fn odd_http1_requests_as_envoy() {
     }
     host.shutdown().await;
 }
+
+/// A filter that traps (the abi-test-filter panics on `x-trap`) is answered as Envoy answers
+/// it: 503 with an empty body for the request it ends; then, with no failure policy (Envoy's
+/// FAIL_CLOSED), every later request 503 too; with `failure_policy: FAIL_RELOAD`, the next
+/// request is served by a new instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_filter_is_answered_as_envoy_answers_it() {
+    let wasm = common::abi_test_filter_wasm();
+    for policy in ["", "FAIL_RELOAD"] {
+        let upstream = common::spawn_echo().await;
+        let spec = FilterSpec {
+            name: "trapper",
+            root_id: "abi_test",
+            wasm: &wasm,
+            configuration: r#"{"trap_when_header": "x-trap"}"#,
+            fail_open: false,
+            env: &[],
+            allow_stop_iteration: false,
+        };
+        let mut yaml = common::envoy_yaml(upstream, &[spec], &[]);
+        if !policy.is_empty() {
+            yaml = yaml.replace(
+                "fail_open: false\n",
+                &format!("fail_open: false\n                failure_policy: {policy}\n"),
+            );
+        }
+        let envoy = common::start_envoy(&yaml, &[]).await;
+        let (host, _dir) = common::start_host(
+            &yaml,
+            keyrealm_host::HostOptions {
+                workers: Some(1),
+                ..Default::default()
+            },
+        )
+        .await;
+        let both = |path: &'static str, trap: bool| {
+            let headers: Vec<(&str, &str)> = if trap { vec![("x-trap", "1")] } else { vec![] };
+            let (e, h) = (envoy.listener, host.listener_addrs()[0]);
+            async move {
+                let from_envoy = common::http(e, "GET", path, &headers, "").await;
+                let from_host = common::http(h, "GET", path, &headers, "").await;
+                let (e, h) = (observe(&from_envoy), observe(&from_host));
+                assert_eq!(
+                    h, e,
+                    "{policy:?} {path}: keyrealm-host (left) differs from Envoy (right)"
+                );
+                h
+            }
+        };
+        assert_eq!(both("/before", false).await.status, 200);
+        let trapped = both("/trap", true).await;
+        assert_eq!((trapped.status, trapped.client_body.as_str()), (503, ""));
+        assert!(trapped.upstream.is_none());
+        // With FAIL_RELOAD a new instance may start after the first back-off, uniform in [0, 1 s)
+        // (Envoy on the next request after it, keyrealm-host when it ends): wait it out.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let after = both("/after", false).await;
+        let expected = if policy.is_empty() { 503 } else { 200 };
+        assert_eq!(after.status, expected, "{policy:?}");
+        host.shutdown().await;
+        drop(envoy);
+    }
+}

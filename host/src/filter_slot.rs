@@ -1,58 +1,69 @@
-//! Worker threads. Each worker is an OS thread with a current-thread tokio runtime and a
-//! `LocalSet`; it owns one instance of every plugin, accepts connections from the shared
-//! listeners, and serves each request start to end on that thread.
+//! A filter slot: one plugin's instance on one worker, and everything that outlives a single
+//! guest call — the instance's replacement after a failure, its HTTP calls, its tick timer and
+//! the shared queues it owns.
+//!
+//! A guest call that traps or runs past its budget marks the instance failed. The request it
+//! was serving, and the requests paused on it, fail as Envoy fails them (503 `wasm_fail_stream`,
+//! or pass with `fail_open`). With `failure_policy: FAIL_RELOAD`, a new instance is then started
+//! off the request path (on the runtime's blocking pool), with Envoy's timing: after a jittered
+//! exponential back-off (`reload_config.backoff`, 1 s base, 10 s maximum by default: the first
+//! wait uniform in [0, 1 s), then [0, 3 s), [0, 7 s), ...); an instance that ran longer than the
+//! maximum interval starts the back-off over. Requests that arrive while an instance is starting wait for it (up to the
+//! start budget); requests that arrive during a back-off fail at once. Without `FAIL_RELOAD`
+//! (`FAIL_CLOSED`, `FAIL_OPEN`, or no policy: Envoy's default), a failed instance is not
+//! re-created, as in Envoy: every later request gets 503, or passes with `fail_open`.
 //!
 //! Callouts (`proxy_http_call`) and ticks run as local tasks of the worker and call back into
 //! the instance only between other guest calls, never from inside a host function.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
-use crate::config::{ClusterConfig, Codec, ListenerConfig};
-use crate::metrics::MetricsRegistry;
-use crate::upstream::Pool;
+use crate::config::FailurePolicy;
+use crate::limits::BodyReservation;
+use crate::upstream::WorkerCtx;
 use crate::wasm::instance::{VmError, VmInstance};
 use crate::wasm::shared::QueueOwner;
 use crate::wasm::{CallResponse, PendingHttpCall, Plugin, RequestInfo};
 
-/// What every worker of one host shares.
-pub struct HostShared {
-    pub listeners: Vec<(ListenerConfig, Vec<Arc<Plugin>>)>,
-    pub clusters: Arc<BTreeMap<String, ClusterConfig>>,
-    pub metrics: Arc<MetricsRegistry>,
-}
-
-/// Per-worker context.
-pub struct WorkerCtx {
-    pub pool: Pool,
-    pub clusters: Arc<BTreeMap<String, ClusterConfig>>,
-    pub metrics: Arc<MetricsRegistry>,
-}
-
-/// One listener as a worker runs it.
-pub struct ListenerRuntime {
-    pub config: ListenerConfig,
-    pub filters: Vec<Rc<WorkerFilter>>,
-}
-
 struct Slot {
     vm: Option<VmInstance>,
+    /// Bumped each time the instance fails: contexts of older generations are gone.
     generation: u64,
 }
 
-/// A plugin's instance on one worker, replaced when it fails.
-pub struct WorkerFilter {
+/// Where the slot's instance is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// An instance serves.
+    Running,
+    /// The instance failed; a new one starts at the given time.
+    BackingOff(tokio::time::Instant),
+    /// A new instance is being started.
+    Starting,
+    /// The instance failed and is not re-created (`FAIL_CLOSED`).
+    Failed,
+}
+
+/// A plugin's instance on one worker.
+pub struct FilterSlot {
     pub plugin: Arc<Plugin>,
     slot: RefCell<Slot>,
-    /// Woken after callouts and ticks, so paused requests look at their state again.
+    /// Woken after callouts, ticks and failures, so paused requests look at their state again.
     pub notify: Notify,
+    /// Woken when a new instance is ready (or failed to start).
+    started: Notify,
+    phase: Cell<Phase>,
+    /// Re-creations since the back-off last started over.
+    attempts: Cell<u32>,
+    /// When the current instance started.
+    started_at: Cell<Instant>,
     ctx: Rc<WorkerCtx>,
     tick_epoch: Cell<u64>,
     /// Where shared queues this instance registered announce new items (context id, queue id).
@@ -62,23 +73,27 @@ pub struct WorkerFilter {
 /// A handle to an HTTP context: which filter, which instance generation, which context id.
 #[derive(Clone)]
 pub struct ContextHandle {
-    pub filter: Rc<WorkerFilter>,
+    pub filter: Rc<FilterSlot>,
     pub generation: u64,
     pub id: u32,
 }
 
-impl WorkerFilter {
-    /// Starts the plugin's instance on this worker.
+impl FilterSlot {
+    /// Starts the plugin's instance on this worker (on the calling thread: this is start-up).
     pub fn start(plugin: Arc<Plugin>, ctx: Rc<WorkerCtx>) -> Result<Rc<Self>, VmError> {
         let vm = VmInstance::start(plugin.clone(), &plugin.pre)?;
         let (queue_ready, mut announcements) = tokio::sync::mpsc::unbounded_channel();
-        let filter = Rc::new(WorkerFilter {
+        let filter = Rc::new(FilterSlot {
             plugin,
             slot: RefCell::new(Slot {
                 vm: Some(vm),
                 generation: 1,
             }),
             notify: Notify::new(),
+            started: Notify::new(),
+            phase: Cell::new(Phase::Running),
+            attempts: Cell::new(0),
+            started_at: Cell::new(Instant::now()),
             ctx,
             tick_epoch: Cell::new(0),
             queue_ready,
@@ -103,8 +118,15 @@ impl WorkerFilter {
         self.slot.borrow().generation
     }
 
+    fn broken(&self) -> VmError {
+        VmError::Broken {
+            plugin: self.plugin.log_name().to_string(),
+        }
+    }
+
     /// Runs `f` on the instance. With `generation`, fails if the instance was replaced since
-    /// (the context it refers to is gone). A failed instance is replaced at once.
+    /// (the context it refers to is gone). A call that fails the instance retires it and
+    /// starts its replacement (off the request path).
     pub fn with_vm<R>(
         self: &Rc<Self>,
         generation: Option<u64>,
@@ -112,19 +134,11 @@ impl WorkerFilter {
     ) -> Result<R, VmError> {
         let result = {
             let mut slot = self.slot.borrow_mut();
-            if slot.vm.is_none() {
-                self.replace(&mut slot);
-            }
             if generation.is_some_and(|g| g != slot.generation) {
-                return Err(VmError::Broken {
-                    plugin: self.plugin.log_name().to_string(),
-                });
+                return Err(self.broken());
             }
-            // No instance: replacing it failed (`after_call` would have nothing to do).
             let Some(vm) = slot.vm.as_mut() else {
-                return Err(VmError::Broken {
-                    plugin: self.plugin.log_name().to_string(),
-                });
+                return Err(self.broken());
             };
             let result = f(vm);
             if vm.take_other_streams_changed() {
@@ -132,15 +146,20 @@ impl WorkerFilter {
             }
             if vm.is_broken() {
                 if let Err(e) = &result {
-                    self.log_error(&format!("{e}; replacing the instance"));
+                    self.log_error(&format!("{e}; the instance is retired"));
                 }
                 self.ctx
                     .metrics
                     .host
                     .vm_failures
                     .fetch_add(1, Ordering::Relaxed);
-                self.replace(&mut slot);
+                slot.generation += 1;
+                slot.vm = None;
+                self.tick_epoch.set(self.tick_epoch.get() + 1);
+                drop(slot);
+                self.retire();
                 self.notify.notify_waiters();
+                return result;
             }
             result
         };
@@ -148,21 +167,74 @@ impl WorkerFilter {
         result
     }
 
-    fn replace(&self, slot: &mut Slot) {
-        slot.generation += 1;
-        slot.vm = None;
-        self.tick_epoch.set(self.tick_epoch.get() + 1);
-        match VmInstance::start(self.plugin.clone(), &self.plugin.pre) {
-            Ok(vm) => {
-                self.ctx
-                    .metrics
-                    .host
-                    .vm_replacements
-                    .fetch_add(1, Ordering::Relaxed);
-                slot.vm = Some(vm);
-            }
-            Err(e) => self.log_error(&format!("cannot replace the failed instance: {e}")),
+    /// The instance failed: re-create it as the failure policy says.
+    fn retire(self: &Rc<Self>) {
+        // As Envoy: only FAIL_RELOAD re-creates; otherwise the filter stays failed and its
+        // requests get 503 (FAIL_CLOSED) or pass it (FAIL_OPEN, or `fail_open`).
+        if self.plugin.config.failure_policy != FailurePolicy::FailReload {
+            self.phase.set(Phase::Failed);
+            return;
         }
+        let config = &self.plugin.config;
+        // An instance that served longer than the longest back-off starts it over.
+        if self.started_at.get().elapsed() > config.reload_max_interval {
+            self.attempts.set(0);
+        }
+        self.schedule_start();
+    }
+
+    /// Starts a new instance after the back-off the attempts so far call for.
+    fn schedule_start(self: &Rc<Self>) {
+        let attempts = self.attempts.get();
+        self.attempts.set(attempts.saturating_add(1));
+        let delay = backoff(
+            attempts,
+            self.plugin.config.reload_base_interval,
+            self.plugin.config.reload_max_interval,
+        );
+        let at = tokio::time::Instant::now() + delay;
+        self.phase.set(if delay.is_zero() {
+            Phase::Starting
+        } else {
+            Phase::BackingOff(at)
+        });
+        let me = self.clone();
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep_until(at).await;
+            me.phase.set(Phase::Starting);
+            let plugin = me.plugin.clone();
+            // Compiling is done; instantiating and `on_configure` still take a while: on the
+            // blocking pool, so the worker keeps serving meanwhile.
+            let started =
+                tokio::task::spawn_blocking(move || VmInstance::start(plugin.clone(), &plugin.pre))
+                    .await;
+            let metrics = &me.ctx.metrics.host;
+            match started {
+                Ok(Ok(vm)) => {
+                    metrics.vm_replacements.fetch_add(1, Ordering::Relaxed);
+                    me.slot.borrow_mut().vm = Some(vm);
+                    me.started_at.set(Instant::now());
+                    me.phase.set(Phase::Running);
+                    me.after_call();
+                }
+                Ok(Err(e)) => {
+                    metrics
+                        .vm_replacement_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    me.log_error(&format!("cannot replace the failed instance: {e}"));
+                    me.schedule_start();
+                }
+                Err(e) => {
+                    metrics
+                        .vm_replacement_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    me.log_error(&format!("cannot replace the failed instance: {e}"));
+                    me.schedule_start();
+                }
+            }
+            me.started.notify_waiters();
+            me.notify.notify_waiters();
+        });
     }
 
     /// An error about this plugin's instance, to tracing and to the host log.
@@ -230,12 +302,13 @@ impl WorkerFilter {
     async fn run_call(self: Rc<Self>, call: PendingHttpCall, generation: u64) {
         let metrics = &self.ctx.metrics.host;
         metrics.http_calls.fetch_add(1, Ordering::Relaxed);
-        let (token, context_id) = (call.token, call.context_id);
+        let (token, context_id, bytes) = (call.token, call.context_id, call.bytes());
         let response = self.call_answer(call).await;
         if response.is_none() {
             metrics.http_call_failures.fetch_add(1, Ordering::Relaxed);
         }
         let delivered = self.with_vm(Some(generation), |vm| {
+            vm.http_call_done(bytes);
             if !vm.context_alive(context_id) {
                 return Ok(());
             }
@@ -258,7 +331,14 @@ impl WorkerFilter {
                 return None;
             }
         };
-        match self.ctx.pool.exchange(cluster, request, call.timeout).await {
+        let mut reservation = BodyReservation::new(self.ctx.budget.clone(), None);
+        let limit = self.ctx.limits.response_body_bytes;
+        let answer = self
+            .ctx
+            .pool
+            .exchange(cluster, request, call.timeout, limit, &mut reservation)
+            .await;
+        match answer {
             Ok(r) => {
                 let mut headers = vec![(":status".to_string(), r.status.to_string().into_bytes())];
                 headers.extend(r.headers);
@@ -293,10 +373,19 @@ impl WorkerFilter {
         }
     }
 
-    /// Creates an HTTP context on the current instance.
-    pub fn create_context(self: &Rc<Self>, info: RequestInfo) -> Result<ContextHandle, VmError> {
-        // Any instance will do (a missing one is started first); the context belongs to the
-        // generation that created it (nothing runs between the call and reading it).
+    /// Creates an HTTP context on the current instance. While a new instance is starting, waits
+    /// for it (up to the start budget); with no instance to come soon, fails.
+    pub async fn create_context(
+        self: &Rc<Self>,
+        info: RequestInfo,
+    ) -> Result<ContextHandle, VmError> {
+        if self.phase.get() == Phase::Starting {
+            let started = self.started.notified();
+            let budget = self.plugin.limits.start_budget;
+            let _ = tokio::time::timeout(budget, started).await;
+        }
+        // The context belongs to the generation that created it (nothing runs between the
+        // call and reading it).
         let id = self.with_vm(None, |vm| vm.create_http_context(info))?;
         let generation = self.generation();
         Ok(ContextHandle {
@@ -305,6 +394,19 @@ impl WorkerFilter {
             id,
         })
     }
+}
+
+/// The wait before re-creation attempt `attempt` (0-based), as Envoy's jittered exponential
+/// back-off: uniform in `[0, (2^(attempt+1) - 1) * base)`, at most `max`.
+fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+    let multiplier = (1u64 << (attempt + 1).min(30)) - 1;
+    let ceiling = base
+        .checked_mul(u32::try_from(multiplier).unwrap_or(u32::MAX))
+        .unwrap_or(max);
+    let mut random = [0u8; 4];
+    let _ = getrandom::fill(&mut random);
+    let fraction = f64::from(u32::from_le_bytes(random)) / (f64::from(u32::MAX) + 1.0);
+    ceiling.mul_f64(fraction).min(max)
 }
 
 impl ContextHandle {
@@ -317,7 +419,7 @@ impl ContextHandle {
         self.filter.with_vm(Some(self.generation), |vm| f(vm, id))
     }
 
-    /// Ends the context (`on_done`, `on_log`, `on_delete`), if its instance still lives.
+    /// Ends the context (`on_log`, `on_done`, `on_delete`), if its instance still lives.
     pub fn finish(&self) {
         if let Err(e) = self.with_vm(|vm, id| vm.finish_http_context(id)) {
             tracing::debug!("finishing context {}: {e}", self.id);
@@ -325,138 +427,26 @@ impl ContextHandle {
     }
 }
 
-/// The single-threaded runtime a worker (or the admin thread) runs its `LocalSet` on.
-pub(crate) fn local_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Runs one worker until `shutdown` turns true. `ready` receives the start-up result.
-pub fn run(
-    index: usize,
-    shared: Arc<HostShared>,
-    sockets: Vec<std::net::TcpListener>,
-    ready: std::sync::mpsc::Sender<Result<(), VmError>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let runtime = match local_runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = ready.send(Err(VmError::Instantiate {
-                plugin: String::new(),
-                message: format!("worker {index}: cannot build a runtime: {e}"),
-            }));
-            return;
+    #[test]
+    fn backoff_is_envoys_jittered_exponential() {
+        let (base, max) = (Duration::from_secs(1), Duration::from_secs(10));
+        let (mut first_max, mut third_max) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..200 {
+            let first = backoff(0, base, max);
+            assert!(first < base, "{first:?}");
+            first_max = first_max.max(first);
+            let third = backoff(2, base, max);
+            assert!(third < base * 7, "{third:?}");
+            third_max = third_max.max(third);
+            assert!(backoff(30, base, max) <= max);
         }
-    };
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async move {
-        let ctx = Rc::new(WorkerCtx {
-            pool: Pool::default(),
-            clusters: shared.clusters.clone(),
-            metrics: shared.metrics.clone(),
-        });
-        let mut runtimes = Vec::new();
-        for (config, plugins) in &shared.listeners {
-            let mut filters = Vec::new();
-            for plugin in plugins {
-                match WorkerFilter::start(plugin.clone(), ctx.clone()) {
-                    Ok(f) => filters.push(f),
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
-                        return;
-                    }
-                }
-            }
-            runtimes.push(Rc::new(ListenerRuntime {
-                config: config.clone(),
-                filters,
-            }));
-        }
-        let mut listeners = Vec::new();
-        for socket in sockets {
-            match tokio::net::TcpListener::from_std(socket) {
-                Ok(l) => listeners.push(l),
-                Err(e) => {
-                    let _ = ready.send(Err(VmError::Instantiate {
-                        plugin: String::new(),
-                        message: format!("worker {index}: listener: {e}"),
-                    }));
-                    return;
-                }
-            }
-        }
-        let _ = ready.send(Ok(()));
-        for (listener, rt) in listeners.into_iter().zip(runtimes) {
-            let ctx = ctx.clone();
-            tokio::task::spawn_local(accept_loop(listener, rt, ctx));
-        }
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    });
-    // Dropping the runtime drops every connection task: open connections close.
-    drop(local);
-    drop(runtime);
-}
-
-/// Runs HTTP/2 streams on the worker's `LocalSet`: the proxy's futures hold the worker's
-/// instances (`Rc`), so they never leave its thread.
-#[derive(Clone, Copy)]
-struct LocalExec;
-
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: std::future::Future + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
-}
-
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    rt: Rc<ListenerRuntime>,
-    ctx: Rc<WorkerCtx>,
-) {
-    loop {
-        let (stream, remote) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let local_addr = stream.local_addr().ok();
-        let codec = rt.config.codec;
-        let rt = rt.clone();
-        let ctx = ctx.clone();
-        tokio::task::spawn_local(async move {
-            let service = hyper::service::service_fn(move |req| {
-                crate::proxy::handle(req, rt.clone(), ctx.clone(), Some(remote), local_addr)
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
-            builder
-                .http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(crate::proxy::HEADER_READ_TIMEOUT);
-            // The request header limit is Envoy's, checked by the proxy; the HTTP/2 header list
-            // (which also counts 32 bytes per field) must let such requests through (hyper's
-            // default is 16 KiB).
-            builder
-                .http2()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .max_header_list_size(2 * crate::proxy::MAX_REQUEST_HEADERS as u32);
-            let builder = match codec {
-                Codec::Auto => builder,
-                Codec::Http1 => builder.http1_only(),
-                Codec::Http2 => builder.http2_only(),
-            };
-            if let Err(e) = builder.serve_connection(io, service).await {
-                tracing::debug!("connection from {remote}: {e}");
-            }
-        });
+        assert!(
+            first_max > base / 2 && third_max > base * 3,
+            "jittered over the range"
+        );
     }
 }
