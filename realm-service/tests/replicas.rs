@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::serve::{ServiceProcess, BIN};
-use common::{id, pg, DataPlaneRealm, HttpClient, ADMIN};
+use common::{id, pg, Answer, DataPlaneRealm, HttpClient, ADMIN};
 use serde_json::json;
 
 /// How long a revocation may take to reach every replica.
@@ -85,7 +85,8 @@ async fn delete_key(http: &HttpClient, w: &World) {
         .ok(204);
 }
 
-async fn authenticate(http: &HttpClient, w: &World) -> u16 {
+/// The world's data plane looking up the world's key.
+async fn look_up(http: &HttpClient, w: &World) -> Answer {
     http.call(
         "POST",
         &format!("/{}/v0/authenticate", w.realm),
@@ -93,8 +94,11 @@ async fn authenticate(http: &HttpClient, w: &World) -> u16 {
         Some(json!({"secret": w.secret})),
     )
     .await
-    .status
-    .as_u16()
+}
+
+/// The status of [`look_up`].
+async fn authenticate(http: &HttpClient, w: &World) -> u16 {
+    look_up(http, w).await.status.as_u16()
 }
 
 /// Polls `check` until it is true; returns how long that took (panics past `bound` + margin is
@@ -345,14 +349,7 @@ async fn while_postgresql_is_down_every_answer_is_503_and_replicas_recover_by_th
     for http in &clients {
         // Every call has a client timeout (20 s): an answer at all means no hang.
         http.call("GET", "/health", None, None).await.problem(503);
-        http.call(
-            "POST",
-            &format!("/{}/v0/authenticate", w.realm),
-            Some(&w.token),
-            Some(json!({"secret": w.secret})),
-        )
-        .await
-        .problem(503);
+        look_up(http, &w).await.problem(503);
         http.call("GET", "/v1/realms", Some(ADMIN), None)
             .await
             .problem(503);
