@@ -6,11 +6,11 @@ mod common;
 const STORE: common::StoreKind = common::StoreKind::Sqlite;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::metric_value;
-use common::serve::{serve_command, ServiceProcess, BIN};
+use common::serve::{serve_command, token_command, ServiceProcess};
 use serde_json::json;
 use sha2::Digest;
 
@@ -230,10 +230,7 @@ async fn the_database_and_its_wal_hold_no_plaintext_secret_or_token() {
 async fn token_create_prints_an_admin_token_that_works() {
     let dir = tempfile::tempdir().unwrap();
     let database = db_in(&dir);
-    let output = Command::new(BIN)
-        .args(["token", "create", "--name", "ci", "--database"])
-        .arg(&database)
-        .env_remove("REALM_DATABASE")
+    let output = token_command("create", "ci", &database)
         .output()
         .expect("run token create");
     assert!(
@@ -355,10 +352,7 @@ fn simultaneous_first_starts_on_a_new_sqlite_file_both_migrate_cleanly() {
         let database = dir.path().join(format!("race-{round}.db"));
         let children: Vec<Child> = (0..2)
             .map(|i| {
-                Command::new(BIN)
-                    .args(["token", "create", "--name", &format!("t{i}"), "--database"])
-                    .arg(&database)
-                    .env_remove("REALM_DATABASE")
+                token_command("create", &format!("t{i}"), &database)
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .spawn()

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::serve::{ServiceProcess, BIN};
+use common::serve::{token_command, ServiceProcess, BIN};
 use common::{id, pg, Answer, DataPlaneRealm, HttpClient, ADMIN};
 use serde_json::json;
 
@@ -194,9 +194,7 @@ async fn every_kind_of_revocation_through_one_replica_holds_on_the_others_within
 
     // An admin token minted with `token create` works on every replica; `token revoke` stops it
     // on every replica.
-    let minted = Command::new(BIN)
-        .args(["token", "create", "--name", "ci", "--database", &url])
-        .env_remove("REALM_DATABASE")
+    let minted = token_command("create", "ci", &url)
         .output()
         .expect("token create");
     assert!(minted.status.success(), "{minted:?}");
@@ -206,9 +204,7 @@ async fn every_kind_of_revocation_through_one_replica_holds_on_the_others_within
             .await
             .ok(200);
     }
-    let revoked = Command::new(BIN)
-        .args(["token", "revoke", "--name", "ci", "--database", &url])
-        .env_remove("REALM_DATABASE")
+    let revoked = token_command("revoke", "ci", &url)
         .output()
         .expect("token revoke");
     assert!(revoked.status.success(), "{revoked:?}");
@@ -224,9 +220,7 @@ async fn every_kind_of_revocation_through_one_replica_holds_on_the_others_within
         assert!(took.is_some(), "a revoked admin token still works");
     }
     // Revoking a name that has no token is an error.
-    let again = Command::new(BIN)
-        .args(["token", "revoke", "--name", "ci", "--database", &url])
-        .env_remove("REALM_DATABASE")
+    let again = token_command("revoke", "ci", &url)
         .output()
         .expect("token revoke");
     assert!(!again.status.success());
@@ -238,9 +232,7 @@ async fn bootstrap_tokens_of_replicas_do_not_revoke_each_other_or_minted_tokens(
     let first_token = "first-replica-admin-token-0123456789abc";
     let second_token = "second-replica-admin-token-0123456789ab";
     let first = ServiceProcess::serve(&url, Some(first_token));
-    let minted = Command::new(BIN)
-        .args(["token", "create", "--name", "ops", "--database", &url])
-        .env_remove("REALM_DATABASE")
+    let minted = token_command("create", "ops", &url)
         .output()
         .expect("token create");
     assert!(minted.status.success(), "{minted:?}");
@@ -458,16 +450,7 @@ async fn first_starts_race_safely_and_a_newer_schema_is_refused() {
     // Five processes migrate a new database at once: the advisory lock lets one do it.
     let children: Vec<Child> = (0..5)
         .map(|i| {
-            Command::new(BIN)
-                .args([
-                    "token",
-                    "create",
-                    "--name",
-                    &format!("t{i}"),
-                    "--database",
-                    &url,
-                ])
-                .env_remove("REALM_DATABASE")
+            token_command("create", &format!("t{i}"), &url)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()

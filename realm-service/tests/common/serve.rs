@@ -34,6 +34,17 @@ pub fn serve_command(database: impl AsRef<OsStr>, admin_token: Option<&str>) -> 
     command
 }
 
+/// `realm-service token <action> --name <name> --database <database>` (`create` prints the new
+/// token), with the test's own `REALM_DATABASE` removed.
+pub fn token_command(action: &str, name: &str, database: impl AsRef<OsStr>) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["token", action, "--name", name, "--database"])
+        .arg(database)
+        .env_remove("REALM_DATABASE");
+    command
+}
+
 /// A serving `realm-service` process; killed with SIGKILL when dropped.
 pub struct ServiceProcess {
     child: Child,
