@@ -371,7 +371,40 @@ impl Gateway {
 
     /// The admin address's Prometheus text (`/stats/prometheus`).
     pub async fn prometheus_stats(&self) -> anyhow::Result<String> {
-        let url = format!("http://{}/stats/prometheus", self.admin);
+        self.admin_text("/stats/prometheus").await
+    }
+
+    /// Waits (at most `within`) until Envoy's active health checks have passed for `hosts` hosts
+    /// of `cluster` (admin `/clusters`: `<cluster>::<host>::health_flags::healthy`); whether
+    /// they did. Right after start-up the first checks may still be running, more so on a
+    /// loaded machine, and a cluster with no healthy host fails every call.
+    pub async fn wait_for_healthy_hosts(
+        &self,
+        cluster: &str,
+        hosts: usize,
+        within: Duration,
+    ) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + within;
+        let prefix = format!("{cluster}::");
+        loop {
+            let clusters = self.admin_text("/clusters").await?;
+            let healthy = clusters
+                .lines()
+                .filter(|l| l.starts_with(&prefix) && l.ends_with("::health_flags::healthy"))
+                .count();
+            if healthy >= hosts {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// GET `path` on the admin address; its body.
+    async fn admin_text(&self, path: &str) -> anyhow::Result<String> {
+        let url = format!("http://{}{path}", self.admin);
         let res = self
             .http
             .get(&url)

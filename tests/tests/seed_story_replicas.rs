@@ -43,6 +43,15 @@ async fn seed_story_on_two_postgresql_replicas_survives_losing_one() {
     spec.cluster("realm_us", second.addr())
         .env(TOKEN_ENV, &world.token);
     let gateway = GatewayKind::Envoy.start(&spec).await.expect("envoy");
+    // Both replicas in the rotation before the first request (the stop below is what is tested).
+    let both_healthy = gateway
+        .wait_for_healthy_hosts("realm_us", 2, std::time::Duration::from_secs(10))
+        .await
+        .expect("envoy /clusters");
+    assert!(
+        both_healthy,
+        "Envoy's health checks never passed for both replicas"
+    );
     let http = http_client();
     let mut checks = Checks::new();
 
