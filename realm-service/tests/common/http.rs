@@ -157,6 +157,49 @@ impl HttpClient {
         body: Option<Value>,
     ) -> Result<Answer, String> {
         let request = request(method, format!("{}{path}", self.base), token, body).map(Full::new);
+        self.exchange(request, || format!("{method} {path}")).await
+    }
+
+    /// A browser's request to the console: an optional `Cookie` header and an optional
+    /// urlencoded form (then a POST). Redirects are not followed.
+    pub async fn browse(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+        form: Option<&[(&str, &str)]>,
+    ) -> Answer {
+        let mut builder = Request::builder()
+            .method(if form.is_some() {
+                Method::POST
+            } else {
+                Method::GET
+            })
+            .uri(format!("{}{path}", self.base));
+        if let Some(cookie) = cookie {
+            builder = builder.header(header::COOKIE, cookie);
+        }
+        let body = match form {
+            Some(fields) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+                let mut encoded = form_urlencoded::Serializer::new(String::new());
+                encoded.extend_pairs(fields.iter().copied());
+                Bytes::from(encoded.finish())
+            }
+            None => Bytes::new(),
+        };
+        let request = builder.body(Full::new(body)).expect("request");
+        self.exchange(request, || format!("console {path}"))
+            .await
+            .unwrap_or_else(|e| panic!("console {path} failed: {e}"))
+    }
+
+    /// Sends `request` and reads the whole answer within 20 s (past that, a panic naming
+    /// `what`); a failed connection or body is an `Err`.
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        what: impl FnOnce() -> String,
+    ) -> Result<Answer, String> {
         let exchange = async {
             let response = self
                 .client
@@ -167,7 +210,7 @@ impl HttpClient {
         };
         tokio::time::timeout(Duration::from_secs(20), exchange)
             .await
-            .unwrap_or_else(|_| panic!("{method} {path} timed out"))
+            .unwrap_or_else(|_| panic!("{} timed out", what()))
     }
 
     /// A POST that must answer 201; returns the created object.
