@@ -1,5 +1,6 @@
 //! Tests over real TCP against the built `realm-service` binary: the seed's calls, durability
-//! across `kill -9`, no plaintext secrets on disk, and `token create`.
+//! across `kill -9`, no plaintext secrets on disk, `token create`, and the console's forms
+//! leaving no secret in the log.
 
 mod common;
 
@@ -208,6 +209,176 @@ async fn the_seed_calls_work_over_tcp_against_the_binary() {
         "another_key",
     ] {
         assert!(!log.contains(secret), "the log holds a secret:\n{log}");
+    }
+}
+
+/// The value of the console's hidden `csrf` field in a page.
+fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no csrf field in:\n{page}"))
+        .to_string()
+}
+
+/// `name=value` of the cookie `name` the answer sets.
+fn cookie_set(answer: &common::Answer, name: &str) -> String {
+    answer
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_else(|| panic!("no {name} cookie set: {:?}", answer.headers))
+        .to_string()
+}
+
+/// The text of the element with `id` (the console's shown-once secret).
+fn element_text(page: &str, id: &str) -> String {
+    page.split(&format!("id=\"{id}\""))
+        .nth(1)
+        .and_then(|rest| rest.split('>').nth(1))
+        .and_then(|rest| rest.split('<').next())
+        .unwrap_or_else(|| panic!("no #{id} in:\n{page}"))
+        .to_string()
+}
+
+fn location(answer: &common::Answer) -> String {
+    assert_eq!(answer.status, 303, "{}", answer.text);
+    answer.headers["location"]
+        .to_str()
+        .expect("location")
+        .to_string()
+}
+
+/// The console's forms over TCP, as a browser without JavaScript sends them: with the service
+/// logging at debug (trace for its own crate), no admin token, key, data-plane token, session id
+/// or CSRF token reaches the log.
+#[tokio::test]
+async fn the_console_logs_no_secret_token_or_session() {
+    const ADMIN: &str = "console-admin-token-0123456789abcdefghij";
+    const WRONG: &str = "wrong-admin-token-0123456789abcdefghijk";
+    const LEGACY: &str = "legacy-secret-of-ariel-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_logging(&db_in(&dir), Some(ADMIN), "debug,realm_service=trace");
+    let http = server.client();
+
+    let page = http.browse("/console/sign-in", None, None).await;
+    let sign_in_csrf = csrf_of(&page.text);
+    let sign_in_cookie = cookie_set(&page, "krc_sign_in");
+    let refused = http
+        .browse(
+            "/console/sign-in",
+            Some(&sign_in_cookie),
+            Some(&[("token", WRONG), ("csrf", &sign_in_csrf)]),
+        )
+        .await;
+    assert_eq!(refused.status, 401, "{}", refused.text);
+    assert!(
+        refused.text.contains("unknown admin token"),
+        "{}",
+        refused.text
+    );
+    let signed_in = http
+        .browse(
+            "/console/sign-in",
+            Some(&sign_in_cookie),
+            Some(&[("token", ADMIN), ("csrf", &sign_in_csrf)]),
+        )
+        .await;
+    assert_eq!(location(&signed_in), "/console/");
+    let session = cookie_set(&signed_in, "krc_session");
+    let cookie = Some(session.as_str());
+    let csrf = csrf_of(&http.browse("/console/realms/new", cookie, None).await.text);
+    let csrf = csrf.as_str();
+
+    let realm = location(
+        &http
+            .browse(
+                "/console/realms/new",
+                cookie,
+                Some(&[
+                    ("name", "prod"),
+                    ("allow_all_control_planes", "true"),
+                    ("csrf", csrf),
+                ]),
+            )
+            .await,
+    );
+    let consumer = location(
+        &http
+            .browse(
+                &format!("{realm}/consumers/new"),
+                cookie,
+                Some(&[("username", "Ariel"), ("csrf", csrf)]),
+            )
+            .await,
+    );
+    let legacy = http
+        .browse(
+            &format!("{consumer}/keys"),
+            cookie,
+            Some(&[("type", "legacy"), ("secret", LEGACY), ("csrf", csrf)]),
+        )
+        .await;
+    assert_eq!(legacy.status, 201, "{}", legacy.text);
+    let created = http
+        .browse(
+            &format!("{consumer}/keys"),
+            cookie,
+            Some(&[("type", "new"), ("csrf", csrf)]),
+        )
+        .await;
+    let secret = element_text(&created.text, "secret");
+    assert!(secret.starts_with("krk_"), "{secret}");
+    let realm_id = realm.rsplit('/').next().expect("realm id");
+    for key in [secret.as_str(), LEGACY] {
+        let checked = http
+            .browse(
+                "/console/check-key",
+                cookie,
+                Some(&[("realm", realm_id), ("secret", key), ("csrf", csrf)]),
+            )
+            .await;
+        assert!(checked.text.contains("Valid key"), "{}", checked.text);
+    }
+    let cp = location(
+        &http
+            .browse(
+                "/console/control-planes",
+                cookie,
+                Some(&[("name", "cp"), ("csrf", csrf)]),
+            )
+            .await,
+    );
+    let token_page = http
+        .browse(
+            &format!("{cp}/tokens"),
+            cookie,
+            Some(&[("name", "edge"), ("csrf", csrf)]),
+        )
+        .await;
+    let token = element_text(&token_page.text, "secret");
+    assert!(token.starts_with("krdp_"), "{token}");
+
+    let log = server.stop_and_read_log();
+    assert!(
+        log.contains("/v1/realms/{realmId}/check-key"),
+        "the console's API calls are logged at debug:\n{log}"
+    );
+    let session_id = session.trim_start_matches("krc_session=");
+    for secret in [
+        ADMIN,
+        WRONG,
+        LEGACY,
+        &secret,
+        &token,
+        session_id,
+        csrf,
+        &sign_in_csrf,
+    ] {
+        assert!(!log.contains(secret), "the log holds {secret}:\n{log}");
     }
 }
 

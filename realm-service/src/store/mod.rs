@@ -186,6 +186,7 @@ pub struct NewKey {
 #[derive(Debug, Clone)]
 pub struct KeyRecord {
     pub key_id: Uuid,
+    pub key_type: KeyType,
     pub key_created_at: i64,
     pub key_tags: Vec<String>,
     pub expires_at: Option<i64>,
@@ -196,6 +197,11 @@ pub struct KeyRecord {
     pub tags: Vec<String>,
     pub consumer_groups: Vec<String>,
 }
+
+/// The columns of a [`KeyRecord`] (both stores): `keys k JOIN consumers c`, then a `WHERE`.
+const KEY_RECORD_SELECT: &str = "SELECT k.id, k.created_at, k.tags, k.expires_at, k.secret_hash,
+            c.id, c.username, c.custom_id, c.type, c.tags, c.consumer_groups, k.type
+     FROM keys k JOIN consumers c ON c.id = k.consumer_id";
 
 /// Which database, from `--database`: a `postgres://` / `postgresql://` URL (libpq style), or
 /// else a SQLite file path.
@@ -301,6 +307,10 @@ impl Store {
     dispatch!(
         /// The key with this secret in this realm, with its consumer.
         key_by_secret(realm: Uuid, hash: SecretHash) -> Option<KeyRecord>);
+    dispatch!(
+        /// An operator's check of a key (`check-key`): like [`Store::key_by_secret`] (expired
+        /// keys included), but a realm that does not exist is [`StoreError::NotFound`].
+        check_key(realm: Uuid, hash: SecretHash) -> Option<KeyRecord>);
 
     dispatch!(is_admin_token(hash: SecretHash) -> bool);
     dispatch!(

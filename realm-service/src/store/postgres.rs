@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::{
     Conflict, ConsumerChanges, ConsumerFilter, KeyRecord, Missing, NewConsumer, NewKey, NewRealm,
-    RealmChanges, Rows, StoreError, StoreResult,
+    RealmChanges, Rows, StoreError, StoreResult, KEY_RECORD_SELECT,
 };
 use crate::cache::AuthCache;
 use crate::clock;
@@ -514,6 +514,44 @@ async fn listen_once(
         reason = watch => reason,
     };
     Err(reason)
+}
+
+/// The key with this secret in this realm (expired or not), with its consumer.
+async fn key_record(
+    c: &deadpool_postgres::Client,
+    realm: &Uuid,
+    hash: &SecretHash,
+) -> StoreResult<Option<KeyRecord>> {
+    let statement = c
+        .prepare_cached(&format!(
+            "{KEY_RECORD_SELECT} WHERE k.realm_id = $1 AND k.secret_hash = $2"
+        ))
+        .await
+        .map_err(pg)?;
+    let Some(r) = c
+        .query_opt(&statement, &[realm, &&hash[..]])
+        .await
+        .map_err(pg)?
+    else {
+        return Ok(None);
+    };
+    let stored: Vec<u8> = get(&r, 4)?;
+    if !secrets::hashes_equal(&stored, hash) {
+        return Ok(None);
+    }
+    Ok(Some(KeyRecord {
+        key_id: get(&r, 0)?,
+        key_type: KeyType::parse(get(&r, 11)?),
+        key_created_at: get(&r, 1)?,
+        key_tags: strings(&r, 2)?,
+        expires_at: get(&r, 3)?,
+        consumer_id: get(&r, 5)?,
+        username: get(&r, 6)?,
+        custom_id: get(&r, 7)?,
+        kind: get(&r, 8)?,
+        tags: strings(&r, 9)?,
+        consumer_groups: strings(&r, 10)?,
+    }))
 }
 
 impl PgStore {
@@ -1246,38 +1284,20 @@ impl PgStore {
     ) -> StoreResult<Option<KeyRecord>> {
         timed(async {
             let client = self.client().await?;
-            let statement = client
-                .prepare_cached(
-                    "SELECT k.id, k.created_at, k.tags, k.expires_at, k.secret_hash,
-                            c.id, c.username, c.custom_id, c.type, c.tags, c.consumer_groups
-                     FROM keys k JOIN consumers c ON c.id = k.consumer_id
-                     WHERE k.realm_id = $1 AND k.secret_hash = $2",
-                )
-                .await
-                .map_err(pg)?;
-            let Some(r) = client
-                .query_opt(&statement, &[&realm, &&hash[..]])
-                .await
-                .map_err(pg)?
-            else {
-                return Ok(None);
-            };
-            let stored: Vec<u8> = get(&r, 4)?;
-            if !secrets::hashes_equal(&stored, &hash) {
-                return Ok(None);
-            }
-            Ok(Some(KeyRecord {
-                key_id: get(&r, 0)?,
-                key_created_at: get(&r, 1)?,
-                key_tags: strings(&r, 2)?,
-                expires_at: get(&r, 3)?,
-                consumer_id: get(&r, 5)?,
-                username: get(&r, 6)?,
-                custom_id: get(&r, 7)?,
-                kind: get(&r, 8)?,
-                tags: strings(&r, 9)?,
-                consumer_groups: strings(&r, 10)?,
-            }))
+            key_record(&client, &realm, &hash).await
+        })
+        .await
+    }
+
+    pub async fn check_key(
+        self: &Arc<Self>,
+        realm: Uuid,
+        hash: SecretHash,
+    ) -> StoreResult<Option<KeyRecord>> {
+        timed(async {
+            let client = self.client().await?;
+            require_realm(&**client, &realm, false).await?;
+            key_record(&client, &realm, &hash).await
         })
         .await
     }

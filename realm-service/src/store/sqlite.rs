@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::{
     Conflict, ConsumerChanges, ConsumerFilter, KeyRecord, Missing, NewConsumer, NewKey, NewRealm,
-    RealmChanges, Rows, StoreError, StoreResult,
+    RealmChanges, Rows, StoreError, StoreResult, KEY_RECORD_SELECT,
 };
 use crate::cache::AuthCache;
 use crate::clock;
@@ -546,6 +546,41 @@ fn key(row: &Row) -> rusqlite::Result<Key> {
     })
 }
 
+/// The key with this secret in this realm (expired or not), with its consumer.
+fn key_record(
+    conn: &Connection,
+    realm: &Uuid,
+    hash: &SecretHash,
+) -> StoreResult<Option<KeyRecord>> {
+    let row = optional(
+        conn.prepare_cached(&format!(
+            "{KEY_RECORD_SELECT} WHERE k.realm_id = ?1 AND k.secret_hash = ?2"
+        ))?
+        .query_row(rusqlite::params![realm.to_string(), &hash[..]], |r| {
+            let stored: Vec<u8> = r.get(4)?;
+            Ok((
+                stored,
+                KeyRecord {
+                    key_id: uuid_at(r, 0)?,
+                    key_type: KeyType::parse(&r.get::<_, String>(11)?),
+                    key_created_at: r.get(1)?,
+                    key_tags: strings_at(r, 2)?,
+                    expires_at: r.get(3)?,
+                    consumer_id: uuid_at(r, 5)?,
+                    username: r.get(6)?,
+                    custom_id: r.get(7)?,
+                    kind: r.get(8)?,
+                    tags: strings_at(r, 9)?,
+                    consumer_groups: strings_at(r, 10)?,
+                },
+            ))
+        }),
+    )?;
+    Ok(row
+        .filter(|(stored, _)| secrets::hashes_equal(stored, hash))
+        .map(|(_, record)| record))
+}
+
 impl SqliteStore {
     pub async fn ping(self: &Arc<Self>) -> StoreResult<()> {
         self.read(|conn| {
@@ -1056,36 +1091,17 @@ impl SqliteStore {
         realm: Uuid,
         hash: SecretHash,
     ) -> StoreResult<Option<KeyRecord>> {
+        self.read(move |conn| key_record(conn, &realm, &hash)).await
+    }
+
+    pub async fn check_key(
+        self: &Arc<Self>,
+        realm: Uuid,
+        hash: SecretHash,
+    ) -> StoreResult<Option<KeyRecord>> {
         self.read(move |conn| {
-            let row = optional(
-                conn.prepare_cached(
-                    "SELECT k.id, k.created_at, k.tags, k.expires_at, k.secret_hash,
-                            c.id, c.username, c.custom_id, c.type, c.tags, c.consumer_groups
-                     FROM keys k JOIN consumers c ON c.id = k.consumer_id
-                     WHERE k.realm_id = ?1 AND k.secret_hash = ?2",
-                )?
-                .query_row(rusqlite::params![realm.to_string(), &hash[..]], |r| {
-                    let stored: Vec<u8> = r.get(4)?;
-                    Ok((
-                        stored,
-                        KeyRecord {
-                            key_id: uuid_at(r, 0)?,
-                            key_created_at: r.get(1)?,
-                            key_tags: strings_at(r, 2)?,
-                            expires_at: r.get(3)?,
-                            consumer_id: uuid_at(r, 5)?,
-                            username: r.get(6)?,
-                            custom_id: r.get(7)?,
-                            kind: r.get(8)?,
-                            tags: strings_at(r, 9)?,
-                            consumer_groups: strings_at(r, 10)?,
-                        },
-                    ))
-                }),
-            )?;
-            Ok(row
-                .filter(|(stored, _)| secrets::hashes_equal(stored, &hash))
-                .map(|(_, record)| record))
+            require_realm(conn, &realm)?;
+            key_record(conn, &realm, &hash)
         })
         .await
     }

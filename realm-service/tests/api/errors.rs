@@ -405,7 +405,7 @@ async fn the_openapi_document_describes_error_answers_as_problem_json() {
             }
         }
     }
-    assert_eq!(body_routes, 9);
+    assert_eq!(body_routes, 10);
 
     // What the document says is what a client gets.
     let cp = app.control_plane("cp").await;

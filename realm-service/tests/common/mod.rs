@@ -412,6 +412,43 @@ impl HttpClient {
             .unwrap_or_else(|_| panic!("{method} {path} timed out"))
     }
 
+    /// A browser's request to the console: an optional `Cookie` header and an optional
+    /// urlencoded form (then a POST). Redirects are not followed.
+    pub async fn browse(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+        form: Option<&[(&str, &str)]>,
+    ) -> Answer {
+        let mut builder = Request::builder()
+            .method(if form.is_some() {
+                Method::POST
+            } else {
+                Method::GET
+            })
+            .uri(format!("{}{path}", self.base));
+        if let Some(cookie) = cookie {
+            builder = builder.header(header::COOKIE, cookie);
+        }
+        let body = match form {
+            Some(fields) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+                let mut encoded = form_urlencoded::Serializer::new(String::new());
+                encoded.extend_pairs(fields.iter().copied());
+                Bytes::from(encoded.finish())
+            }
+            None => Bytes::new(),
+        };
+        let request = builder.body(Full::new(body)).expect("request");
+        let exchange = async {
+            let response = self.client.request(request).await.expect("request failed");
+            answer_of(response).await
+        };
+        tokio::time::timeout(Duration::from_secs(20), exchange)
+            .await
+            .unwrap_or_else(|_| panic!("console {path} timed out"))
+    }
+
     /// A POST that must answer 201; returns the created object.
     pub async fn create(&self, path: &str, token: &str, body: Value) -> Value {
         self.call("POST", path, Some(token), Some(body))
