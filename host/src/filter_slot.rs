@@ -22,9 +22,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::Notify;
 
+use crate::body::ProxyBody;
 use crate::config::FailurePolicy;
 use crate::limits::BodyReservation;
 use crate::upstream::WorkerCtx;
@@ -55,8 +55,6 @@ enum Phase {
 pub struct FilterSlot {
     pub plugin: Arc<Plugin>,
     slot: RefCell<Slot>,
-    /// Woken after callouts, ticks and failures, so paused requests look at their state again.
-    pub notify: Notify,
     /// Woken when a new instance is ready (or failed to start).
     started: Notify,
     phase: Cell<Phase>,
@@ -89,7 +87,6 @@ impl FilterSlot {
                 vm: Some(vm),
                 generation: 1,
             }),
-            notify: Notify::new(),
             started: Notify::new(),
             phase: Cell::new(Phase::Running),
             attempts: Cell::new(0),
@@ -106,11 +103,17 @@ impl FilterSlot {
                 if let Err(e) = me.with_vm(None, |vm| vm.on_queue_ready(context_id, queue_id)) {
                     tracing::warn!("on_queue_ready: {e}");
                 }
-                me.notify.notify_waiters();
+                me.wake();
             }
         });
         filter.after_call();
         Ok(filter)
+    }
+
+    /// After callouts, ticks, failures and calls that touched other streams: every request of
+    /// the worker waiting on a filter looks at its state again.
+    fn wake(&self) {
+        self.ctx.changed.notify_waiters();
     }
 
     /// The current instance generation.
@@ -142,7 +145,7 @@ impl FilterSlot {
             };
             let result = f(vm);
             if vm.take_other_streams_changed() {
-                self.notify.notify_waiters();
+                self.wake();
             }
             if vm.is_broken() {
                 if let Err(e) = &result {
@@ -158,7 +161,7 @@ impl FilterSlot {
                 self.tick_epoch.set(self.tick_epoch.get() + 1);
                 drop(slot);
                 self.retire();
-                self.notify.notify_waiters();
+                self.wake();
                 return result;
             }
             result
@@ -233,7 +236,7 @@ impl FilterSlot {
                 }
             }
             me.started.notify_waiters();
-            me.notify.notify_waiters();
+            me.wake();
         });
     }
 
@@ -294,7 +297,7 @@ impl FilterSlot {
                 if let Err(e) = me.with_vm(None, |vm| vm.on_tick()) {
                     tracing::warn!("on_tick: {e}");
                 }
-                me.notify.notify_waiters();
+                me.wake();
             }
         });
     }
@@ -317,20 +320,21 @@ impl FilterSlot {
         if let Err(e) = delivered {
             tracing::debug!("http call answer not delivered: {e}");
         }
-        self.notify.notify_waiters();
+        self.wake();
     }
 
     /// Sends an HTTP call and returns the answer the guest gets; `None` when it cannot be sent
     /// (unknown cluster, bad request).
     async fn call_answer(&self, call: PendingHttpCall) -> Option<CallResponse> {
         let cluster = self.ctx.clusters.get(&call.cluster)?;
-        let request = match crate::upstream::build_request(&call.headers, Bytes::from(call.body)) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(cluster = %call.cluster, "http call has a bad request: {e}");
-                return None;
-            }
-        };
+        let request =
+            match crate::upstream::build_request(&call.headers, ProxyBody::full(call.body)) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(cluster = %call.cluster, "http call has a bad request: {e}");
+                    return None;
+                }
+            };
         let mut reservation = BodyReservation::new(self.ctx.budget.clone(), None);
         let limit = self.ctx.limits.response_body_bytes;
         let answer = self

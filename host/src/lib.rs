@@ -8,10 +8,11 @@
 //! and serves each request start to end. See `docs/host.md`.
 //!
 //! The modules read one way: [`server`] (worker threads, sockets, connections) calls `proxy`
-//! (the request path), which drives each filter's `filter_slot` (an instance's lifecycle on one
-//! worker), which calls into [`wasm::instance`], whose guest calls reach the host functions in
-//! [`wasm::abi`]. [`limits`], [`metrics`], [`config`] and [`upstream`] are used from above and
-//! use nothing above them.
+//! (the request path: routing, the upstream exchange), which streams each direction through
+//! the filters with `chain`, which drives each filter's `filter_slot` (an instance's lifecycle
+//! on one worker), which calls into [`wasm::instance`], whose guest calls reach the host
+//! functions in [`wasm::abi`]. [`limits`], [`metrics`], [`config`], [`body`] and [`upstream`]
+//! are used from above and use nothing above them.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), keyrealm_host::HostError> {
@@ -27,6 +28,8 @@
 )]
 
 pub mod admin;
+pub mod body;
+mod chain;
 pub mod config;
 mod filter_slot;
 pub mod limits;

@@ -252,6 +252,21 @@ impl BodyReservation {
         true
     }
 
+    /// Counts exactly `total` bytes (growing or shrinking); `false` (nothing changed) when a
+    /// budget would be passed.
+    pub fn set(&mut self, total: usize) -> bool {
+        if total >= self.held {
+            return self.grow(total - self.held);
+        }
+        let freed = self.held - total;
+        self.process.give(freed);
+        if let Some(c) = &self.connection {
+            c.used.set(c.used.get().saturating_sub(freed));
+        }
+        self.held = total;
+        true
+    }
+
     /// Bytes this reservation holds.
     pub fn held(&self) -> usize {
         self.held

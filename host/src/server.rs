@@ -101,6 +101,7 @@ pub fn run(
             metrics: shared.metrics.clone(),
             budget: shared.budget.clone(),
             limits: shared.limits,
+            changed: tokio::sync::Notify::new(),
         });
         let runtimes = match start_filters(&shared, &ctx) {
             Ok(r) => r,

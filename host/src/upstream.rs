@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
+use crate::body::ProxyBody;
 use crate::config::{ClusterConfig, DiscoveryType};
 use crate::limits::{collect_body, BodyError, BodyReservation, Limits, ProcessBudget};
 use crate::metrics::MetricsRegistry;
@@ -35,6 +35,9 @@ pub struct WorkerCtx {
     pub metrics: Arc<MetricsRegistry>,
     pub budget: Arc<ProcessBudget>,
     pub limits: Limits,
+    /// Woken when a filter's instance may have continued, answered or failed a paused stream
+    /// (see `filter_slot`): the requests waiting on one look again.
+    pub changed: tokio::sync::Notify,
 }
 
 /// Why an upstream exchange failed.
@@ -60,7 +63,7 @@ pub struct FullResponse {
 }
 
 struct Idle {
-    sender: SendRequest<Full<Bytes>>,
+    sender: SendRequest<ProxyBody>,
     since: Instant,
 }
 
@@ -91,17 +94,31 @@ fn idempotent(method: &hyper::Method) -> bool {
     )
 }
 
-fn with_full_body(r: hyper::Request<Bytes>) -> hyper::Request<Full<Bytes>> {
-    r.map(Full::new)
-}
-
-fn copy_request(r: &hyper::Request<Bytes>) -> hyper::Request<Bytes> {
-    let mut copy = hyper::Request::new(r.body().clone());
+/// A copy of a request whose body is known whole (a streaming one cannot be sent twice).
+fn copy_request(r: &hyper::Request<ProxyBody>) -> Option<hyper::Request<ProxyBody>> {
+    let mut copy = hyper::Request::new(ProxyBody::full(r.body().as_full()?));
     *copy.method_mut() = r.method().clone();
     *copy.uri_mut() = r.uri().clone();
     *copy.version_mut() = r.version();
     *copy.headers_mut() = r.headers().clone();
-    copy
+    Some(copy)
+}
+
+/// An upstream connection lent to one exchange: given back to the pool once the response body
+/// was read to its end, dropped (closed) otherwise.
+pub struct Lent {
+    addr: SocketAddr,
+    sender: SendRequest<ProxyBody>,
+    keep_alive: bool,
+}
+
+impl Lent {
+    /// The response was read whole: the connection may serve the next request.
+    pub fn give_back(self, pool: &Pool) {
+        if self.keep_alive {
+            pool.give_back(self.addr, self.sender);
+        }
+    }
 }
 
 impl Pool {
@@ -205,7 +222,7 @@ impl Pool {
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
-    ) -> Result<(SendRequest<Full<Bytes>>, bool), UpstreamError> {
+    ) -> Result<(SendRequest<ProxyBody>, bool), UpstreamError> {
         loop {
             let candidate = self.idle.borrow_mut().get_mut(&addr).and_then(Vec::pop);
             match candidate {
@@ -227,7 +244,7 @@ impl Pool {
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
-    ) -> Result<SendRequest<Full<Bytes>>, UpstreamError> {
+    ) -> Result<SendRequest<ProxyBody>, UpstreamError> {
         let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout)?
@@ -242,7 +259,7 @@ impl Pool {
         Ok(sender)
     }
 
-    fn give_back(&self, addr: SocketAddr, sender: SendRequest<Full<Bytes>>) {
+    fn give_back(&self, addr: SocketAddr, sender: SendRequest<ProxyBody>) {
         if sender.is_closed() {
             return;
         }
@@ -258,40 +275,67 @@ impl Pool {
         }
     }
 
-    /// Sends a request to one endpoint of `cluster` and reads the whole response, all within
-    /// `timeout` (connection set-up within the cluster's `connect_timeout`); the response body
-    /// is limited to `limit` bytes and counted against `reservation`.
+    /// Sends a request to one endpoint of `cluster` (connection set-up within the cluster's
+    /// `connect_timeout`) and returns the response head, its body still to read, and the
+    /// connection to give back once it is read.
+    pub async fn start(
+        &self,
+        cluster: &ClusterConfig,
+        request: hyper::Request<ProxyBody>,
+    ) -> Result<(hyper::Response<hyper::body::Incoming>, Lent), UpstreamError> {
+        let addr = self.endpoint(cluster).await?;
+        let (mut sender, reused) = self.connection(addr, cluster.connect_timeout).await?;
+        // A pooled connection may have been closed by the upstream just now: keep what is
+        // needed to send the request once more on a fresh one.
+        let backup = if reused && idempotent(request.method()) {
+            copy_request(&request)
+        } else {
+            None
+        };
+        let response = match sender.try_send_request(request).await {
+            Ok(r) => r,
+            Err(mut e) => {
+                let again = e.take_message().or(backup);
+                match again {
+                    Some(req) if reused => {
+                        tracing::debug!(%addr, "pooled connection was stale ({}); retrying on a fresh one", e.error());
+                        sender = self.connect(addr, cluster.connect_timeout).await?;
+                        sender
+                            .send_request(req)
+                            .await
+                            .map_err(|e| UpstreamError::Reset(e.to_string()))?
+                    }
+                    _ => return Err(UpstreamError::Reset(e.into_error().to_string())),
+                }
+            }
+        };
+        let keep_alive = !response
+            .headers()
+            .get_all(hyper::header::CONNECTION)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        Ok((
+            response,
+            Lent {
+                addr,
+                sender,
+                keep_alive,
+            },
+        ))
+    }
+
+    /// Sends a request and reads the whole response, all within `timeout`; the response body
+    /// is limited to `limit` bytes and counted against `reservation` (the filters' HTTP calls).
     pub async fn exchange(
         &self,
         cluster: &ClusterConfig,
-        request: hyper::Request<Bytes>,
+        request: hyper::Request<ProxyBody>,
         timeout: Duration,
         limit: usize,
         reservation: &mut BodyReservation,
     ) -> Result<FullResponse, UpstreamError> {
         let work = async {
-            let addr = self.endpoint(cluster).await?;
-            let (mut sender, reused) = self.connection(addr, cluster.connect_timeout).await?;
-            // A pooled connection may have been closed by the upstream just now: keep what is
-            // needed to send the request once more on a fresh one.
-            let backup = (reused && idempotent(request.method())).then(|| copy_request(&request));
-            let response = match sender.try_send_request(with_full_body(request)).await {
-                Ok(r) => r,
-                Err(mut e) => {
-                    let again = e.take_message().or_else(|| backup.map(with_full_body));
-                    match again {
-                        Some(req) if reused => {
-                            tracing::debug!(%addr, "pooled connection was stale ({}); retrying on a fresh one", e.error());
-                            sender = self.connect(addr, cluster.connect_timeout).await?;
-                            sender
-                                .send_request(req)
-                                .await
-                                .map_err(|e| UpstreamError::Reset(e.to_string()))?
-                        }
-                        _ => return Err(UpstreamError::Reset(e.into_error().to_string())),
-                    }
-                }
-            };
+            let (response, lent) = self.start(cluster, request).await?;
             let (parts, body) = response.into_parts();
             let body = collect_body(body, limit, reservation)
                 .await
@@ -299,22 +343,10 @@ impl Pool {
                     BodyError::TooLarge(_) | BodyError::OverBudget => UpstreamError::TooLarge,
                     BodyError::Read(e) => UpstreamError::Reset(e),
                 })?;
-            let keep_alive = !parts
-                .headers
-                .get_all(hyper::header::CONNECTION)
-                .iter()
-                .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-            if keep_alive {
-                self.give_back(addr, sender);
-            }
-            let headers = parts
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-                .collect();
+            lent.give_back(self);
             Ok(FullResponse {
                 status: parts.status.as_u16(),
-                headers,
+                headers: header_pairs(&parts.headers),
                 body,
             })
         };
@@ -325,6 +357,14 @@ impl Pool {
             .await
             .map_err(|_| UpstreamError::Timeout)?
     }
+}
+
+/// A hyper header map as proxy-wasm pairs (lower-case names, byte values, in order).
+pub fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
 }
 
 impl UpstreamError {
@@ -362,11 +402,12 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 }
 
 /// Builds a request from a proxy-wasm header list (`:method`, `:path`, `:authority` and the
-/// rest); content-length is recomputed from the body.
+/// rest). For a body known whole, content-length is recomputed from it; a streaming body keeps
+/// the content-length the filters left (as Envoy), else it is sent chunked.
 pub fn build_request(
     headers: &[(String, Vec<u8>)],
-    body: Bytes,
-) -> Result<hyper::Request<Bytes>, String> {
+    body: ProxyBody,
+) -> Result<hyper::Request<ProxyBody>, String> {
     let pseudo = |name: &str| {
         headers
             .iter()
@@ -383,19 +424,22 @@ pub fn build_request(
     }
     for (k, v) in headers {
         let te_trailers = k == "te" && v.eq_ignore_ascii_case(b"trailers");
+        let whole = matches!(body, ProxyBody::Full(_));
         if k.starts_with(':')
             || k == "host"
-            || k == "content-length"
+            || (k == "content-length" && whole)
             || (is_hop_by_hop(k) && !te_trailers)
         {
             continue;
         }
         builder = builder.header(k.as_str(), v.as_slice());
     }
-    let needs_length =
-        !body.is_empty() || !matches!(pseudo(":method"), Some(b"GET") | Some(b"HEAD") | None);
-    if needs_length {
-        builder = builder.header(hyper::header::CONTENT_LENGTH, body.len());
+    if let Some(whole) = body.as_full() {
+        let needs_length =
+            !whole.is_empty() || !matches!(pseudo(":method"), Some(b"GET") | Some(b"HEAD") | None);
+        if needs_length {
+            builder = builder.header(hyper::header::CONTENT_LENGTH, whole.len());
+        }
     }
     builder.body(body).map_err(|e| e.to_string())
 }

@@ -164,6 +164,35 @@ pub fn cut_line(message: &str, max: usize) -> std::borrow::Cow<'_, str> {
 /// in order.
 pub type HeaderList = Vec<(String, Vec<u8>)>;
 
+/// The first value of `name`, as Envoy answers.
+pub fn get_value<'a>(map: &'a HeaderList, name: &str) -> Option<&'a [u8]> {
+    map.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
+}
+
+/// Replaces the value of `name` (the first occurrence keeps its place, others are removed), or
+/// appends it.
+pub fn replace_value(map: &mut HeaderList, name: &str, value: Vec<u8>) {
+    let name = name.to_ascii_lowercase();
+    let mut value = Some(value);
+    map.retain_mut(|(k, v)| {
+        if *k != name {
+            return true;
+        }
+        match value.take() {
+            Some(new) => {
+                *v = new;
+                true
+            }
+            None => false,
+        }
+    });
+    if let Some(v) = value {
+        map.push((name, v));
+    }
+}
+
 /// A local response requested by the guest with `proxy_send_local_response`.
 #[derive(Debug, Clone)]
 pub struct LocalResponse {

@@ -566,3 +566,57 @@ pub fn start_process(yaml: &str, args: &[&str]) -> HostProcess {
         dir,
     }
 }
+
+/// What a scripted upstream sends for a request path: a response head, then body pieces, each
+/// after its pause.
+pub type Script = std::sync::Arc<dyn Fn(&str) -> (String, Vec<(Duration, Vec<u8>)>) + Send + Sync>;
+
+/// A raw upstream that reads each request's head and answers it with `script(path)`, then
+/// closes the connection.
+pub async fn spawn_scripted(script: Script) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let script = script.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let path = text.split(' ').nth(1).unwrap_or("/").to_string();
+                let (response_head, pieces) = script(&path);
+                if s.write_all(response_head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for (pause, piece) in pieces {
+                    tokio::time::sleep(pause).await;
+                    if s.write_all(&piece).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A raw upstream that answers every request with `response` (head and body) and closes.
+pub async fn spawn_fixed(response: &'static str) -> SocketAddr {
+    spawn_scripted(std::sync::Arc::new(move |_| {
+        (response.to_string(), Vec::new())
+    }))
+    .await
+}

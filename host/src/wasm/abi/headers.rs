@@ -6,7 +6,7 @@ use super::{
     deserialize_map, finish, read_bytes, read_string, return_bytes, serialize_map, write_u32,
     AbiResult,
 };
-use crate::wasm::{HeaderList, HostState, Status};
+use crate::wasm::{get_value, replace_value, HeaderList, HostState, Status};
 
 const REQUEST_HEADERS: i32 = 0;
 const REQUEST_TRAILERS: i32 = 1;
@@ -40,35 +40,6 @@ fn map_mut(state: &mut HostState, map_type: i32) -> Option<&mut HeaderList> {
         RESPONSE_HEADERS => s.response_headers.as_mut(),
         RESPONSE_TRAILERS => s.response_trailers.as_mut(),
         _ => None,
-    }
-}
-
-/// The first value of `name`, as Envoy answers.
-pub fn get_value<'a>(map: &'a HeaderList, name: &str) -> Option<&'a [u8]> {
-    map.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_slice())
-}
-
-/// Replaces the value of `name` (the first occurrence keeps its place, others are removed), or
-/// appends it.
-pub fn replace_value(map: &mut HeaderList, name: &str, value: Vec<u8>) {
-    let name = name.to_ascii_lowercase();
-    let mut value = Some(value);
-    map.retain_mut(|(k, v)| {
-        if *k != name {
-            return true;
-        }
-        match value.take() {
-            Some(new) => {
-                *v = new;
-                true
-            }
-            None => false,
-        }
-    });
-    if let Some(v) = value {
-        map.push((name, v));
     }
 }
 
@@ -162,7 +133,22 @@ fn remove_header_map_value(
     })())
 }
 
-/// `proxy_replace_header_map_value`.
+/// Reads a name and a value from the guest and applies `edit` to the map (within the limits).
+fn edit_with_pair(
+    caller: &mut Caller<'_, HostState>,
+    map_type: i32,
+    (key, key_size): (i32, i32),
+    (value, value_size): (i32, i32),
+    edit: fn(&mut HeaderList, &str, Vec<u8>),
+) -> wasmtime::Result<i32> {
+    finish((|| -> AbiResult<()> {
+        let name = read_string(caller, key, key_size)?;
+        let value = read_bytes(caller, value, value_size)?;
+        edit_map(caller.data_mut(), map_type, |map| edit(map, &name, value))
+    })())
+}
+
+/// `proxy_replace_header_map_value`: replaces every value of the name (or adds it).
 fn replace_header_map_value(
     mut caller: Caller<'_, HostState>,
     map_type: i32,
@@ -171,16 +157,13 @@ fn replace_header_map_value(
     value: i32,
     value_size: i32,
 ) -> wasmtime::Result<i32> {
-    finish((|| -> AbiResult<()> {
-        let name = read_string(&mut caller, key, key_size)?;
-        let value = read_bytes(&mut caller, value, value_size)?;
-        edit_map(caller.data_mut(), map_type, |map| {
-            replace_value(map, &name, value)
-        })
-    })())
+    let pair = ((key, key_size), (value, value_size));
+    edit_with_pair(&mut caller, map_type, pair.0, pair.1, |map, name, value| {
+        replace_value(map, name, value)
+    })
 }
 
-/// `proxy_add_header_map_value`.
+/// `proxy_add_header_map_value`: adds a value (names are kept lower case).
 fn add_header_map_value(
     mut caller: Caller<'_, HostState>,
     map_type: i32,
@@ -189,13 +172,10 @@ fn add_header_map_value(
     value: i32,
     value_size: i32,
 ) -> wasmtime::Result<i32> {
-    finish((|| -> AbiResult<()> {
-        let name = read_string(&mut caller, key, key_size)?;
-        let value = read_bytes(&mut caller, value, value_size)?;
-        edit_map(caller.data_mut(), map_type, |map| {
-            map.push((name.to_ascii_lowercase(), value))
-        })
-    })())
+    let pair = ((key, key_size), (value, value_size));
+    edit_with_pair(&mut caller, map_type, pair.0, pair.1, |map, name, value| {
+        map.push((name.to_ascii_lowercase(), value))
+    })
 }
 
 /// `proxy_get_header_map_size`: the bytes of a map's names and values (Envoy's `byteSize`);
