@@ -16,11 +16,19 @@ export ENVOY_BIN
 "$ENVOY_BIN" --version
 
 # PostgreSQL (Debian's packages) for realm-service's PostgreSQL store: the tests start their own
-# throwaway clusters with initdb/pg_ctl.
+# throwaway clusters with initdb/pg_ctl. Chromium and chromedriver for the console's browser tests.
+missing=""
 if ! command -v pg_ctl >/dev/null && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
-  echo "== installing PostgreSQL"
-  apt-get update && apt-get install -y postgresql
+  missing="$missing postgresql"
 fi
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  missing="$missing chromium chromium-driver"
+fi
+if [ -n "$missing" ]; then
+  echo "== installing$missing"
+  apt-get update && apt-get install -y $missing
+fi
+chromium --version
 
 echo "== building the wasm filters"
 scripts/build-wasm.sh

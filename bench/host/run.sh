@@ -8,7 +8,9 @@
 # generator (wrk, one thread): Envoy + keyrealm filter, keyrealm-host + keyrealm filter, Envoy
 # without a filter, keyrealm-host without a filter. The filter authenticates a control-plane key
 # sent in the `apikey` header on every request. Memory: resident set size of the gateway after
-# its run, at WORKERS and at WORKERS+2 workers; half the difference is the cost of one worker.
+# its run, at WORKERS and at WORKERS+2 workers; half the difference is the cost of one worker;
+# and with the filter, the RSS while IDLE_CONNECTIONS (default 1000) keep-alive connections, each
+# after one authenticated request, are held open.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -19,6 +21,8 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 WRK="${WRK:-wrk}"
 ENVOY_BIN="${ENVOY_BIN:-$(scripts/install-envoy.sh)}"
 OUT="${OUT:-/tmp/keyrealm-bench-host.txt}"
+IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-1000}"
+ulimit -n 65536 2>/dev/null || true
 
 cargo build --release -p keyrealm-host --example bench_upstream >&2
 cargo build --release --target wasm32-wasip1 -p keyrealm-filter >&2
@@ -107,7 +111,46 @@ wait_ready() { # ADMIN_PORT
   echo "gateway did not become ready" >&2; return 1
 }
 
-# run NAME KIND(envoy|host) WITH_FILTER WORKERS -> prints "NAME req/s p50 p99 rss_kib"
+# held_rss PORT PID -> RSS (KiB) of PID while IDLE_CONNECTIONS connections, each after one
+# request with the key (all must get 200), are held open.
+held_rss() {
+  local ready="$WORK/held.$1"
+  python3 - "$1" "$IDLE_CONNECTIONS" "$ready" <<'PY' &
+import asyncio, sys
+port, n, ready = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+async def one():
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(b"GET / HTTP/1.1\r\nHost: bench\r\napikey: alice-key\r\n\r\n")
+    await w.drain()
+    head = await r.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    await r.readexactly(length)
+    return (r, w, head.startswith(b"HTTP/1.1 200"))
+async def main():
+    held = []
+    for i in range(0, n, 100):
+        held += await asyncio.gather(*[one() for _ in range(min(100, n - i))])
+    ok = sum(1 for h in held if h[2])
+    open(ready, "w").write(str(ok))
+    await asyncio.sleep(60)
+asyncio.run(main())
+PY
+  local client=$!
+  for _ in $(seq 1 600); do [ -s "$ready" ] && break; sleep 0.1; done
+  sleep 1
+  local ok rss
+  ok=$(cat "$ready" 2>/dev/null || echo 0)
+  rss=$(ps -o rss= -p "$2" | tr -d ' ')
+  kill "$client" 2>/dev/null || true; wait "$client" 2>/dev/null || true
+  rm -f "$ready"
+  [ "$ok" = "$IDLE_CONNECTIONS" ] || { echo "held connections: only $ok of $IDLE_CONNECTIONS got 200" >&2; echo 0; return; }
+  echo "$rss"
+}
+
+# run NAME KIND(envoy|host) WITH_FILTER WORKERS -> prints "NAME req/s p50 p99 rss_kib non2xx held_rss_kib"
 run() {
   local name=$1 kind=$2 filter=$3 workers=$4
   local port=$((18100 + RANDOM % 800)) admin=$((19100 + RANDOM % 800))
@@ -134,20 +177,23 @@ run() {
   "$WRK" -t1 -c"$CONNECTIONS" -d2s "${hdr[@]}" "http://127.0.0.1:$port/" >/dev/null
   local result
   result=$("$WRK" -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${hdr[@]}" "http://127.0.0.1:$port/")
-  local rss
+  local rss held=-
   rss=$(ps -o rss= -p "$pid" | tr -d ' ')
+  if [ "$filter" = yes ] && [ "$workers" = "$WORKERS" ]; then
+    held=$(held_rss "$port" "$pid")
+  fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
   local rps p50 p99 non2xx
   rps=$(echo "$result" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$result" | awk '$1=="50%" {print $2}')
   p99=$(echo "$result" | awk '$1=="99%" {print $2}')
   non2xx=$(echo "$result" | awk '/Non-2xx/ {print $NF}')
-  echo "$name $rps $p50 $p99 $rss ${non2xx:-0}"
+  echo "$name $rps $p50 $p99 $rss ${non2xx:-0} $held"
 }
 
 {
   echo "# $(date -u +%FT%TZ) workers=$WORKERS connections=$CONNECTIONS duration=$DURATION"
-  echo "# name req/s p50 p99 rss_kib non2xx"
+  echo "# name req/s p50 p99 rss_kib non2xx rss_kib_with_${IDLE_CONNECTIONS}_connections"
   run envoy_filter envoy yes "$WORKERS"
   run host_filter host yes "$WORKERS"
   run envoy_nofilter envoy no "$WORKERS"
@@ -158,10 +204,11 @@ run() {
 
 awk '
   /^#/ {next}
-  {rps[$1]=$2; rss[$1]=$5}
+  {rps[$1]=$2; rss[$1]=$5; held[$1]=$7}
   END {
     printf "keyrealm-host/Envoy with the filter:    %.2fx\n", rps["host_filter"]/rps["envoy_filter"]
     printf "keyrealm-host/Envoy without a filter:   %.2fx\n", rps["host_nofilter"]/rps["envoy_nofilter"]
     printf "RSS with the filter (KiB): envoy %d, keyrealm-host %d\n", rss["envoy_filter"], rss["host_filter"]
+    printf "RSS with the filter and the idle connections held (KiB): envoy %d, keyrealm-host %d\n", held["envoy_filter"], held["host_filter"]
     printf "memory per worker (RSS KiB, half the growth from +2 workers): envoy %d, keyrealm-host %d\n", (rss["envoy_filter_plus2"]-rss["envoy_filter"])/2, (rss["host_filter_plus2"]-rss["host_filter"])/2
   }' "$OUT" | tee -a "$OUT"

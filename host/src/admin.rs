@@ -14,7 +14,7 @@ pub fn run(
     metrics: Arc<MetricsRegistry>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let runtime = match crate::worker::local_runtime() {
+    let runtime = match crate::server::local_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("admin: cannot build a runtime: {e}");

@@ -132,9 +132,41 @@ pub struct WasmFilterConfig {
     /// body is handed to it while the headers are paused, and continuing from the body
     /// callback resumes the stream.
     pub allow_on_headers_stop_iteration: bool,
+    /// `config.failure_policy` (Envoy's `FailurePolicy`).
+    pub failure_policy: FailurePolicy,
+    /// `config.reload_config.backoff.base_interval` (Envoy's default: 1 s).
+    pub reload_base_interval: Duration,
+    /// `config.reload_config.backoff.max_interval` (Envoy's default: 10 x the base interval).
+    pub reload_max_interval: Duration,
+}
+
+/// What a filter's failure (a trap, a call past its time budget) does, as Envoy's
+/// `FailurePolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Not set: `fail_open` decides between `FailOpen` and `FailClosed`.
+    #[default]
+    Unspecified,
+    /// Requests the failed filter would have served get 503 (`wasm_fail_stream`).
+    FailClosed,
+    /// Requests pass the failed filter as if it were not configured.
+    FailOpen,
+    /// The instance is re-created, with a jittered exponential back-off between attempts;
+    /// requests that find no instance get 503.
+    FailReload,
 }
 
 impl WasmFilterConfig {
+    /// Whether requests pass a failed filter (Envoy's `FAIL_OPEN`, or `fail_open` when no
+    /// policy is set).
+    pub fn fails_open(&self) -> bool {
+        match self.failure_policy {
+            FailurePolicy::FailOpen => true,
+            FailurePolicy::Unspecified => self.fail_open,
+            FailurePolicy::FailClosed | FailurePolicy::FailReload => false,
+        }
+    }
+
     /// A name for log lines: the plugin name, else the root id.
     pub fn log_name(&self) -> &str {
         if self.name.is_empty() {
@@ -161,6 +193,8 @@ pub struct ClusterConfig {
     pub discovery: DiscoveryType,
     /// (host, port) of each endpoint; hosts are IP literals for STATIC clusters.
     pub endpoints: Vec<(String, u16)>,
+    /// `dns_refresh_rate`: how long a DNS answer is used (Envoy's default: 5 s).
+    pub dns_refresh_rate: Duration,
 }
 
 /// Reads and checks a configuration file.
@@ -257,7 +291,17 @@ fn parse_cluster(node: &Node) -> Result<ClusterConfig> {
         "type",
         "lb_policy",
         "load_assignment",
+        "dns_refresh_rate",
     ])?;
+    let dns_refresh_rate = match c.opt("dns_refresh_rate") {
+        Some(t) => match t.duration()? {
+            d if d < Duration::from_millis(1) => {
+                return Err(t.err("dns_refresh_rate must be at least 1ms"))
+            }
+            d => d,
+        },
+        None => Duration::from_secs(5),
+    };
     let name = c.req("name")?.string()?;
     let connect_timeout = match c.opt("connect_timeout") {
         Some(t) => match t.duration()? {
@@ -321,6 +365,7 @@ fn parse_cluster(node: &Node) -> Result<ClusterConfig> {
         connect_timeout,
         discovery,
         endpoints,
+        dns_refresh_rate,
     })
 }
 
@@ -522,7 +567,42 @@ fn parse_wasm(
         "vm_config",
         "fail_open",
         "allow_on_headers_stop_iteration",
+        "failure_policy",
+        "reload_config",
     ])?;
+    let failure_policy = match c.opt("failure_policy") {
+        None => FailurePolicy::Unspecified,
+        Some(p) => match p.str()? {
+            "UNSPECIFIED" => FailurePolicy::Unspecified,
+            "FAIL_CLOSED" => FailurePolicy::FailClosed,
+            "FAIL_OPEN" => FailurePolicy::FailOpen,
+            "FAIL_RELOAD" => FailurePolicy::FailReload,
+            other => return Err(p.err(format!("failure_policy {other:?} is not supported"))),
+        },
+    };
+    let mut reload_base_interval = Duration::from_secs(1);
+    let mut reload_max_interval = None;
+    if let Some(rc) = c.opt("reload_config") {
+        let rc = rc.map()?;
+        rc.allow(&["backoff"])?;
+        if let Some(b) = rc.opt("backoff") {
+            let b = b.map()?;
+            b.allow(&["base_interval", "max_interval"])?;
+            let base = b.req("base_interval")?;
+            reload_base_interval = base.duration()?;
+            if reload_base_interval.is_zero() {
+                return Err(base.err("base_interval must be greater than 0s"));
+            }
+            if let Some(m) = b.opt("max_interval") {
+                let max = m.duration()?;
+                if max < reload_base_interval {
+                    return Err(m.err("max_interval must be at least base_interval"));
+                }
+                reload_max_interval = Some(max);
+            }
+        }
+    }
+    let reload_max_interval = reload_max_interval.unwrap_or(reload_base_interval * 10);
     let allow_on_headers_stop_iteration = c
         .opt("allow_on_headers_stop_iteration")
         .map(|n| n.bool())
@@ -608,6 +688,9 @@ fn parse_wasm(
         key_values,
         fail_open,
         allow_on_headers_stop_iteration,
+        failure_policy,
+        reload_base_interval,
+        reload_max_interval,
     })
 }
 

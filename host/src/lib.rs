@@ -7,6 +7,13 @@
 //! The module of each wasm filter is compiled once; every worker thread runs its own instance
 //! and serves each request start to end. See `docs/host.md`.
 //!
+//! The modules read one way: [`server`] (worker threads, sockets, connections) calls `proxy`
+//! (the request path: routing, the upstream exchange), which streams each direction through
+//! the filters with `chain`, which drives each filter's `filter_slot` (an instance's lifecycle
+//! on one worker), which calls into [`wasm::instance`], whose guest calls reach the host
+//! functions in [`wasm::abi`]. [`limits`], [`metrics`], [`config`], [`body`] and [`upstream`]
+//! are used from above and use nothing above them.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), keyrealm_host::HostError> {
 //! let host = keyrealm_host::start(std::path::Path::new("envoy.yaml")).await?;
@@ -21,13 +28,17 @@
 )]
 
 pub mod admin;
+pub mod body;
+mod chain;
 pub mod config;
+mod filter_slot;
+pub mod limits;
 pub mod log;
 pub mod metrics;
 mod proxy;
+pub mod server;
 pub mod upstream;
 pub mod wasm;
-mod worker;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -36,10 +47,13 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 pub use config::ConfigError;
+pub use limits::Limits;
 pub use wasm::instance::VmError;
 pub use wasm::VmLimits;
 
+use limits::ProcessBudget;
 use metrics::MetricsRegistry;
+use server::Control;
 use wasm::shared::{SharedData, SharedQueues};
 use wasm::Plugin;
 
@@ -74,8 +88,8 @@ pub enum HostError {
 pub struct HostOptions {
     /// Worker threads (default: the number of cores), like Envoy's `--concurrency`.
     pub workers: Option<usize>,
-    /// Per-instance limits.
-    pub limits: VmLimits,
+    /// The limits (see [`limits::Limits`]).
+    pub limits: Limits,
     /// Values for `host_env_keys` that take precedence over the process environment (lets
     /// in-process tests give each host its own environment).
     pub env: Vec<(String, String)>,
@@ -91,6 +105,7 @@ pub struct RunningHost {
     listeners: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
+    control: watch::Sender<Control>,
     threads: Vec<std::thread::JoinHandle<()>>,
     metrics: Arc<MetricsRegistry>,
     log: Arc<log::HostLog>,
@@ -119,7 +134,20 @@ impl RunningHost {
     }
 
     /// Stops accepting, closes open connections, and waits for the workers to end.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        self.stop(Control::Stop).await;
+    }
+
+    /// Drains: stops accepting, lets the requests in flight finish (each context still ends
+    /// with `on_log`/`on_done`) for at most `timeout`, then closes what is left and waits for
+    /// the workers to end.
+    pub async fn drain(self, timeout: std::time::Duration) {
+        self.stop(Control::Drain(timeout)).await;
+    }
+
+    async fn stop(mut self, how: Control) {
+        let _ = self.control.send(how);
+        // The admin address closes at once (a load balancer polling `/ready` sees it go).
         let _ = self.shutdown.send(true);
         let threads = std::mem::take(&mut self.threads);
         let _ = tokio::task::spawn_blocking(move || {
@@ -135,6 +163,7 @@ impl Drop for RunningHost {
     /// A host dropped without [`RunningHost::shutdown`] still stops: its threads are told to
     /// end (without waiting for them).
     fn drop(&mut self) {
+        let _ = self.control.send(Control::Stop);
         let _ = self.shutdown.send(true);
     }
 }
@@ -176,16 +205,19 @@ pub async fn start_with_options(
 
 fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHost, HostError> {
     let config = config::load(config_path)?;
+    let limits = options.limits;
     let host_log = Arc::new(match &options.log_path {
-        Some(p) => log::HostLog::with_file(p).map_err(|source| HostError::LogFile {
-            path: p.display().to_string(),
-            source,
+        Some(p) => log::HostLog::with_file(p, limits.log_kept_bytes).map_err(|source| {
+            HostError::LogFile {
+                path: p.display().to_string(),
+                source,
+            }
         })?,
-        None => log::HostLog::default(),
+        None => log::HostLog::new(limits.log_kept_bytes),
     });
-    let metrics = Arc::new(MetricsRegistry::default());
-    let shared_data = Arc::new(SharedData::default());
-    let queues = Arc::new(SharedQueues::default());
+    let metrics = Arc::new(MetricsRegistry::new(limits.metrics));
+    let shared_data = Arc::new(SharedData::new(limits.shared_data_bytes));
+    let queues = Arc::new(SharedQueues::new(limits.queue_items, limits.queue_bytes));
     let clusters = Arc::new(config.clusters.clone());
 
     // Compile each distinct module once.
@@ -218,7 +250,7 @@ fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHos
                 shared_data: shared_data.clone(),
                 queues: queues.clone(),
                 metrics: metrics.clone(),
-                limits: options.limits,
+                limits,
                 log: host_log.clone(),
                 log_level: options.log_level.unwrap_or(2).min(5),
             }));
@@ -226,15 +258,31 @@ fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHos
         listeners.push((l.clone(), plugins));
     }
 
-    let mut sockets = Vec::new();
+    let workers = options
+        .workers
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1);
+    // One socket per listener per worker, all bound to the same address (SO_REUSEPORT); a
+    // listener on port 0 gets its port from the first socket.
+    let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for l in &config.listeners {
-        let socket = bind(l.address)?;
-        bound.push(socket.local_addr().map_err(|source| HostError::Bind {
+        let bind =
+            |addr| server::bind_reuseport(addr).map_err(|source| HostError::Bind { addr, source });
+        let first = bind(l.address)?;
+        let addr = first.local_addr().map_err(|source| HostError::Bind {
             addr: l.address,
             source,
-        })?);
-        sockets.push(socket);
+        })?;
+        bound.push(addr);
+        sockets[0].push(first);
+        for worker_sockets in sockets.iter_mut().skip(1) {
+            worker_sockets.push(bind(addr)?);
+        }
     }
     let admin_socket = match config.admin {
         Some(addr) => Some(bind(addr)?),
@@ -248,50 +296,35 @@ fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHos
         None => None,
     };
 
-    let workers = options
-        .workers
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
-        .max(1);
-    let shared = Arc::new(worker::HostShared {
+    let shared = Arc::new(server::HostShared {
         listeners,
         clusters,
         metrics: metrics.clone(),
+        budget: ProcessBudget::new(limits.process_body_bytes),
+        limits,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (control_tx, control_rx) = watch::channel(Control::Serve);
     let mut threads = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let stop = |threads: Vec<std::thread::JoinHandle<()>>, tx: &watch::Sender<bool>| {
-        let _ = tx.send(true);
+    let stop = |threads: Vec<std::thread::JoinHandle<()>>, tx: &watch::Sender<Control>| {
+        let _ = tx.send(Control::Stop);
         for t in threads {
             let _ = t.join();
         }
     };
     let mut pending = 0usize;
-    for index in 0..workers {
-        let mut worker_sockets = Vec::new();
-        for s in &sockets {
-            match s.try_clone() {
-                Ok(c) => worker_sockets.push(c),
-                Err(e) => {
-                    stop(threads, &shutdown_tx);
-                    return Err(HostError::Thread(e));
-                }
-            }
-        }
+    for (index, worker_sockets) in sockets.into_iter().enumerate() {
         let shared = shared.clone();
         let ready = ready_tx.clone();
-        let rx = shutdown_rx.clone();
+        let rx = control_rx.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("keyrealm-worker-{index}"))
-            .spawn(move || worker::run(index, shared, worker_sockets, ready, rx));
+            .spawn(move || server::run(index, shared, worker_sockets, ready, rx));
         match spawned {
             Ok(t) => threads.push(t),
             Err(e) => {
-                stop(threads, &shutdown_tx);
+                stop(threads, &control_tx);
                 return Err(HostError::Thread(e));
             }
         }
@@ -299,7 +332,7 @@ fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHos
         if index == 0 {
             // The first worker starts alone, so that a refused configuration is reported once.
             if let Err(e) = worker_ready(&ready_rx, &host_log) {
-                stop(threads, &shutdown_tx);
+                stop(threads, &control_tx);
                 return Err(e);
             }
             pending -= 1;
@@ -308,7 +341,7 @@ fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHos
     drop(ready_tx);
     for _ in 0..pending {
         if let Err(e) = worker_ready(&ready_rx, &host_log) {
-            stop(threads, &shutdown_tx);
+            stop(threads, &control_tx);
             return Err(e);
         }
     }
@@ -321,7 +354,7 @@ fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHos
         {
             Ok(t) => threads.push(t),
             Err(e) => {
-                stop(threads, &shutdown_tx);
+                stop(threads, &control_tx);
                 return Err(HostError::Thread(e));
             }
         }
@@ -330,6 +363,7 @@ fn start_blocking(config_path: &Path, options: HostOptions) -> Result<RunningHos
         listeners: bound,
         admin,
         shutdown: shutdown_tx,
+        control: control_tx,
         threads,
         metrics,
         log: host_log,

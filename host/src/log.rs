@@ -1,13 +1,12 @@
 //! The host's log: guest log lines (`proxy_log`, WASI stdout/stderr) and the host's own warnings
 //! and errors, in Envoy's line format (`[time][thread][level][component] message`), kept in a
-//! bounded in-memory buffer and optionally appended to a file (`--log-path`, like Envoy's).
+//! bounded in-memory buffer (`log_kept_bytes`) and optionally appended to a file (`--log-path`,
+//! like Envoy's).
 
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::Mutex;
-
-const KEPT_LINES: usize = 10_000;
 
 /// Envoy's names of the proxy-wasm log levels.
 pub fn level_name(level: u32) -> &'static str {
@@ -22,22 +21,43 @@ pub fn level_name(level: u32) -> &'static str {
 }
 
 /// A log shared by everything in one running host.
-#[derive(Default)]
 pub struct HostLog {
     file: Option<Mutex<std::fs::File>>,
-    lines: Mutex<VecDeque<String>>,
+    lines: Mutex<Kept>,
+    kept_bytes: usize,
+}
+
+#[derive(Default)]
+struct Kept {
+    lines: VecDeque<String>,
+    bytes: usize,
+}
+
+impl Default for HostLog {
+    fn default() -> Self {
+        HostLog::new(crate::limits::Limits::default().log_kept_bytes)
+    }
 }
 
 impl HostLog {
+    /// A log that keeps at most `kept_bytes` of lines in memory.
+    pub fn new(kept_bytes: usize) -> Self {
+        HostLog {
+            file: None,
+            lines: Mutex::default(),
+            kept_bytes,
+        }
+    }
+
     /// A log that also appends to `path`.
-    pub fn with_file(path: &Path) -> std::io::Result<Self> {
+    pub fn with_file(path: &Path, kept_bytes: usize) -> std::io::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)?;
         Ok(HostLog {
             file: Some(Mutex::new(file)),
-            lines: Mutex::default(),
+            ..HostLog::new(kept_bytes)
         })
     }
 
@@ -54,18 +74,27 @@ impl HostLog {
             let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
             let _ = writeln!(f, "{line}");
         }
-        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        if lines.len() == KEPT_LINES {
-            lines.pop_front();
+        let mut kept = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        kept.bytes += line.len();
+        kept.lines.push_back(line);
+        while kept.bytes > self.kept_bytes {
+            match kept.lines.pop_front() {
+                Some(old) => kept.bytes -= old.len(),
+                None => break,
+            }
         }
-        lines.push_back(line);
+    }
+
+    /// Bytes of the lines kept in memory.
+    pub fn kept_bytes(&self) -> usize {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).bytes
     }
 
     /// The kept lines, oldest first, newline-terminated.
     pub fn text(&self) -> String {
-        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = self.lines.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
-        for l in lines.iter() {
+        for l in kept.lines.iter() {
             out.push_str(l);
             out.push('\n');
         }
@@ -113,5 +142,15 @@ mod tests {
             "{text}"
         );
         assert!(text.starts_with("[20"), "{text}");
+    }
+
+    #[test]
+    fn kept_lines_are_bounded_in_bytes() {
+        let log = HostLog::new(1000);
+        for _ in 0..100 {
+            log.write(2, "wasm", &"x".repeat(100));
+        }
+        assert!(log.kept_bytes() <= 1000, "{}", log.kept_bytes());
+        assert!(log.text().lines().count() >= 5);
     }
 }

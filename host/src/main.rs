@@ -30,6 +30,13 @@ struct Cli {
     /// Memory limit of one instance, in MiB.
     #[arg(long = "memory-limit-mib", default_value_t = 256)]
     memory_limit_mib: usize,
+    /// Set any limit by name, e.g. `--limit table_elements=20000` (repeatable; the names and
+    /// defaults are in docs/host.md).
+    #[arg(long = "limit", value_name = "NAME=VALUE")]
+    limits: Vec<String>,
+    /// On SIGTERM or SIGINT, how long requests in flight may take to finish, in seconds.
+    #[arg(long = "drain-time-s", default_value_t = 30)]
+    drain_time_s: u64,
 }
 
 fn main() -> ExitCode {
@@ -66,12 +73,18 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let limits = keyrealm_host::VmLimits {
+        let mut limits = keyrealm_host::Limits {
             call_budget: std::time::Duration::from_millis(cli.call_budget_ms.max(1)),
             memory_bytes: cli.memory_limit_mib.max(1) << 20,
             pause_limit: std::time::Duration::from_secs(cli.pause_limit_s.max(1)),
             ..Default::default()
         };
+        for assignment in &cli.limits {
+            if let Err(e) = limits.set(assignment) {
+                eprintln!("keyrealm-host: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         let options = keyrealm_host::HostOptions {
             workers: cli.concurrency,
             limits,
@@ -92,8 +105,35 @@ fn main() -> ExitCode {
         if let Some(a) = host.admin_addr() {
             tracing::info!("admin on {a}");
         }
-        let _ = tokio::signal::ctrl_c().await;
-        host.shutdown().await;
+        let signal = wait_for_signal().await;
+        let drain = std::time::Duration::from_secs(cli.drain_time_s);
+        tracing::info!("{signal}: draining (at most {drain:?})");
+        host.drain(drain).await;
+        tracing::info!("drained; exiting");
         ExitCode::SUCCESS
     })
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C) and names it.
+async fn wait_for_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(e) => {
+                tracing::warn!("cannot watch SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
 }

@@ -5,7 +5,16 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::wasm::Status;
+/// Why a metric operation was refused (the ABI answers each with a proxy-wasm status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricError {
+    /// No metric has this id.
+    NotFound,
+    /// The operation does not fit the metric's type (a negative counter increment, ...).
+    BadArgument,
+    /// Defining it would pass the `metrics` limit.
+    Limit,
+}
 
 /// The three proxy-wasm metric types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,58 +50,88 @@ pub struct HostCounters {
     pub http_call_failures: AtomicU64,
     pub vm_failures: AtomicU64,
     pub vm_replacements: AtomicU64,
+    pub vm_replacement_failures: AtomicU64,
+    pub wasm_fail_stream: AtomicU64,
+    pub wasm_fail_open: AtomicU64,
+    pub body_limit_rejections: AtomicU64,
 }
 
-/// All metrics of one running host.
 #[derive(Debug, Default)]
+struct Metrics {
+    list: Vec<Metric>,
+    /// (type, name) -> index in `list`.
+    by_name: std::collections::HashMap<(u8, String), usize>,
+}
+
+/// All metrics of one running host; filters may define at most `limit`.
+#[derive(Debug)]
 pub struct MetricsRegistry {
-    metrics: Mutex<Vec<Metric>>,
+    metrics: Mutex<Metrics>,
+    limit: usize,
     pub host: HostCounters,
 }
 
+impl Default for MetricsRegistry {
+    fn default() -> Self {
+        MetricsRegistry::new(crate::limits::Limits::default().metrics)
+    }
+}
+
 impl MetricsRegistry {
-    /// Defines a metric, or returns the id of the one with the same name and type.
-    pub fn define(&self, kind: MetricKind, name: &str) -> u32 {
-        let mut metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = metrics
-            .iter()
-            .position(|m| m.name == name && m.kind == kind)
-        {
-            return i as u32 + 1;
+    pub fn new(limit: usize) -> Self {
+        MetricsRegistry {
+            metrics: Mutex::default(),
+            limit,
+            host: HostCounters::default(),
         }
-        metrics.push(Metric {
+    }
+
+    /// Defines a metric, or returns the id of the one with the same name and type;
+    /// `InternalFailure` past the limit.
+    pub fn define(&self, kind: MetricKind, name: &str) -> Result<u32, MetricError> {
+        let mut metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (kind as u8, name.to_string());
+        if let Some(i) = metrics.by_name.get(&key) {
+            return Ok(*i as u32 + 1);
+        }
+        if metrics.list.len() >= self.limit {
+            return Err(MetricError::Limit);
+        }
+        metrics.list.push(Metric {
             name: name.to_string(),
             kind,
             value: 0,
             count: 0,
             buckets: [0; BUCKETS.len()],
         });
-        metrics.len() as u32
+        let index = metrics.list.len() - 1;
+        metrics.by_name.insert(key, index);
+        Ok(metrics.list.len() as u32)
     }
 
     fn with<T>(
         &self,
         id: u32,
-        f: impl FnOnce(&mut Metric) -> Result<T, Status>,
-    ) -> Result<T, Status> {
+        f: impl FnOnce(&mut Metric) -> Result<T, MetricError>,
+    ) -> Result<T, MetricError> {
         let mut metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
-        let index = (id as usize).checked_sub(1).ok_or(Status::NotFound)?;
-        let m = metrics.get_mut(index).ok_or(Status::NotFound)?;
+        let index = (id as usize).checked_sub(1).ok_or(MetricError::NotFound)?;
+        let m = metrics.list.get_mut(index).ok_or(MetricError::NotFound)?;
         f(m)
     }
 
-    pub fn increment(&self, id: u32, offset: i64) -> Result<(), Status> {
+    pub fn increment(&self, id: u32, offset: i64) -> Result<(), MetricError> {
         self.with(id, |m| match m.kind {
-            MetricKind::Counter if offset < 0 => Err(Status::BadArgument),
+            MetricKind::Counter if offset < 0 => Err(MetricError::BadArgument),
             MetricKind::Counter | MetricKind::Gauge => {
                 m.value = m.value.wrapping_add(offset);
                 Ok(())
             }
-            MetricKind::Histogram => Err(Status::BadArgument),
+            MetricKind::Histogram => Err(MetricError::BadArgument),
         })
     }
 
-    pub fn record(&self, id: u32, value: u64) -> Result<(), Status> {
+    pub fn record(&self, id: u32, value: u64) -> Result<(), MetricError> {
         self.with(id, |m| {
             match m.kind {
                 MetricKind::Counter => m.value = m.value.max(value as i64),
@@ -111,9 +150,9 @@ impl MetricsRegistry {
         })
     }
 
-    pub fn get(&self, id: u32) -> Result<u64, Status> {
+    pub fn get(&self, id: u32) -> Result<u64, MetricError> {
         self.with(id, |m| match m.kind {
-            MetricKind::Histogram => Err(Status::BadArgument),
+            MetricKind::Histogram => Err(MetricError::BadArgument),
             _ => Ok(m.value as u64),
         })
     }
@@ -158,6 +197,26 @@ impl MetricsRegistry {
                 "Instances replaced after a failure",
                 &host.vm_replacements,
             ),
+            (
+                "keyrealm_host_vm_replacement_failures_total",
+                "Attempts to start a replacement instance that failed",
+                &host.vm_replacement_failures,
+            ),
+            (
+                "keyrealm_host_wasm_fail_stream_total",
+                "Requests answered 503 because a filter failed",
+                &host.wasm_fail_stream,
+            ),
+            (
+                "keyrealm_host_wasm_fail_open_total",
+                "Requests that passed a failed filter (fail_open)",
+                &host.wasm_fail_open,
+            ),
+            (
+                "keyrealm_host_body_limit_rejections_total",
+                "Requests answered 413 or 503 because a body was over the body limits",
+                &host.body_limit_rejections,
+            ),
         ] {
             let _ = writeln!(
                 out,
@@ -166,7 +225,7 @@ impl MetricsRegistry {
             );
         }
         let metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
-        for m in metrics.iter() {
+        for m in metrics.list.iter() {
             let name = prometheus_name(&m.name);
             match m.kind {
                 MetricKind::Counter => {
@@ -218,16 +277,16 @@ mod tests {
     #[test]
     fn counters_gauges_histograms() {
         let r = MetricsRegistry::default();
-        let c = r.define(MetricKind::Counter, "hits.total");
-        assert_eq!(r.define(MetricKind::Counter, "hits.total"), c);
+        let c = r.define(MetricKind::Counter, "hits.total").expect("define");
+        assert_eq!(r.define(MetricKind::Counter, "hits.total"), Ok(c));
         r.increment(c, 2).expect("increment");
-        assert_eq!(r.increment(c, -1), Err(Status::BadArgument));
+        assert_eq!(r.increment(c, -1), Err(MetricError::BadArgument));
         assert_eq!(r.get(c), Ok(2));
-        let g = r.define(MetricKind::Gauge, "g");
+        let g = r.define(MetricKind::Gauge, "g").expect("define");
         r.record(g, 7).expect("record");
         r.increment(g, -2).expect("increment");
         assert_eq!(r.get(g), Ok(5));
-        assert_eq!(r.get(99), Err(Status::NotFound));
+        assert_eq!(r.get(99), Err(MetricError::NotFound));
         let text = r.render_prometheus();
         assert!(text.contains("hits_total{} 2\n"), "{text}");
         assert!(text.contains("\ng{} 5\n"), "{text}");

@@ -1,9 +1,11 @@
-//! The HTTP request path: the wasm filters' request phase, routing, the upstream exchange, the
-//! response phase, and the end of each HTTP context — with Envoy's pause semantics.
+//! The HTTP request path: the request through the wasm filters, routing, the upstream
+//! exchange, the response back through the filters, and the end of each HTTP context — with
+//! Envoy's pause and buffering semantics.
 //!
-//! Bodies are buffered: the request body is read before the filters run (so a filter that
-//! pauses its headers sees `on_request_body` for the whole body, as Envoy does when the request
-//! arrives at once), and the upstream response is read before the response phase.
+//! Bodies stream both ways ([`crate::chain`]): a chunk goes on as soon as every filter passed
+//! it, so SSE and large downloads pass with bounded memory; a filter that pauses or buffers
+//! holds the flow as Envoy's filter chain does, within the body limits (`limits.rs`: 413 for a
+//! request, 503 for a response, when a filter buffers past them).
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -11,22 +13,29 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+use tokio::sync::oneshot;
 
+use crate::body::ProxyBody;
+use crate::chain::{failure_reply, local_reply_parts, plain_reply, Chain, Contexts, Pump, Stop};
 use crate::config::{ListenerConfig, RouteMatch};
-use crate::upstream::{build_request, is_hop_by_hop, MAX_BODY};
-use crate::wasm::abi::headers::{get_value, replace_value};
-use crate::wasm::instance::{Action, VmError, VmInstance};
-use crate::wasm::{HeaderList, LocalResponse, RequestInfo, StreamState};
-use crate::worker::{ContextHandle, ListenerRuntime, WorkerCtx};
+use crate::filter_slot::FilterSlot;
+use crate::limits::{BodyReservation, ConnectionBudget};
+use crate::upstream::{build_request, header_pairs, is_hop_by_hop, Lent, UpstreamError, WorkerCtx};
+use crate::wasm::{get_value, replace_value, HeaderList, LocalResponse, RequestInfo};
+
+/// One listener as a worker runs it: its configuration and its filters' slots, in order.
+pub struct ListenerRuntime {
+    pub config: ListenerConfig,
+    pub filters: Vec<Rc<FilterSlot>>,
+}
 
 /// How long a client may take to send a request's headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most request header bytes a client may send (Envoy's `max_request_headers_kb` default).
 pub const MAX_REQUEST_HEADERS: usize = 60 * 1024;
-/// How long a client may take to send a request's body.
+/// How long a client may send nothing while its request body is being read.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The error a handler returns to make hyper reset the connection (`proxy_close_stream`).
@@ -34,105 +43,29 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 #[error("stream reset: {0}")]
 pub struct StreamReset(String);
 
-type HttpResponse = Response<Full<Bytes>>;
+pub type HttpResponse = Response<ProxyBody>;
 
-/// A response on its way to the client, as the response filters see it.
-struct Pending {
-    headers: HeaderList,
-    body: Vec<u8>,
-}
-
-/// Which half of the exchange a filter callback works on.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
-    Request,
-    Response,
-}
-
-impl Direction {
-    /// The stream's header map, body and continue flag for this direction.
-    fn parts(
-        self,
-        s: &mut StreamState,
-    ) -> (&mut Option<HeaderList>, &mut Option<Vec<u8>>, &mut bool) {
-        match self {
-            Direction::Request => (
-                &mut s.request_headers,
-                &mut s.request_body,
-                &mut s.request_continued,
-            ),
-            Direction::Response => (
-                &mut s.response_headers,
-                &mut s.response_body,
-                &mut s.response_continued,
-            ),
-        }
-    }
-
-    /// Whether the guest called `proxy_continue_stream` for this direction.
-    fn continued(self, s: &StreamState) -> bool {
-        match self {
-            Direction::Request => s.request_continued,
-            Direction::Response => s.response_continued,
-        }
-    }
-
-    fn on_headers(
-        self,
-        vm: &mut VmInstance,
-        id: u32,
-        count: usize,
-        eos: bool,
-    ) -> Result<Action, VmError> {
-        match self {
-            Direction::Request => vm.on_request_headers(id, count, eos),
-            Direction::Response => vm.on_response_headers(id, count, eos),
-        }
-    }
-
-    fn on_body(
-        self,
-        vm: &mut VmInstance,
-        id: u32,
-        size: usize,
-        eos: bool,
-    ) -> Result<Action, VmError> {
-        match self {
-            Direction::Request => vm.on_request_body(id, size, eos),
-            Direction::Response => vm.on_response_body(id, size, eos),
-        }
-    }
-}
-
-enum Outcome {
-    Continue,
+/// What the response phase starts from.
+enum Answer {
+    /// The upstream's response head, its body to read, the connection it came on, and when the
+    /// route's timeout ends.
+    Upstream {
+        headers: HeaderList,
+        body: Incoming,
+        lent: Lent,
+        deadline: Option<tokio::time::Instant>,
+    },
+    /// A local reply (a filter's, or the router's).
     Local(LocalResponse),
-    Reset,
-    Failed(String),
 }
 
-/// Ends every context when the request is over, also when the client goes away mid-request.
-struct ContextsGuard(Vec<ContextHandle>);
-
-impl Drop for ContextsGuard {
-    fn drop(&mut self) {
-        let contexts = std::mem::take(&mut self.0);
-        if contexts.is_empty() {
-            return;
-        }
-        // Not from inside drop: the instance may be borrowed by the code being unwound.
-        tokio::task::spawn_local(async move {
-            for c in contexts {
-                c.finish();
-            }
-        });
-    }
-}
-
+/// Serves one request: the request through the filters, routing and the upstream exchange,
+/// the response through the filters, and the end of each context.
 pub async fn handle(
     req: Request<Incoming>,
     rt: Rc<ListenerRuntime>,
     ctx: Rc<WorkerCtx>,
+    connection: Rc<ConnectionBudget>,
     remote: Option<SocketAddr>,
     local: Option<SocketAddr>,
 ) -> Result<HttpResponse, StreamReset> {
@@ -151,126 +84,148 @@ pub async fn handle(
     if header_bytes > MAX_REQUEST_HEADERS {
         return Ok(plain(431, "Request Header Fields Too Large"));
     }
-    let collected =
-        tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await;
-    let Ok(collected) = collected else {
-        return Ok(plain(408, "request timeout"));
-    };
     if let Some(reply) = refused_upgrade(&parts) {
         return Ok(reply);
     }
-    let mut body = match collected {
-        Ok(b) => Vec::from(b.to_bytes()),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return Ok(plain(413, "payload too large"));
-            }
-            return Err(StreamReset(format!("reading the request body: {e}")));
-        }
-    };
-    let mut headers = request_header_list(&parts);
+    let headers = request_header_list(&parts);
     let info = RequestInfo {
         source: remote,
         destination: local,
         protocol: protocol_name(parts.version).to_string(),
         start_time: Some(std::time::SystemTime::now()),
     };
-    let mut guard = ContextsGuard(Vec::new());
-    let mut local_reply: Option<LocalResponse> = None;
+    let contexts = Rc::new(Contexts::default());
+    let no_body = hyper::body::Body::is_end_stream(&body);
 
-    // Request phase, filter by filter.
-    for filter in &rt.filters {
-        let outcome = match filter.create_context(info.clone()) {
-            Ok(handle) => {
-                guard.0.push(handle.clone());
-                let outcome =
-                    run_filter(&handle, Direction::Request, &mut headers, &mut body).await;
-                if matches!(outcome, Outcome::Failed(_)) {
-                    // No further callbacks for a failed context, but it still ends (on_log,
-                    // on_done, on_delete) if its instance survived, e.g. a stream paused past
-                    // the pause limit; for an instance that was replaced, finishing does nothing.
-                    if let Some(failed) = guard.0.pop() {
-                        failed.finish();
+    // The request phase runs on its own task: its body keeps flowing upstream while the
+    // response is awaited.
+    let (head_tx, head_rx) = oneshot::channel();
+    let pump = Pump {
+        chain: Chain::request(&rt.filters, info, contexts.clone(), ctx.clone()),
+        source: Some(body),
+        initial_body: None,
+        source_idle: Some(BODY_READ_TIMEOUT),
+        deadline: None,
+        reservation: BodyReservation::new(ctx.budget.clone(), Some(connection.clone())),
+        restart_on_local: false,
+        complete: false,
+    };
+    // A request without a body is over once its headers passed the filters: no task for it.
+    let mut request = if no_body {
+        let _ = pump.run(headers, head_tx).await;
+        None
+    } else {
+        Some(tokio::task::spawn_local(pump.run(headers, head_tx)))
+    };
+    let answer = match head_rx.await {
+        Ok(Ok((headers, body))) => {
+            let forwarding = forward(&rt.config, &ctx, headers, body);
+            tokio::pin!(forwarding);
+            let mut request_over = request.is_none();
+            loop {
+                tokio::select! {
+                    a = &mut forwarding => {
+                        // An upload broken off by a filter fails the exchange too: the filter's
+                        // answer is the one to give.
+                        if !request_over && request.as_ref().is_some_and(|r| r.is_finished()) {
+                            if let Some(Err(stop)) = join(&mut request).await {
+                                break request_stopped(stop, &ctx)?;
+                            }
+                        }
+                        break a;
+                    }
+                    r = join(&mut request), if !request_over => {
+                        request_over = true;
+                        // A filter that stops the request after its head went upstream still
+                        // answers the client, as the response has not started.
+                        if let Some(Err(stop)) = r {
+                            break request_stopped(stop, &ctx)?;
+                        }
                     }
                 }
-                outcome
-            }
-            Err(e) => Outcome::Failed(e.to_string()),
-        };
-        match outcome {
-            Outcome::Continue => {}
-            Outcome::Local(l) => {
-                local_reply = Some(l);
-                break;
-            }
-            Outcome::Reset => return Err(StreamReset("closed by a filter".into())),
-            Outcome::Failed(e) => {
-                tracing::error!("{e}");
-                if filter.plugin.config.fail_open {
-                    continue;
-                }
-                local_reply = Some(failure_reply());
-                break;
             }
         }
-    }
-
-    let mut pending = match local_reply {
-        Some(l) => {
-            ctx.metrics
-                .host
-                .local_replies
-                .fetch_add(1, Ordering::Relaxed);
-            local_response(l)
-        }
-        None => forward(&rt.config, &ctx, headers, body).await,
+        Ok(Err(stop)) => request_stopped(stop, &ctx)?,
+        Err(_) => Answer::Local(failure_reply()),
     };
 
-    // Response phase, in reverse order.
-    for i in (0..guard.0.len()).rev() {
-        let outcome = run_filter(
-            &guard.0[i],
-            Direction::Response,
-            &mut pending.headers,
-            &mut pending.body,
-        )
-        .await;
-        match outcome {
-            Outcome::Continue => {}
-            Outcome::Local(l) => pending = local_response(l),
-            Outcome::Reset => return Err(StreamReset("closed by a filter".into())),
-            Outcome::Failed(e) => {
-                tracing::error!("{e}");
-                // A failed context gets no further callbacks, but it still ends.
-                let failed = guard.0.remove(i);
-                failed.finish();
-                if !failed.filter.plugin.config.fail_open {
-                    pending = local_response(failure_reply());
-                }
-            }
+    // The response phase, through the filters in reverse order, on its own task: the head is
+    // answered here, the body streams after it.
+    let (headers, source, initial_body, lent, deadline) = match answer {
+        Answer::Upstream {
+            headers,
+            body,
+            lent,
+            deadline,
+        } => (headers, Some(body), None, Some(lent), deadline),
+        Answer::Local(l) => {
+            let (headers, body) = local_reply_parts(l);
+            (headers, None, Some(Bytes::from(body)), None, None)
         }
+    };
+    let pump = Pump {
+        chain: Chain::response(contexts.clone(), ctx.clone()),
+        source,
+        initial_body,
+        source_idle: None,
+        deadline,
+        reservation: BodyReservation::new(ctx.budget.clone(), Some(connection)),
+        restart_on_local: true,
+        complete: false,
+    };
+    let (head_tx, head_rx) = oneshot::channel();
+    let pool_ctx = ctx.clone();
+    tokio::task::spawn_local(async move {
+        let ended = pump.run(headers, head_tx).await;
+        if let (Ok(true), Some(lent)) = (&ended, lent) {
+            lent.give_back(&pool_ctx.pool);
+        }
+        if let Some(r) = request {
+            r.abort();
+        }
+        contexts.finish_all();
+    });
+    let head = parts.method == hyper::Method::HEAD;
+    match head_rx.await {
+        Ok(Ok((headers, body))) => Ok(to_response(headers, body, head)),
+        Ok(Err(Stop::SourceTimeout)) => Ok(plain(504, "upstream request timeout")),
+        Ok(Err(Stop::SourceError(_))) => Ok(plain(
+            503,
+            UpstreamError::Reset(String::new()).router_reply().1,
+        )),
+        Ok(Err(stop)) => Err(StreamReset(format!("{stop:?}"))),
+        Err(_) => Err(StreamReset("the response phase ended".into())),
     }
-
-    let response = to_response(pending, parts.method == hyper::Method::HEAD);
-    for c in std::mem::take(&mut guard.0) {
-        c.finish();
-    }
-    Ok(response)
 }
 
-fn failure_reply() -> LocalResponse {
-    LocalResponse {
-        status: 500,
-        details: "wasm_fail_stream".into(),
-        body: Vec::new(),
-        headers: Vec::new(),
+/// The request phase's result, once its task ends (`None`: it was cancelled or there is none).
+async fn join(
+    task: &mut Option<tokio::task::JoinHandle<Result<bool, Stop>>>,
+) -> Option<Result<bool, Stop>> {
+    match task.as_mut() {
+        Some(t) => t.await.ok(),
+        None => std::future::pending().await,
     }
+}
+
+/// The answer to a request its filters (or its client) stopped.
+fn request_stopped(stop: Stop, ctx: &WorkerCtx) -> Result<Answer, StreamReset> {
+    let host = &ctx.metrics.host;
+    Ok(Answer::Local(match stop {
+        Stop::Local(_, l) => {
+            host.local_replies.fetch_add(1, Ordering::Relaxed);
+            l
+        }
+        Stop::Failed(..) => failure_reply(),
+        Stop::TooLarge(_) => plain_reply(413, "Payload Too Large"),
+        Stop::SourceTimeout => plain_reply(408, "request timeout"),
+        Stop::Reset => return Err(StreamReset("closed by a filter".into())),
+        Stop::SourceError(e) => return Err(StreamReset(format!("reading the request body: {e}"))),
+    }))
 }
 
 fn plain(status: u16, body: &'static str) -> HttpResponse {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut r = Response::new(ProxyBody::full(Bytes::from_static(body.as_bytes())));
     *r.status_mut() =
         hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(
@@ -289,7 +244,7 @@ fn refused_by_codec(parts: &hyper::http::request::Parts) -> Option<HttpResponse>
             if parts.uri.authority().is_none()
                 && !parts.headers.contains_key(hyper::header::HOST) =>
         {
-            let mut r = Response::new(Full::new(Bytes::new()));
+            let mut r = Response::new(ProxyBody::empty());
             *r.status_mut() = hyper::StatusCode::BAD_REQUEST;
             Some(r)
         }
@@ -337,7 +292,7 @@ fn refused_upgrade(parts: &hyper::http::request::Parts) -> Option<HttpResponse> 
     if !asks || upgrade.as_bytes().eq_ignore_ascii_case(b"h2c") {
         return None;
     }
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(ProxyBody::empty());
     *r.status_mut() = hyper::StatusCode::FORBIDDEN;
     Some(r)
 }
@@ -423,192 +378,21 @@ fn request_header_list(parts: &hyper::http::request::Parts) -> HeaderList {
     list
 }
 
-/// Runs one filter's callbacks for one direction — the headers, then the body if there is one —
-/// waiting while it keeps the stream paused. On `Continue`, `headers` and `body` hold what the
-/// filter left in them; on `Failed` they are unchanged when the filter fails open (the request
-/// passes on), and not needed otherwise (as after `Local` and `Reset`).
-async fn run_filter(
-    handle: &ContextHandle,
-    dir: Direction,
-    headers: &mut HeaderList,
-    body: &mut Vec<u8>,
-) -> Outcome {
-    // The stream keeps its own copy (later callbacks and properties read it); the caller's copy
-    // is only needed again if a failure lets the exchange pass unfiltered.
-    let keep = handle.filter.plugin.config.fail_open;
-    let count = headers.len();
-    let eos = body.is_empty();
-    let h = if keep {
-        headers.clone()
-    } else {
-        std::mem::take(headers)
-    };
-    let first = handle.with_vm(|vm, id| {
-        if let Some(s) = vm.stream_mut(id) {
-            let (slot, _, continued) = dir.parts(s);
-            *slot = Some(h);
-            *continued = false;
-            if dir == Direction::Response {
-                // A local reply asked for after the request phase has nothing left to answer.
-                s.local_response = None;
-            }
-        }
-        dir.on_headers(vm, id, count, eos)
-    });
-    let mut action = match first {
-        Ok(a) => a,
-        Err(e) => return Outcome::Failed(e.to_string()),
-    };
-    if let Some(o) = early_outcome(handle) {
-        return o;
-    }
-    // Envoy (without allow_on_headers_stop_iteration) stops everything while the headers are
-    // paused: the body callback comes only after the filter continues.
-    let stop_all = !handle.filter.plugin.config.allow_on_headers_stop_iteration;
-    if action == Action::Pause && (stop_all || body.is_empty()) {
-        if let Some(o) = wait_resume(handle, dir).await {
-            return o;
-        }
-        action = Action::Continue;
-        let _ = handle.with_vm(|vm, id| {
-            if let Some(s) = vm.stream_mut(id) {
-                *dir.parts(s).2 = false;
-            }
-            Ok(())
-        });
-    }
-    if !body.is_empty() {
-        let b = if keep {
-            body.clone()
-        } else {
-            std::mem::take(body)
-        };
-        let size = b.len();
-        let second = handle.with_vm(|vm, id| {
-            if let Some(s) = vm.stream_mut(id) {
-                *dir.parts(s).1 = Some(b);
-            }
-            dir.on_body(vm, id, size, true)
-        });
-        // As in Envoy, a body callback that continues resumes a stream paused in its headers.
-        action = match second {
-            Ok(a) => a,
-            Err(e) => return Outcome::Failed(e.to_string()),
-        };
-        if let Some(o) = early_outcome(handle) {
-            return o;
-        }
-    }
-    if action == Action::Pause {
-        if let Some(o) = wait_resume(handle, dir).await {
-            return o;
-        }
-    }
-    let taken = handle.with_vm(|vm, id| {
-        Ok(vm.stream_mut(id).map(|s| {
-            let (h, b, _) = dir.parts(s);
-            (h.clone(), b.clone())
-        }))
-    });
-    match taken {
-        Ok(Some((h, b))) => {
-            if let Some(h) = h {
-                *headers = h;
-            }
-            if let Some(b) = b {
-                *body = b;
-            }
-            Outcome::Continue
-        }
-        Ok(None) => Outcome::Failed("the context is gone".into()),
-        Err(e) => Outcome::Failed(e.to_string()),
-    }
-}
-
-/// A local reply or reset the filter asked for during its last callback.
-fn early_outcome(handle: &ContextHandle) -> Option<Outcome> {
-    let state = handle.with_vm(|vm, id| {
-        Ok(vm
-            .stream_mut(id)
-            .map(|s| (s.local_response.take(), s.closed)))
-    });
-    match state {
-        Ok(Some((_, true))) => Some(Outcome::Reset),
-        Ok(Some((Some(l), false))) => Some(Outcome::Local(l)),
-        Ok(_) => None,
-        Err(e) => Some(Outcome::Failed(e.to_string())),
-    }
-}
-
-/// Waits until the filter continues the paused direction, answers locally, resets, or its
-/// instance fails. `None` means it continued.
-async fn wait_resume(handle: &ContextHandle, dir: Direction) -> Option<Outcome> {
-    let limit = handle.filter.plugin.limits.pause_limit;
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let notified = handle.filter.notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let continued = handle.with_vm(|vm, id| Ok(vm.stream(id).map(|s| dir.continued(s))));
-        let continued = match continued {
-            Err(e) => return Some(Outcome::Failed(e.to_string())),
-            Ok(None) => return Some(Outcome::Failed("the context is gone".into())),
-            Ok(Some(c)) => c,
-        };
-        if let Some(o) = early_outcome(handle) {
-            return Some(o);
-        }
-        if continued {
-            return None;
-        }
-        tokio::select! {
-            _ = &mut notified => {}
-            _ = tokio::time::sleep_until(deadline) => {
-                return Some(Outcome::Failed(format!("a filter kept the stream paused for more than {limit:?}")));
-            }
-        }
-    }
-}
-
-/// A local reply as a response: Envoy sets `content-type: text/plain` when there is a body,
-/// then applies the filter's headers (replacing).
-fn local_response(l: LocalResponse) -> Pending {
-    let mut headers: HeaderList = vec![(":status".into(), l.status.to_string().into_bytes())];
-    if !l.body.is_empty() {
-        headers.push(("content-type".into(), b"text/plain".to_vec()));
-    }
-    for (k, v) in l.headers {
-        replace_value(&mut headers, &k, v);
-    }
-    Pending {
-        headers,
-        body: l.body,
-    }
-}
-
-fn router_reply(status: u16, body: &str) -> Pending {
-    local_response(LocalResponse {
-        status,
-        details: String::new(),
-        body: body.as_bytes().to_vec(),
-        headers: Vec::new(),
-    })
-}
-
-/// Routes the request and sends it upstream.
+/// Routes the request and sends it upstream; the answer is the upstream's response head (its
+/// body still to read) or the router's local reply.
 async fn forward(
     listener: &ListenerConfig,
     ctx: &WorkerCtx,
     mut headers: HeaderList,
-    body: Vec<u8>,
-) -> Pending {
+    body: ProxyBody,
+) -> Answer {
     let authority = String::from_utf8_lossy(get_value(&headers, ":authority").unwrap_or_default());
     let path = String::from_utf8_lossy(get_value(&headers, ":path").unwrap_or_default());
     let Some(route) = find_route(listener, &authority, &path) else {
-        return router_reply(404, "");
+        return Answer::Local(plain_reply(404, ""));
     };
     let Some(cluster) = ctx.clusters.get(&route.cluster) else {
-        return router_reply(503, "no healthy upstream");
+        return Answer::Local(plain_reply(503, "no healthy upstream"));
     };
     if !route.timeout.is_zero() {
         replace_value(
@@ -618,7 +402,7 @@ async fn forward(
         );
     }
     if get_value(&headers, ":method").is_none_or(<[u8]>::is_empty) {
-        return router_reply(503, "missing required header: :method");
+        return Answer::Local(plain_reply(503, "missing required header: :method"));
     }
     // As Envoy's upstream codec, a header a filter made invalid fails the request with a 503
     // that names it.
@@ -627,38 +411,52 @@ async fn forward(
             continue;
         }
         if hyper::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
-            return router_reply(503, &format!("invalid header name: {k}"));
+            return Answer::Local(plain_reply(503, &format!("invalid header name: {k}")));
         }
         if hyper::header::HeaderValue::from_bytes(v).is_err() {
-            return router_reply(503, &format!("invalid header value for: {k}"));
+            return Answer::Local(plain_reply(503, &format!("invalid header value for: {k}")));
         }
     }
-    let request = match build_request(&headers, Bytes::from(body)) {
+    let request = match build_request(&headers, body) {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!("bad request after filters: {e}");
-            return router_reply(400, "");
+            return Answer::Local(plain_reply(400, ""));
         }
     };
     let started = Instant::now();
-    match ctx.pool.exchange(cluster, request, route.timeout).await {
-        Ok(r) => {
-            let mut headers: HeaderList =
-                vec![(":status".into(), r.status.to_string().into_bytes())];
-            for (k, v) in r.headers {
-                if !is_hop_by_hop(&k) {
-                    headers.push((k, v));
-                }
-            }
+    // The route's timeout covers the whole response, its body included (as Envoy's).
+    let deadline = (!route.timeout.is_zero()).then(|| tokio::time::Instant::now() + route.timeout);
+    let sent = ctx.pool.start(cluster, request);
+    let answer = match deadline {
+        Some(at) => tokio::time::timeout_at(at, sent)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout)),
+        None => sent.await,
+    };
+    match answer {
+        Ok((response, lent)) => {
+            let (parts, body) = response.into_parts();
+            let mut headers: HeaderList = vec![(
+                ":status".into(),
+                parts.status.as_u16().to_string().into_bytes(),
+            )];
+            headers.extend(
+                header_pairs(&parts.headers)
+                    .into_iter()
+                    .filter(|(k, _)| !is_hop_by_hop(k)),
+            );
             // Envoy's own value replaces one the upstream sent.
             replace_value(
                 &mut headers,
                 "x-envoy-upstream-service-time",
                 started.elapsed().as_millis().to_string().into_bytes(),
             );
-            Pending {
+            Answer::Upstream {
                 headers,
-                body: Vec::from(r.body),
+                body,
+                lent,
+                deadline,
             }
         }
         Err(e) => {
@@ -668,7 +466,7 @@ async fn forward(
                 .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(cluster = %route.cluster, "upstream: {e}");
             let (status, body) = e.router_reply();
-            router_reply(status, body)
+            Answer::Local(plain_reply(status, body))
         }
     }
 }
@@ -726,21 +524,23 @@ fn find_virtual_host<'a>(
         })
 }
 
-/// The response for the client. Its content-length is the body's, except in the answer to a
-/// HEAD request, which has no body and keeps the content-length it was given (as Envoy does).
-fn to_response(pending: Pending, head: bool) -> HttpResponse {
-    let status = get_value(&pending.headers, ":status")
+/// The response for the client. A body known whole gets its own content-length, except in the
+/// answer to a HEAD request, which has no body and keeps the content-length it was given (as
+/// Envoy does); a streaming body keeps the content-length the upstream and the filters left.
+fn to_response(headers: HeaderList, body: ProxyBody, head: bool) -> HttpResponse {
+    let status = get_value(&headers, ":status")
         .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u16>().ok())
         .and_then(|s| hyper::StatusCode::from_u16(s).ok());
     let Some(status) = status else {
         // What Envoy's codec answers for a response whose `:status` is not a number.
         return plain(502, "missing required header: :status");
     };
-    let mut response = Response::new(Full::new(Bytes::from(pending.body)));
+    let whole = matches!(body, ProxyBody::Full(_));
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     let map = response.headers_mut();
-    for (k, v) in &pending.headers {
-        if k.starts_with(':') || (k == "content-length" && !head) || is_hop_by_hop(k) {
+    for (k, v) in &headers {
+        if k.starts_with(':') || (k == "content-length" && whole && !head) || is_hop_by_hop(k) {
             continue;
         }
         if let (Ok(name), Ok(value)) = (

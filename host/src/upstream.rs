@@ -1,21 +1,44 @@
 //! Upstream HTTP/1.1 connections: a per-worker pool of keep-alive connections to cluster
 //! endpoints, used both for proxied requests and for the filters' HTTP calls.
+//!
+//! Each cluster has its own round-robin counter. DNS clusters keep their answers for the
+//! cluster's `dns_refresh_rate` (Envoy's default 5 s); a `STRICT_DNS` cluster spreads requests
+//! over every address of every endpoint, a `LOGICAL_DNS` one uses the first address (as Envoy).
+//! A pooled connection that turns out to be closed gets one retry on a fresh connection, when
+//! the request was not sent yet or is idempotent. Idle pooled connections are closed after
+//! Envoy's upstream `idle_timeout` default (1 hour).
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
+use crate::body::ProxyBody;
 use crate::config::{ClusterConfig, DiscoveryType};
+use crate::limits::{collect_body, BodyError, BodyReservation, Limits, ProcessBudget};
+use crate::metrics::MetricsRegistry;
 
-/// Largest body read from an upstream or a callout.
-pub const MAX_BODY: usize = 64 << 20;
 const MAX_IDLE_PER_ENDPOINT: usize = 128;
+/// How long a pooled connection may stay idle (Envoy's upstream `idle_timeout` default).
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// What a worker uses to reach upstreams: its connection pool, the clusters, the host's
+/// counters, the process's body budget and the limits.
+pub struct WorkerCtx {
+    pub pool: Pool,
+    pub clusters: Arc<BTreeMap<String, ClusterConfig>>,
+    pub metrics: Arc<MetricsRegistry>,
+    pub budget: Arc<ProcessBudget>,
+    pub limits: Limits,
+    /// Woken when a filter's instance may have continued, answered or failed a paused stream
+    /// (see `filter_slot`): the requests waiting on one look again.
+    pub changed: tokio::sync::Notify,
+}
 
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +51,8 @@ pub enum UpstreamError {
     Timeout,
     #[error("upstream reset: {0}")]
     Reset(String),
+    #[error("the response body is over the body limits")]
+    TooLarge,
 }
 
 /// A response read in full.
@@ -37,60 +62,189 @@ pub struct FullResponse {
     pub body: Bytes,
 }
 
+struct Idle {
+    sender: SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+struct DnsAnswer {
+    addrs: Vec<SocketAddr>,
+    fetched: Instant,
+}
+
 /// The worker's connection pool.
 #[derive(Default)]
 pub struct Pool {
-    idle: RefCell<HashMap<SocketAddr, Vec<SendRequest<Full<Bytes>>>>>,
-    next: Cell<usize>,
+    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    /// Round-robin position per cluster.
+    next: RefCell<HashMap<String, usize>>,
+    dns: RefCell<HashMap<(String, u16), DnsAnswer>>,
+}
+
+/// Methods a request may be sent again for (RFC 9110 9.2.2).
+fn idempotent(method: &hyper::Method) -> bool {
+    matches!(
+        *method,
+        hyper::Method::GET
+            | hyper::Method::HEAD
+            | hyper::Method::OPTIONS
+            | hyper::Method::TRACE
+            | hyper::Method::PUT
+            | hyper::Method::DELETE
+    )
+}
+
+/// A copy of a request whose body is known whole (a streaming one cannot be sent twice).
+fn copy_request(r: &hyper::Request<ProxyBody>) -> Option<hyper::Request<ProxyBody>> {
+    let mut copy = hyper::Request::new(ProxyBody::full(r.body().as_full()?));
+    *copy.method_mut() = r.method().clone();
+    *copy.uri_mut() = r.uri().clone();
+    *copy.version_mut() = r.version();
+    *copy.headers_mut() = r.headers().clone();
+    Some(copy)
+}
+
+/// An upstream connection lent to one exchange: given back to the pool once the response body
+/// was read to its end, dropped (closed) otherwise.
+pub struct Lent {
+    addr: SocketAddr,
+    sender: SendRequest<ProxyBody>,
+    keep_alive: bool,
+}
+
+impl Lent {
+    /// The response was read whole: the connection may serve the next request.
+    pub fn give_back(self, pool: &Pool) {
+        if self.keep_alive {
+            pool.give_back(self.addr, self.sender);
+        }
+    }
 }
 
 impl Pool {
+    /// The cluster's next round-robin position.
+    fn next_index(&self, cluster: &str) -> usize {
+        let mut next = self.next.borrow_mut();
+        let n = next.entry(cluster.to_string()).or_insert(0);
+        let i = *n;
+        *n = n.wrapping_add(1);
+        i
+    }
+
+    /// The addresses of one DNS endpoint, from the cache while fresh.
+    async fn resolve(
+        &self,
+        cluster: &ClusterConfig,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, UpstreamError> {
+        let key = (host.to_string(), port);
+        let stale = {
+            let dns = self.dns.borrow();
+            match dns.get(&key) {
+                Some(a) if a.fetched.elapsed() < cluster.dns_refresh_rate => {
+                    return Ok(a.addrs.clone())
+                }
+                Some(a) => Some(a.addrs.clone()),
+                None => None,
+            }
+        };
+        // Resolution counts as connection set-up: bounded by the connect timeout.
+        let lookup = tokio::net::lookup_host((host, port));
+        let fresh = match tokio::time::timeout(cluster.connect_timeout, lookup).await {
+            Err(_) => Err(UpstreamError::ConnectTimeout),
+            Ok(Err(e)) => Err(UpstreamError::Connect(format!("resolving {host}: {e}"))),
+            Ok(Ok(addrs)) => {
+                let mut addrs: Vec<SocketAddr> = addrs.collect();
+                addrs.dedup();
+                if addrs.is_empty() {
+                    Err(UpstreamError::Connect(format!("{host} has no address")))
+                } else {
+                    Ok(addrs)
+                }
+            }
+        };
+        match fresh {
+            Ok(addrs) => {
+                self.dns.borrow_mut().insert(
+                    key,
+                    DnsAnswer {
+                        addrs: addrs.clone(),
+                        fetched: Instant::now(),
+                    },
+                );
+                Ok(addrs)
+            }
+            // As Envoy, a failed refresh keeps the last answer.
+            Err(e) => stale.ok_or(e),
+        }
+    }
+
+    /// The endpoint the next request to `cluster` goes to.
     async fn endpoint(&self, cluster: &ClusterConfig) -> Result<SocketAddr, UpstreamError> {
-        let n = self.next.get();
-        self.next.set(n.wrapping_add(1));
-        let (host, port) = n
-            .checked_rem(cluster.endpoints.len())
-            .and_then(|i| cluster.endpoints.get(i))
-            .ok_or_else(|| {
-                UpstreamError::Connect(format!("cluster {} has no endpoints", cluster.name))
-            })?;
+        let no_endpoints =
+            || UpstreamError::Connect(format!("cluster {} has no endpoints", cluster.name));
+        let n = self.next_index(&cluster.name);
         match cluster.discovery {
-            DiscoveryType::Static => host
-                .parse()
-                .map(|ip| SocketAddr::new(ip, *port))
-                .map_err(|_| UpstreamError::Connect(format!("bad address {host}"))),
-            DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
-                // Resolution counts as connection set-up: bounded by the connect timeout.
-                let lookup = tokio::net::lookup_host((host.as_str(), *port));
-                tokio::time::timeout(cluster.connect_timeout, lookup)
-                    .await
-                    .map_err(|_| UpstreamError::ConnectTimeout)?
-                    .map_err(|e| UpstreamError::Connect(format!("resolving {host}: {e}")))?
-                    .next()
-                    .ok_or_else(|| UpstreamError::Connect(format!("{host} has no address")))
+            DiscoveryType::Static => {
+                let (host, port) = n
+                    .checked_rem(cluster.endpoints.len())
+                    .and_then(|i| cluster.endpoints.get(i))
+                    .ok_or_else(no_endpoints)?;
+                host.parse()
+                    .map(|ip| SocketAddr::new(ip, *port))
+                    .map_err(|_| UpstreamError::Connect(format!("bad address {host}")))
+            }
+            DiscoveryType::StrictDns => {
+                let mut all = Vec::new();
+                let mut failure = None;
+                for (host, port) in &cluster.endpoints {
+                    match self.resolve(cluster, host, *port).await {
+                        Ok(addrs) => all.extend(addrs),
+                        Err(e) => failure = Some(e),
+                    }
+                }
+                match n.checked_rem(all.len()).and_then(|i| all.get(i)) {
+                    Some(a) => Ok(*a),
+                    None => Err(failure.unwrap_or_else(no_endpoints)),
+                }
+            }
+            DiscoveryType::LogicalDns => {
+                let (host, port) = cluster.endpoints.first().ok_or_else(no_endpoints)?;
+                let addrs = self.resolve(cluster, host, *port).await?;
+                addrs.first().copied().ok_or_else(no_endpoints)
             }
         }
     }
 
+    /// A pooled connection to `addr` (`true`) or a new one (`false`).
     async fn connection(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
-    ) -> Result<SendRequest<Full<Bytes>>, UpstreamError> {
+    ) -> Result<(SendRequest<ProxyBody>, bool), UpstreamError> {
         loop {
             let candidate = self.idle.borrow_mut().get_mut(&addr).and_then(Vec::pop);
             match candidate {
-                Some(mut sender) => {
-                    if sender.is_closed() {
+                Some(mut idle) => {
+                    if idle.sender.is_closed() || idle.since.elapsed() > UPSTREAM_IDLE_TIMEOUT {
                         continue;
                     }
-                    if sender.ready().await.is_ok() {
-                        return Ok(sender);
+                    if idle.sender.ready().await.is_ok() {
+                        return Ok((idle.sender, true));
                     }
                 }
                 None => break,
             }
         }
+        Ok((self.connect(addr, connect_timeout).await?, false))
+    }
+
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<SendRequest<ProxyBody>, UpstreamError> {
         let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout)?
@@ -105,54 +259,94 @@ impl Pool {
         Ok(sender)
     }
 
-    fn give_back(&self, addr: SocketAddr, sender: SendRequest<Full<Bytes>>) {
+    fn give_back(&self, addr: SocketAddr, sender: SendRequest<ProxyBody>) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
+        // Connections idle past the timeout go first.
+        list.retain(|i| i.since.elapsed() <= UPSTREAM_IDLE_TIMEOUT && !i.sender.is_closed());
         if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(sender);
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
         }
     }
 
-    /// Sends a request to one endpoint of `cluster` and reads the whole response, all within
-    /// `timeout` (connection set-up within the cluster's `connect_timeout`).
+    /// Sends a request to one endpoint of `cluster` (connection set-up within the cluster's
+    /// `connect_timeout`) and returns the response head, its body still to read, and the
+    /// connection to give back once it is read.
+    pub async fn start(
+        &self,
+        cluster: &ClusterConfig,
+        request: hyper::Request<ProxyBody>,
+    ) -> Result<(hyper::Response<hyper::body::Incoming>, Lent), UpstreamError> {
+        let addr = self.endpoint(cluster).await?;
+        let (mut sender, reused) = self.connection(addr, cluster.connect_timeout).await?;
+        // A pooled connection may have been closed by the upstream just now: keep what is
+        // needed to send the request once more on a fresh one.
+        let backup = if reused && idempotent(request.method()) {
+            copy_request(&request)
+        } else {
+            None
+        };
+        let response = match sender.try_send_request(request).await {
+            Ok(r) => r,
+            Err(mut e) => {
+                let again = e.take_message().or(backup);
+                match again {
+                    Some(req) if reused => {
+                        tracing::debug!(%addr, "pooled connection was stale ({}); retrying on a fresh one", e.error());
+                        sender = self.connect(addr, cluster.connect_timeout).await?;
+                        sender
+                            .send_request(req)
+                            .await
+                            .map_err(|e| UpstreamError::Reset(e.to_string()))?
+                    }
+                    _ => return Err(UpstreamError::Reset(e.into_error().to_string())),
+                }
+            }
+        };
+        let keep_alive = !response
+            .headers()
+            .get_all(hyper::header::CONNECTION)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        Ok((
+            response,
+            Lent {
+                addr,
+                sender,
+                keep_alive,
+            },
+        ))
+    }
+
+    /// Sends a request and reads the whole response, all within `timeout`; the response body
+    /// is limited to `limit` bytes and counted against `reservation` (the filters' HTTP calls).
     pub async fn exchange(
         &self,
         cluster: &ClusterConfig,
-        request: hyper::Request<Full<Bytes>>,
+        request: hyper::Request<ProxyBody>,
         timeout: Duration,
+        limit: usize,
+        reservation: &mut BodyReservation,
     ) -> Result<FullResponse, UpstreamError> {
         let work = async {
-            let addr = self.endpoint(cluster).await?;
-            let mut sender = self.connection(addr, cluster.connect_timeout).await?;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| UpstreamError::Reset(e.to_string()))?;
+            let (response, lent) = self.start(cluster, request).await?;
             let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_BODY)
-                .collect()
+            let body = collect_body(body, limit, reservation)
                 .await
-                .map_err(|e| UpstreamError::Reset(e.to_string()))?
-                .to_bytes();
-            let keep_alive = !parts
-                .headers
-                .get_all(hyper::header::CONNECTION)
-                .iter()
-                .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-            if keep_alive {
-                self.give_back(addr, sender);
-            }
-            let headers = parts
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-                .collect();
+                .map_err(|e| match e {
+                    BodyError::TooLarge(_) | BodyError::OverBudget => UpstreamError::TooLarge,
+                    BodyError::Read(e) => UpstreamError::Reset(e),
+                })?;
+            lent.give_back(self);
             Ok(FullResponse {
                 status: parts.status.as_u16(),
-                headers,
+                headers: header_pairs(&parts.headers),
                 body,
             })
         };
@@ -163,6 +357,14 @@ impl Pool {
             .await
             .map_err(|_| UpstreamError::Timeout)?
     }
+}
+
+/// A hyper header map as proxy-wasm pairs (lower-case names, byte values, in order).
+pub fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
 }
 
 impl UpstreamError {
@@ -179,6 +381,8 @@ impl UpstreamError {
             UpstreamError::Reset(_) => {
                 (503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
             }
+            // Envoy's answer when a response is over its buffer limit before headers went out.
+            UpstreamError::TooLarge => (503, "response payload too large"),
         }
     }
 }
@@ -198,11 +402,12 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 }
 
 /// Builds a request from a proxy-wasm header list (`:method`, `:path`, `:authority` and the
-/// rest); content-length is recomputed from the body.
+/// rest). For a body known whole, content-length is recomputed from it; a streaming body keeps
+/// the content-length the filters left (as Envoy), else it is sent chunked.
 pub fn build_request(
     headers: &[(String, Vec<u8>)],
-    body: Bytes,
-) -> Result<hyper::Request<Full<Bytes>>, String> {
+    body: ProxyBody,
+) -> Result<hyper::Request<ProxyBody>, String> {
     let pseudo = |name: &str| {
         headers
             .iter()
@@ -219,19 +424,22 @@ pub fn build_request(
     }
     for (k, v) in headers {
         let te_trailers = k == "te" && v.eq_ignore_ascii_case(b"trailers");
+        let whole = matches!(body, ProxyBody::Full(_));
         if k.starts_with(':')
             || k == "host"
-            || k == "content-length"
+            || (k == "content-length" && whole)
             || (is_hop_by_hop(k) && !te_trailers)
         {
             continue;
         }
         builder = builder.header(k.as_str(), v.as_slice());
     }
-    let needs_length =
-        !body.is_empty() || !matches!(pseudo(":method"), Some(b"GET") | Some(b"HEAD") | None);
-    if needs_length {
-        builder = builder.header(hyper::header::CONTENT_LENGTH, body.len());
+    if let Some(whole) = body.as_full() {
+        let needs_length =
+            !whole.is_empty() || !matches!(pseudo(":method"), Some(b"GET") | Some(b"HEAD") | None);
+        if needs_length {
+            builder = builder.header(hyper::header::CONTENT_LENGTH, whole.len());
+        }
     }
-    builder.body(Full::new(body)).map_err(|e| e.to_string())
+    builder.body(body).map_err(|e| e.to_string())
 }

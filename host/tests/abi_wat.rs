@@ -222,6 +222,7 @@ fn plugin(wat: &str, limits: VmLimits) -> Arc<Plugin> {
             connect_timeout: Duration::from_secs(1),
             discovery: DiscoveryType::Static,
             endpoints: vec![("127.0.0.1".into(), 9)],
+            dns_refresh_rate: Duration::from_secs(5),
         },
     );
     Plugin::from_module_bytes(config, wat.as_bytes(), clusters, limits).expect("module loads")
@@ -448,10 +449,12 @@ fn write_module(dir: &std::path::Path, wat: &str) -> std::path::PathBuf {
     path
 }
 
-/// Through the proxy: a request that makes the guest trap or spin gets 500, the instance is
-/// replaced, and the next request passes; with fail_open the failing request passes too.
+/// Through the proxy, as Envoy: a request that makes the guest trap or spin gets 503; without a
+/// failure policy the filter stays failed (every later request 503, or passes with
+/// `fail_open`); with `FAIL_RELOAD` the instance is re-created off the request path after
+/// Envoy's jittered back-off, during which requests get 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_instances_are_replaced_and_requests_get_500_or_pass_with_fail_open() {
+async fn failing_instances_answer_503_stay_failed_or_are_reloaded_with_back_off() {
     let upstream = common::spawn_echo().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let module = write_module(dir.path(), MISBEHAVING_WAT);
@@ -463,7 +466,11 @@ async fn failing_instances_are_replaced_and_requests_get_500_or_pass_with_fail_o
         },
         ..HostOptions::default()
     };
-    for fail_open in [false, true] {
+    let stats = |host: &keyrealm_host::RunningHost| {
+        let admin = host.admin_addr().expect("admin");
+        async move { common::get(admin, "/stats/prometheus").await.body }
+    };
+    for (fail_open, policy) in [(false, ""), (true, ""), (false, "FAIL_RELOAD")] {
         let spec = common::FilterSpec {
             name: "misbehaving",
             root_id: "misbehaving",
@@ -473,34 +480,60 @@ async fn failing_instances_are_replaced_and_requests_get_500_or_pass_with_fail_o
             env: &[],
             allow_stop_iteration: false,
         };
-        let yaml = common::envoy_yaml(upstream, &[spec], &[]);
-        let (host, _cfg) = common::start_host(&yaml, options.clone()).await;
-        let addr = host.listener_addrs()[0];
-        for bad in ["x-trap", "x-loop"] {
-            let r = common::http(addr, "GET", "/a", &[(bad, "1")], "").await;
-            if fail_open {
-                assert_eq!(r.status, 200, "{bad} with fail_open passes: {r:?}");
-                assert!(r.echoed().is_some(), "reached the upstream");
-            } else {
-                assert_eq!(r.status, 500, "{bad}: {r:?}");
-                assert!(r.echoed().is_none(), "did not reach the upstream");
-            }
-            let ok = common::http(addr, "GET", "/b", &[], "").await;
-            assert_eq!(
-                ok.status, 200,
-                "after {bad} a fresh instance serves: {ok:?}"
+        let mut yaml = common::envoy_yaml(upstream, &[spec], &[]);
+        if !policy.is_empty() {
+            yaml = yaml.replace(
+                "fail_open: false\n",
+                &format!("fail_open: false\n                failure_policy: {policy}\n"),
             );
         }
-        let admin = host.admin_addr().expect("admin");
-        let stats = common::get(admin, "/stats/prometheus").await.body;
-        assert!(
-            stats.contains("keyrealm_host_vm_failures_total 2"),
-            "{stats}"
-        );
-        assert!(
-            stats.contains("keyrealm_host_vm_replacements_total 2"),
-            "{stats}"
-        );
+        let (host, _cfg) = common::start_host(&yaml, options.clone()).await;
+        let addr = host.listener_addrs()[0];
+        let trapped = common::http(addr, "GET", "/a", &[("x-trap", "1")], "").await;
+        let after = common::http(addr, "GET", "/b", &[], "").await;
+        match (fail_open, policy) {
+            (true, _) => {
+                assert_eq!(trapped.status, 200, "fail_open passes: {trapped:?}");
+                assert!(trapped.echoed().is_some(), "reached the upstream");
+                assert_eq!(after.status, 200, "and keeps passing: {after:?}");
+                let s = stats(&host).await;
+                assert!(s.contains("keyrealm_host_wasm_fail_open_total 2"), "{s}");
+            }
+            (false, "") => {
+                assert_eq!(trapped.status, 503, "{trapped:?}");
+                assert!(trapped.echoed().is_none(), "did not reach the upstream");
+                assert_eq!(after.status, 503, "the filter stays failed: {after:?}");
+                let s = stats(&host).await;
+                assert!(s.contains("keyrealm_host_vm_failures_total 1"), "{s}");
+                assert!(s.contains("keyrealm_host_vm_replacements_total 0"), "{s}");
+                assert!(s.contains("keyrealm_host_wasm_fail_stream_total 2"), "{s}");
+            }
+            _ => {
+                assert_eq!(trapped.status, 503, "{trapped:?}");
+                // Re-created after Envoy's jittered back-off: within 1 s, then within 3 s.
+                let served_again = |limit: Duration| async move {
+                    let started = Instant::now();
+                    loop {
+                        let r = common::http(addr, "GET", "/e", &[], "").await;
+                        if r.status == 200 {
+                            return;
+                        }
+                        assert_eq!(r.status, 503, "{r:?}");
+                        assert!(started.elapsed() < limit, "not re-created in {limit:?}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                };
+                if after.status != 200 {
+                    served_again(Duration::from_millis(1500)).await;
+                }
+                let spun = common::http(addr, "GET", "/c", &[("x-loop", "1")], "").await;
+                assert_eq!(spun.status, 503, "{spun:?}");
+                served_again(Duration::from_millis(3500)).await;
+                let s = stats(&host).await;
+                assert!(s.contains("keyrealm_host_vm_failures_total 2"), "{s}");
+                assert!(s.contains("keyrealm_host_vm_replacements_total 2"), "{s}");
+            }
+        }
         host.shutdown().await;
     }
 }
@@ -657,12 +690,109 @@ fn fd_write_copies_a_bounded_amount_whatever_the_iovecs_say() {
     );
     let text = p.log.text();
     let longest = text.lines().map(str::len).max().unwrap_or(0);
-    assert!(longest > 60_000, "the write was logged: {longest}");
-    assert!(longest <= (1 << 20) + 200, "a log line of {longest} bytes");
+    // Logged, cut at the log line limit (16 KiB).
+    let max = VmLimits::default().log_line_bytes;
+    assert!(longest > max, "the write was logged: {longest}");
+    assert!(longest <= max + 200, "a log line of {longest} bytes");
+    assert!(text.contains("bytes cut)"), "the cut is marked");
     assert_eq!(
         call(&mut vm, "write_bad_iovec", root, &[]),
         21,
         "an iovec past the end of memory is EFAULT"
     );
     assert!(!vm.is_broken());
+}
+
+/// The calls the C++ and AssemblyScript SDKs also import, and statuses as Envoy answers them.
+const ENVOY_STATUS_WAT: &str = r#"
+(module
+  (import "env" "proxy_get_header_map_size" (func $map_size (param i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_status" (func $buf_status (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add_hdr (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get_hdr (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (import "env" "proxy_close_stream" (func $close (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "x-a")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "map_size") (param $map i32) (result i32) (call $map_size (local.get $map) (i32.const 96)))
+  (func (export "buf_status") (param $buf i32) (result i32)
+    (call $buf_status (local.get $buf) (i32.const 96) (i32.const 100)))
+  (func (export "add") (param $map i32) (result i32)
+    (call $add_hdr (local.get $map) (i32.const 16) (i32.const 3) (i32.const 16) (i32.const 3)))
+  (func (export "get") (param $map i32) (result i32)
+    (call $get_hdr (local.get $map) (i32.const 16) (i32.const 3) (i32.const 104) (i32.const 108)))
+  (func (export "continue") (param $t i32) (result i32) (call $continue (local.get $t)))
+  (func (export "close") (param $t i32) (result i32) (call $close (local.get $t)))
+  (func (export "ret0") (result i32) (i32.load (i32.const 96)))
+)
+"#;
+
+#[test]
+fn header_map_size_buffer_status_and_envoys_statuses() {
+    let p = plugin(ENVOY_STATUS_WAT, VmLimits::default());
+    let mut vm = start(&p);
+    let root = vm.root_context_id();
+    let id = vm
+        .create_http_context(RequestInfo::default())
+        .expect("context");
+    vm.stream_mut(id).expect("stream").request_headers =
+        Some(vec![(":path".into(), b"/xy".to_vec())]);
+    vm.stream_mut(id).expect("stream").request_body = Some(b"hello".to_vec());
+    // Sizes: the names and values of a map (Envoy's byteSize), a buffer's length.
+    assert_eq!(call(&mut vm, "map_size", id, &[0]), 0);
+    assert_eq!(call(&mut vm, "ret0", id, &[]), 8);
+    assert_eq!(call(&mut vm, "buf_status", id, &[0]), 0);
+    assert_eq!(call(&mut vm, "ret0", id, &[]), 5);
+    assert_eq!(
+        call(&mut vm, "buf_status", root, &[0]),
+        1,
+        "no body: NotFound"
+    );
+    assert_eq!(
+        call(&mut vm, "buf_status", root, &[7]),
+        0,
+        "plugin configuration"
+    );
+    // A map that is not available (root context, response headers not there yet): BadArgument.
+    assert_eq!(call(&mut vm, "map_size", root, &[0]), 2);
+    assert_eq!(call(&mut vm, "add", root, &[0]), 2);
+    assert_eq!(call(&mut vm, "get", root, &[0]), 2);
+    assert_eq!(call(&mut vm, "add", id, &[2]), 2);
+    assert_eq!(call(&mut vm, "add", id, &[0]), 0);
+    assert_eq!(call(&mut vm, "get", id, &[0]), 0);
+    // Continue / close: Ok for the HTTP streams (on the root context too), continue on the
+    // upstream stream Unimplemented, an unknown stream type BadArgument.
+    assert_eq!(call(&mut vm, "continue", root, &[0]), 0);
+    assert_eq!(call(&mut vm, "close", root, &[1]), 0);
+    assert_eq!(call(&mut vm, "continue", id, &[3]), 12);
+    assert_eq!(call(&mut vm, "continue", id, &[4]), 2);
+    assert_eq!(call(&mut vm, "close", id, &[4]), 2);
+    assert!(!vm.is_broken());
+}
+
+/// Context ids wrap after 2^32 but never land on the root context or a live context.
+#[test]
+fn context_ids_never_collide_with_a_live_context() {
+    let p = plugin(ENVOY_STATUS_WAT, VmLimits::default());
+    let mut vm = start(&p);
+    let root = vm.root_context_id();
+    let live = vm
+        .create_http_context(RequestInfo::default())
+        .expect("context");
+    vm.set_next_context_id(u32::MAX);
+    let last = vm
+        .create_http_context(RequestInfo::default())
+        .expect("context");
+    assert_eq!(last, u32::MAX);
+    let wrapped = vm
+        .create_http_context(RequestInfo::default())
+        .expect("context");
+    assert!(
+        wrapped != 0 && wrapped != root && wrapped != live,
+        "{wrapped} vs root {root}, live {live}"
+    );
+    assert_eq!(vm.http_context_count(), 3);
 }

@@ -621,59 +621,24 @@ async fn body_while_headers_are_paused_for_a_call() {
     let continues = serde_json::json!({"http_call": {"cluster": "upstream", "path": "/fixed", "body_continues": true}});
     let pauses = serde_json::json!({"http_call": {"cluster": "upstream", "path": "/fixed"}});
 
-    let obs = parity_with(
-        "stop-all",
-        continues.clone(),
-        false,
-        &[],
-        Duration::ZERO,
-        &[post()],
-    )
-    .await;
-    let up = obs[0].1.upstream.as_ref().expect("reached upstream");
-    assert_eq!(up.body, "payload");
-    assert_eq!(
-        up_header(&obs[0].1, "x-call-status").as_deref(),
-        Some("200"),
-        "waited for the call"
-    );
-
-    let obs = parity_with(
-        "stop-iter-continue",
-        continues,
-        true,
-        &[],
-        Duration::ZERO,
-        &[post()],
-    )
-    .await;
-    assert_eq!(
-        obs[0].1.upstream.as_ref().map(|u| u.body.as_str()),
-        Some("payload")
-    );
-    assert_eq!(
-        up_header(&obs[0].1, "x-call-status"),
-        None,
-        "the body callback resumed the request early"
-    );
-
-    let obs = parity_with(
-        "stop-iter-pause",
-        pauses,
-        true,
-        &[],
-        Duration::ZERO,
-        &[post()],
-    )
-    .await;
-    assert_eq!(
-        obs[0].1.upstream.as_ref().map(|u| u.body.as_str()),
-        Some("payload")
-    );
-    assert_eq!(
-        up_header(&obs[0].1, "x-call-status").as_deref(),
-        Some("200")
-    );
+    // (vm id, configuration, allow_on_headers_stop_iteration, x-call-status the upstream sees)
+    let cases = [
+        // Stop-all: the body waits for the headers, which wait for the call.
+        ("stop-all", continues.clone(), false, Some("200")),
+        // The body callback continues: it resumes the request before the call's answer.
+        ("stop-iter-continue", continues, true, None),
+        ("stop-iter-pause", pauses, true, Some("200")),
+    ];
+    for (vm_id, config, allow, call_status) in cases {
+        let obs = parity_with(vm_id, config, allow, &[], Duration::ZERO, &[post()]).await;
+        let body = obs[0].1.upstream.as_ref().map(|u| u.body.as_str());
+        assert_eq!(body, Some("payload"), "{vm_id}");
+        assert_eq!(
+            up_header(&obs[0].1, "x-call-status").as_deref(),
+            call_status,
+            "{vm_id}"
+        );
+    }
 }
 
 /// A stand-in realm service: `POST /realm-1/v0/authenticate` with `Bearer dp-token` finds the
@@ -1378,31 +1343,7 @@ async fn scheme_follows_x_forwarded_proto() {
 
 /// An upstream that answers every request with `response` (raw HTTP/1.1 bytes) and closes.
 async fn spawn_raw_upstream(response: &'static str) -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let _ = s.write_all(response.as_bytes()).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    addr
+    common::spawn_fixed(response).await
 }
 
 /// Response headers from the upstream as Envoy passes them on: hop-by-hop ones dropped, its
@@ -1528,4 +1469,67 @@ async fn odd_http1_requests_as_envoy() {
         }
     }
     host.shutdown().await;
+}
+
+/// A filter that traps (the abi-test-filter panics on `x-trap`) is answered as Envoy answers
+/// it: 503 with an empty body for the request it ends; then, with no failure policy (Envoy's
+/// FAIL_CLOSED), every later request 503 too; with `failure_policy: FAIL_RELOAD`, the next
+/// request is served by a new instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_filter_is_answered_as_envoy_answers_it() {
+    let wasm = common::abi_test_filter_wasm();
+    for policy in ["", "FAIL_RELOAD"] {
+        let upstream = common::spawn_echo().await;
+        let spec = FilterSpec {
+            name: "trapper",
+            root_id: "abi_test",
+            wasm: &wasm,
+            configuration: r#"{"trap_when_header": "x-trap"}"#,
+            fail_open: false,
+            env: &[],
+            allow_stop_iteration: false,
+        };
+        let mut yaml = common::envoy_yaml(upstream, &[spec], &[]);
+        if !policy.is_empty() {
+            yaml = yaml.replace(
+                "fail_open: false\n",
+                &format!("fail_open: false\n                failure_policy: {policy}\n"),
+            );
+        }
+        let envoy = common::start_envoy(&yaml, &[]).await;
+        let (host, _dir) = common::start_host(
+            &yaml,
+            keyrealm_host::HostOptions {
+                workers: Some(1),
+                ..Default::default()
+            },
+        )
+        .await;
+        let both = |path: &'static str, trap: bool| {
+            let headers: Vec<(&str, &str)> = if trap { vec![("x-trap", "1")] } else { vec![] };
+            let (e, h) = (envoy.listener, host.listener_addrs()[0]);
+            async move {
+                let from_envoy = common::http(e, "GET", path, &headers, "").await;
+                let from_host = common::http(h, "GET", path, &headers, "").await;
+                let (e, h) = (observe(&from_envoy), observe(&from_host));
+                assert_eq!(
+                    h, e,
+                    "{policy:?} {path}: keyrealm-host (left) differs from Envoy (right)"
+                );
+                h
+            }
+        };
+        assert_eq!(both("/before", false).await.status, 200);
+        let trapped = both("/trap", true).await;
+        assert_eq!((trapped.status, trapped.client_body.as_str()), (503, ""));
+        assert!(trapped.upstream.is_none());
+        // With FAIL_RELOAD a new instance may start after the first back-off, uniform in [0, 1 s)
+        // (Envoy on the next request after it, keyrealm-host when it ends): wait it out.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let after = both("/after", false).await;
+        let expected = if policy.is_empty() { 503 } else { 200 };
+        assert_eq!(after.status, expected, "{policy:?}");
+        host.shutdown().await;
+        drop(envoy);
+    }
 }

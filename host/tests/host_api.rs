@@ -294,7 +294,7 @@ async fn shutdown_with_a_request_paused_in_a_filter() {
 }
 
 /// A filter that keeps a request paused past the pause limit (its HTTP call takes 3 s, the limit
-/// is 300 ms) fails that request at the limit: 500, or, with `fail_open`, the request goes on
+/// is 300 ms) fails that request at the limit: 503, or, with `fail_open`, the request goes on
 /// unfiltered. Either way the failed context still ends: its `on_log` and `on_done` run, as the
 /// lifecycle record that the next request (which makes no call) carries upstream shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,7 +335,7 @@ async fn a_request_paused_past_the_limit_fails_and_its_context_ends() {
             assert_eq!(first.status, 200, "fail_open passes the request on");
             assert!(first.echoed().is_some(), "and it reached the upstream");
         } else {
-            assert_eq!(first.status, 500, "{}", first.body);
+            assert_eq!(first.status, 503, "{}", first.body);
             assert!(first.echoed().is_none(), "nothing reached the upstream");
         }
         let second = common::get(addr, "/second").await;
@@ -377,4 +377,292 @@ async fn codec_type_http1_or_http2_only() {
         }
         host.shutdown().await;
     }
+}
+
+/// An upstream that counts its requests and answers 200 with `size` bytes (`/size/N`), else
+/// `ok`.
+async fn spawn_counting() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let counter = counter.clone();
+                        async move {
+                            // Counts requests whose body arrived whole.
+                            let (parts, body) = req.into_parts();
+                            if body.collect().await.is_err() {
+                                return Err("request body broken off");
+                            }
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            let req = hyper::Request::from_parts(parts, ());
+                            let size = req
+                                .uri()
+                                .path()
+                                .strip_prefix("/size/")
+                                .and_then(|s| s.parse::<usize>().ok());
+                            // A sized body comes in 500-byte pieces, 100 ms apart.
+                            let body = match size {
+                                Some(n) => {
+                                    let (tx, body) = keyrealm_host::body::ProxyBody::channel();
+                                    tokio::spawn(async move {
+                                        let mut left = n;
+                                        while left > 0 {
+                                            let piece = left.min(500);
+                                            if !tx.send(bytes::Bytes::from(vec![b'x'; piece])).await
+                                            {
+                                                return;
+                                            }
+                                            left -= piece;
+                                            tokio::time::sleep(Duration::from_millis(100)).await;
+                                        }
+                                    });
+                                    body
+                                }
+                                None => keyrealm_host::body::ProxyBody::full(
+                                    bytes::Bytes::from_static(b"ok"),
+                                ),
+                            };
+                            let mut r = hyper::Response::new(body);
+                            if let Some(n) = size {
+                                r.headers_mut()
+                                    .insert(hyper::header::CONTENT_LENGTH, n.into());
+                            }
+                            Ok::<_, &str>(r)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+/// Each cluster has its own round-robin position: with an HTTP call to the realm cluster before
+/// every forward, a two-endpoint cluster still gets an even split of the forwards (one counter
+/// per worker for all clusters pinned every forward to one endpoint).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_endpoint_cluster_gets_an_even_split_while_calls_interleave() {
+    use std::sync::atomic::Ordering;
+    let (a, hits_a) = spawn_counting().await;
+    let (b, hits_b) = spawn_counting().await;
+    let (realm, realm_hits) = spawn_counting().await;
+    let wasm = common::abi_test_filter_wasm();
+    let spec = common::FilterSpec {
+        name: "caller",
+        root_id: "abi_test",
+        wasm: &wasm,
+        configuration: r#"{"http_call": {"cluster": "realm", "path": "/realm"}}"#,
+        fail_open: false,
+        env: &[],
+        allow_stop_iteration: false,
+    };
+    let one = format!(
+        "        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}\n",
+        a.port()
+    );
+    let two = format!(
+        "{one}        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}\n",
+        b.port()
+    );
+    let yaml = common::envoy_yaml(a, &[spec], &[("realm", realm)]).replacen(&one, &two, 1);
+    let (host, _dir) = common::start_host(
+        &yaml,
+        keyrealm_host::HostOptions {
+            workers: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = host.listener_addrs()[0];
+    for i in 0..20 {
+        let r = common::http(addr, "GET", "/x", &[], "").await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+    }
+    assert_eq!(
+        realm_hits.load(Ordering::SeqCst),
+        20,
+        "every request made its call"
+    );
+    let (na, nb) = (hits_a.load(Ordering::SeqCst), hits_b.load(Ordering::SeqCst));
+    assert_eq!((na, nb), (10, 10), "forwards split evenly");
+    host.shutdown().await;
+}
+
+/// GETs `path` over HTTP/1.1; the status, and whether the (chunked) body ended properly.
+async fn get_raw(addr: std::net::SocketAddr, path: &str) -> (u16, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    (status, text.ends_with("0\r\n\r\n"))
+}
+
+/// POSTs `pieces` pieces of `piece` bytes to `/in`, 100 ms apart; the answer's status.
+async fn post_in_pieces(addr: std::net::SocketAddr, pieces: usize, piece: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /in HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        pieces * piece
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    for _ in 0..pieces {
+        // The host may answer (413) before all of it was sent.
+        if s.write_all(&vec![b'y'; piece]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"))
+}
+
+/// The body limits apply to what a filter buffers: a request body it buffers past
+/// `request_body_bytes`, or past what the process may buffer, is answered 413 and never reaches
+/// the upstream whole; a response body it buffers past `response_body_bytes` after the head
+/// went out resets the stream; smaller ones pass. Without a filter that buffers, the same
+/// bodies stream through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limits_get_413_or_503() {
+    use std::sync::atomic::Ordering;
+    let (up, hits) = spawn_counting().await;
+    // The filter buffers both bodies whole (it edits them at their end).
+    let wasm = common::abi_test_filter_wasm();
+    let spec = common::FilterSpec {
+        name: "buffering",
+        root_id: "abi_test",
+        wasm: &wasm,
+        configuration: r#"{"request_body": {"suffix": ""}, "response_body": {"suffix": ""}}"#,
+        fail_open: false,
+        env: &[],
+        allow_stop_iteration: false,
+    };
+    let buffering = common::envoy_yaml(up, &[spec], &[]);
+    let streaming = common::envoy_yaml(up, &[], &[]);
+    for (limits, name) in [
+        (
+            keyrealm_host::Limits {
+                request_body_bytes: 1000,
+                response_body_bytes: 1000,
+                ..Default::default()
+            },
+            "per message",
+        ),
+        (
+            keyrealm_host::Limits {
+                process_body_bytes: 900,
+                ..Default::default()
+            },
+            "per process",
+        ),
+    ] {
+        let (host, _dir) = common::start_host(
+            &buffering,
+            keyrealm_host::HostOptions {
+                workers: Some(1),
+                limits,
+                ..Default::default()
+            },
+        )
+        .await;
+        let addr = host.listener_addrs()[0];
+        let before = hits.load(Ordering::SeqCst);
+        let status = post_in_pieces(addr, 3, 500).await;
+        assert_eq!(status, 413, "{name}");
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            before,
+            "{name}: no whole body reached the upstream"
+        );
+        let r = common::http(addr, "POST", "/in", &[], "small").await;
+        assert_eq!(r.status, 200, "{name}: {r:?}");
+        // The filter passed the response headers at once (as Envoy, which resets the stream
+        // when the buffer overflows after that): the client gets the head, then a reset.
+        let (status, complete) = get_raw(addr, "/size/1500").await;
+        assert_eq!((status, complete), (200, false), "{name}");
+        let r = common::get(addr, "/size/500").await;
+        assert_eq!((r.status, r.body.len()), (200, 500), "{name}");
+        let stats = common::get(host.admin_addr().expect("admin"), "/stats/prometheus")
+            .await
+            .body;
+        assert!(
+            stats.contains("keyrealm_host_body_limit_rejections_total 2"),
+            "{stats}"
+        );
+        host.shutdown().await;
+
+        // Without a filter that buffers, bodies stream: the limits do not apply to them.
+        let (host, _dir) = common::start_host(
+            &streaming,
+            keyrealm_host::HostOptions {
+                workers: Some(1),
+                limits,
+                ..Default::default()
+            },
+        )
+        .await;
+        let addr = host.listener_addrs()[0];
+        assert_eq!(post_in_pieces(addr, 3, 500).await, 200, "{name}");
+        let r = common::get(addr, "/size/1500").await;
+        assert_eq!((r.status, r.body.len()), (200, 1500), "{name}");
+        host.shutdown().await;
+    }
+}
+
+/// An upstream that closes each connection right after its answer, without saying so
+/// (`Connection: close` missing): the pooled connection the host kept is stale by the next
+/// request, which must still get 200 (a fresh connection, or one retry on one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_pooled_connection_is_retried_on_a_fresh_one() {
+    // Closed with no warning after each answer.
+    let up = common::spawn_fixed("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    let yaml = common::envoy_yaml(up, &[], &[]);
+    let (host, _dir) = common::start_host(
+        &yaml,
+        keyrealm_host::HostOptions {
+            workers: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = host.listener_addrs()[0];
+    for i in 0..20 {
+        let r = common::get(addr, "/again").await;
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"), "request {i}");
+        if i % 2 == 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    host.shutdown().await;
 }

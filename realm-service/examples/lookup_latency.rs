@@ -13,43 +13,17 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use realm_service::{spawn, ServiceConfig};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+/// The tests' HTTP client (every call has a timeout).
+#[path = "../tests/common/http.rs"]
+mod http;
+use http::HttpClient;
+
 const ADMIN: &str = "bench-admin-token-0123456789abcdefghij";
 const CONSUMERS: usize = 1000;
-
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-async fn call(http: &HttpClient, base: &str, path: &str, token: &str, body: Value) -> (u16, Value) {
-    let request = hyper::Request::builder()
-        .method("POST")
-        .uri(format!("{base}{path}"))
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("request");
-    let response = tokio::time::timeout(Duration::from_secs(30), http.request(request))
-        .await
-        .expect("timeout")
-        .expect("request");
-    let status = response.status().as_u16();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
 
 /// Loads `keys` keys (secrets `bench-key-<i>`) spread over [`CONSUMERS`] consumers of `realm`.
 fn load_keys(database: &Path, realm: &str, keys: usize) -> rusqlite::Result<()> {
@@ -193,38 +167,10 @@ async fn run(dir: &Path, keys: usize, lookups: usize, postgres: Option<&str>) {
     };
     config.admin_token = Some(ADMIN.to_string());
     let service = spawn(config).await.expect("spawn");
-    let base = format!("http://{}", service.local_addr());
-    let http: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1)
-        .build_http();
+    let http = HttpClient::new(service.local_addr());
 
-    let (_, cp) = call(
-        &http,
-        &base,
-        "/v2/control-planes",
-        ADMIN,
-        json!({"name": "bench"}),
-    )
-    .await;
-    let cp = cp["id"].as_str().expect("cp").to_string();
-    let (_, token) = call(
-        &http,
-        &base,
-        &format!("/v2/control-planes/{cp}/data-plane-tokens"),
-        ADMIN,
-        json!({}),
-    )
-    .await;
-    let token = token["token"].as_str().expect("token").to_string();
-    let (_, realm) = call(
-        &http,
-        &base,
-        "/v1/realms",
-        ADMIN,
-        json!({"name": "bench", "allowed_control_planes": [cp]}),
-    )
-    .await;
-    let realm = realm["id"].as_str().expect("realm").to_string();
+    let setup = http.data_plane_realm(ADMIN, "bench").await;
+    let (token, realm) = (setup.token, setup.realm);
 
     let started = Instant::now();
     let size = match &pg_url {
@@ -249,7 +195,11 @@ async fn run(dir: &Path, keys: usize, lookups: usize, postgres: Option<&str>) {
     }
     let picked: Vec<usize> = picked.into_iter().collect();
     // One warm-up call so the connection and the realm policy are in place.
-    call(&http, &base, &path, &token, json!({"secret": "warm-up"})).await;
+    let lookup = async |body: Value| {
+        let answer = http.call("POST", &path, Some(&token), Some(body)).await;
+        answer.status.as_u16()
+    };
+    lookup(json!({"secret": "warm-up"})).await;
 
     // Interleaved per key, so that load from elsewhere on the machine hits all three alike:
     // a key never looked up (cold: one SQLite probe), a key that does not exist (cold), and the
@@ -260,22 +210,15 @@ async fn run(dir: &Path, keys: usize, lookups: usize, postgres: Option<&str>) {
     for (n, i) in picked.iter().enumerate() {
         let found = json!({"secret": format!("bench-key-{i}")});
         let t = Instant::now();
-        let (status, _) = call(&http, &base, &path, &token, found.clone()).await;
+        let status = lookup(found.clone()).await;
         cold.push(t.elapsed());
         assert_eq!(status, 201, "bench-key-{i} not found");
         let t = Instant::now();
-        let (status, _) = call(
-            &http,
-            &base,
-            &path,
-            &token,
-            json!({"secret": format!("absent-{n}")}),
-        )
-        .await;
+        let status = lookup(json!({"secret": format!("absent-{n}")})).await;
         cold_miss.push(t.elapsed());
         assert_eq!(status, 404);
         let t = Instant::now();
-        let (status, _) = call(&http, &base, &path, &token, found).await;
+        let status = lookup(found).await;
         warm.push(t.elapsed());
         assert_eq!(status, 201);
     }

@@ -6,6 +6,9 @@
 //! call to look a key up. The contract is `shared/spec/realm-api.md`; the user reference is
 //! `docs/realm-api.md`.
 //!
+//! It also serves the realm console, a web UI at `/console/` ([`console`]; off with
+//! `--no-console`), which is a client of this same API in-process.
+//!
 //! Storage goes through one seam ([`store`]): SQLite (WAL, `synchronous=FULL`; the embedded
 //! default, one process per file) or PostgreSQL (any number of stateless replicas; every write
 //! `NOTIFY`s the others). Secrets and tokens are kept only as SHA-256 hashes. The authenticate
@@ -27,6 +30,7 @@
 pub mod api;
 pub mod cache;
 pub mod clock;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod metrics;

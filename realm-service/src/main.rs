@@ -34,6 +34,9 @@ enum Command {
         /// to other users).
         #[arg(long, env = "REALM_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// Do not serve the web console at /console/.
+        #[arg(long)]
+        no_console: bool,
     },
     /// Admin tokens.
     Token {
@@ -79,10 +82,12 @@ fn main() -> ExitCode {
             listen,
             database,
             admin_token,
+            no_console,
         } => serve(ServiceConfig {
             listen,
             database: Database::parse(&database),
             admin_token: admin_token.filter(|t| !t.is_empty()),
+            console: !no_console,
         }),
         Command::Token {
             command: TokenCommand::Create { name, database },

@@ -81,7 +81,7 @@ impl Metrics {
             );
         }
         out.push_str(
-            "# HELP realm_service_authenticate_cache_total Authenticate look-ups answered from the in-process cache (hit) or SQLite (miss).\n",
+            "# HELP realm_service_authenticate_cache_total Authenticate look-ups answered from the in-process cache (hit) or the database (miss).\n",
         );
         out.push_str("# TYPE realm_service_authenticate_cache_total counter\n");
         let _ = writeln!(

@@ -65,45 +65,44 @@ pub struct Realm {
     pub updated_at: String,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRealm {
-    #[schema(schema_with = crate::schema::name)]
-    pub name: String,
-    /// Control planes whose data planes may authenticate; each must exist.
-    #[serde(default, deserialize_with = "uuids")]
-    pub allowed_control_planes: Option<Vec<Uuid>>,
-    pub allow_all_control_planes: Option<bool>,
-    /// Minutes a data plane may cache a found key.
-    #[serde(default, deserialize_with = "integer")]
-    #[schema(schema_with = crate::schema::realm_ttl)]
-    pub ttl: Option<i64>,
-    /// Minutes a data plane may cache a miss.
-    #[serde(default, deserialize_with = "integer")]
-    #[schema(schema_with = crate::schema::realm_ttl)]
-    pub negative_ttl: Option<i64>,
-    #[schema(schema_with = crate::schema::groups)]
-    pub consumer_groups: Option<Vec<String>>,
+/// A realm body: `CreateRealm` (name required) and `UpdateRealm` (every field optional) share
+/// every field but the name, so both are written once here.
+macro_rules! realm_body {
+    ($(#[$meta:meta])* $body:ident { $(#[$name_meta:meta])* name: $name:ty }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, Deserialize, ToSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct $body {
+            $(#[$name_meta])*
+            pub name: $name,
+            /// Control planes whose data planes may authenticate; each must exist (a PATCH
+            /// replaces the list as a whole).
+            #[serde(default, deserialize_with = "uuids")]
+            pub allowed_control_planes: Option<Vec<Uuid>>,
+            pub allow_all_control_planes: Option<bool>,
+            /// Minutes a data plane may cache a found key.
+            #[serde(default, deserialize_with = "integer")]
+            #[schema(schema_with = crate::schema::realm_ttl)]
+            pub ttl: Option<i64>,
+            /// Minutes a data plane may cache a miss.
+            #[serde(default, deserialize_with = "integer")]
+            #[schema(schema_with = crate::schema::realm_ttl)]
+            pub negative_ttl: Option<i64>,
+            #[schema(schema_with = crate::schema::groups)]
+            pub consumer_groups: Option<Vec<String>>,
+        }
+    };
 }
 
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateRealm {
+realm_body!(CreateRealm {
+    #[schema(schema_with = crate::schema::name)]
+    name: String
+});
+
+realm_body!(UpdateRealm {
     #[schema(schema_with = crate::schema::optional_name)]
-    pub name: Option<String>,
-    /// Replaces the list as a whole; each must exist.
-    #[serde(default, deserialize_with = "uuids")]
-    pub allowed_control_planes: Option<Vec<Uuid>>,
-    pub allow_all_control_planes: Option<bool>,
-    #[serde(default, deserialize_with = "integer")]
-    #[schema(schema_with = crate::schema::realm_ttl)]
-    pub ttl: Option<i64>,
-    #[serde(default, deserialize_with = "integer")]
-    #[schema(schema_with = crate::schema::realm_ttl)]
-    pub negative_ttl: Option<i64>,
-    #[schema(schema_with = crate::schema::groups)]
-    pub consumer_groups: Option<Vec<String>>,
-}
+    name: Option<String>
+});
 
 /// A consumer of a realm.
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -26,15 +26,18 @@ pub struct ServiceConfig {
     pub database: Database,
     /// Accepted as an admin token (like `REALM_ADMIN_TOKEN`).
     pub admin_token: Option<String>,
+    /// Serve the web console at `/console/` (`--no-console` turns it off).
+    pub console: bool,
 }
 
 impl ServiceConfig {
-    /// Listens on 127.0.0.1:0, no admin token.
+    /// Listens on 127.0.0.1:0, no admin token, console on.
     pub fn new(database: impl Into<Database>) -> Self {
         ServiceConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             database: database.into(),
             admin_token: None,
+            console: true,
         }
     }
 }
@@ -79,7 +82,12 @@ pub async fn spawn(config: ServiceConfig) -> Result<RunningService, Error> {
         source,
     })?;
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(serve(listener, app(state), stopped));
+    let router = if config.console {
+        crate::console::mount(app(state))
+    } else {
+        app(state)
+    };
+    let task = tokio::spawn(serve(listener, router, stopped));
     Ok(RunningService { addr, stop, task })
 }
 

@@ -1,112 +1,19 @@
 //! Tests over real TCP against the built `realm-service` binary: the seed's calls, durability
-//! across `kill -9`, no plaintext secrets on disk, and `token create`.
+//! across `kill -9`, no plaintext secrets on disk, `token create`, and the console's forms
+//! leaving no secret in the log.
 
 mod common;
 
 const STORE: common::StoreKind = common::StoreKind::Sqlite;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::{metric_value, HttpClient};
+use common::metric_value;
+use common::serve::{serve_command, token_command, ServiceProcess};
 use serde_json::json;
 use sha2::Digest;
-
-const BIN: &str = env!("CARGO_BIN_EXE_realm-service");
-
-/// The binary, serving; killed with SIGKILL when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(database: &Path, admin_token: Option<&str>) -> Server {
-        Server::start_logging(database, admin_token, "info")
-    }
-
-    /// Starts the binary with `REALM_LOG=<filter>`, keeping everything it logs.
-    fn start_logging(database: &Path, admin_token: Option<&str>, filter: &str) -> Server {
-        let mut command = Command::new(BIN);
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--database"])
-            .arg(database)
-            .env_remove("REALM_LISTEN")
-            .env_remove("REALM_DATABASE")
-            .env_remove("REALM_ADMIN_TOKEN")
-            .env("REALM_LOG", filter)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(token) = admin_token {
-            command.env("REALM_ADMIN_TOKEN", token);
-        }
-        let mut child = command.spawn().expect("start realm-service");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        let log = Arc::new(Mutex::new(String::new()));
-        let kept = log.clone();
-        // Reads the log (sending the listening address when it shows), keeps all of it.
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
-                kept.push_str(&line);
-                kept.push('\n');
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr.parse().expect("listening address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("realm-service did not print 'listening on' within 30 s");
-            }
-        };
-        Server {
-            child,
-            addr,
-            log,
-            reader: Some(reader),
-        }
-    }
-
-    /// Stops the process and returns everything it logged.
-    fn stop_and_read_log(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        log.clone()
-    }
-
-    fn client(&self) -> HttpClient {
-        HttpClient::new(self.addr)
-    }
-
-    /// SIGKILL: no shutdown code runs, nothing is flushed by the process.
-    fn kill_9(mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("wait");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A string field of a JSON object.
 fn text(object: &serde_json::Value, field: &str) -> String {
@@ -120,13 +27,9 @@ fn db_in(dir: &tempfile::TempDir) -> PathBuf {
 #[tokio::test]
 async fn the_seed_calls_work_over_tcp_against_the_binary() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_logging(
-        &db_in(&dir),
-        Some("seed-admin-token-0123456789abcdefghijk"),
-        "debug",
-    );
-    let http = server.client();
     let admin = "seed-admin-token-0123456789abcdefghijk";
+    let server = ServiceProcess::start(serve_command(db_in(&dir), Some(admin)), "debug");
+    let http = server.client();
     assert_eq!(http.call("GET", "/health", None, None).await.status, 200);
 
     // The control plane whose data planes will call, and its data-plane token.
@@ -211,11 +114,184 @@ async fn the_seed_calls_work_over_tcp_against_the_binary() {
     }
 }
 
+/// The value of the console's hidden `csrf` field in a page.
+fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no csrf field in:\n{page}"))
+        .to_string()
+}
+
+/// `name=value` of the cookie `name` the answer sets.
+fn cookie_set(answer: &common::Answer, name: &str) -> String {
+    answer
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_else(|| panic!("no {name} cookie set: {:?}", answer.headers))
+        .to_string()
+}
+
+/// The text of the element with `id` (the console's shown-once secret).
+fn element_text(page: &str, id: &str) -> String {
+    page.split(&format!("id=\"{id}\""))
+        .nth(1)
+        .and_then(|rest| rest.split('>').nth(1))
+        .and_then(|rest| rest.split('<').next())
+        .unwrap_or_else(|| panic!("no #{id} in:\n{page}"))
+        .to_string()
+}
+
+fn location(answer: &common::Answer) -> String {
+    assert_eq!(answer.status, 303, "{}", answer.text);
+    answer.headers["location"]
+        .to_str()
+        .expect("location")
+        .to_string()
+}
+
+/// The console's forms over TCP, as a browser without JavaScript sends them: with the service
+/// logging at debug (trace for its own crate), no admin token, key, data-plane token, session id
+/// or CSRF token reaches the log.
+#[tokio::test]
+async fn the_console_logs_no_secret_token_or_session() {
+    const ADMIN: &str = "console-admin-token-0123456789abcdefghij";
+    const WRONG: &str = "wrong-admin-token-0123456789abcdefghijk";
+    const LEGACY: &str = "legacy-secret-of-ariel-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServiceProcess::start(
+        serve_command(db_in(&dir), Some(ADMIN)),
+        "debug,realm_service=trace",
+    );
+    let http = server.client();
+
+    let page = http.browse("/console/sign-in", None, None).await;
+    let sign_in_csrf = csrf_of(&page.text);
+    let sign_in_cookie = cookie_set(&page, "krc_sign_in");
+    let refused = http
+        .browse(
+            "/console/sign-in",
+            Some(&sign_in_cookie),
+            Some(&[("token", WRONG), ("csrf", &sign_in_csrf)]),
+        )
+        .await;
+    assert_eq!(refused.status, 401, "{}", refused.text);
+    assert!(
+        refused.text.contains("unknown admin token"),
+        "{}",
+        refused.text
+    );
+    let signed_in = http
+        .browse(
+            "/console/sign-in",
+            Some(&sign_in_cookie),
+            Some(&[("token", ADMIN), ("csrf", &sign_in_csrf)]),
+        )
+        .await;
+    assert_eq!(location(&signed_in), "/console/");
+    let session = cookie_set(&signed_in, "krc_session");
+    let cookie = Some(session.as_str());
+    let csrf = csrf_of(&http.browse("/console/realms/new", cookie, None).await.text);
+    let csrf = csrf.as_str();
+
+    let realm = location(
+        &http
+            .browse(
+                "/console/realms/new",
+                cookie,
+                Some(&[
+                    ("name", "prod"),
+                    ("allow_all_control_planes", "true"),
+                    ("csrf", csrf),
+                ]),
+            )
+            .await,
+    );
+    let consumer = location(
+        &http
+            .browse(
+                &format!("{realm}/consumers/new"),
+                cookie,
+                Some(&[("username", "Ariel"), ("csrf", csrf)]),
+            )
+            .await,
+    );
+    let legacy = http
+        .browse(
+            &format!("{consumer}/keys"),
+            cookie,
+            Some(&[("type", "legacy"), ("secret", LEGACY), ("csrf", csrf)]),
+        )
+        .await;
+    assert_eq!(legacy.status, 201, "{}", legacy.text);
+    let created = http
+        .browse(
+            &format!("{consumer}/keys"),
+            cookie,
+            Some(&[("type", "new"), ("csrf", csrf)]),
+        )
+        .await;
+    let secret = element_text(&created.text, "secret");
+    assert!(secret.starts_with("krk_"), "{secret}");
+    let realm_id = realm.rsplit('/').next().expect("realm id");
+    for key in [secret.as_str(), LEGACY] {
+        let checked = http
+            .browse(
+                "/console/check-key",
+                cookie,
+                Some(&[("realm", realm_id), ("secret", key), ("csrf", csrf)]),
+            )
+            .await;
+        assert!(checked.text.contains("Valid key"), "{}", checked.text);
+    }
+    let cp = location(
+        &http
+            .browse(
+                "/console/control-planes",
+                cookie,
+                Some(&[("name", "cp"), ("csrf", csrf)]),
+            )
+            .await,
+    );
+    let token_page = http
+        .browse(
+            &format!("{cp}/tokens"),
+            cookie,
+            Some(&[("name", "edge"), ("csrf", csrf)]),
+        )
+        .await;
+    let token = element_text(&token_page.text, "secret");
+    assert!(token.starts_with("krdp_"), "{token}");
+
+    let log = server.stop_and_read_log();
+    assert!(
+        log.contains("/v1/realms/{realmId}/check-key"),
+        "the console's API calls are logged at debug:\n{log}"
+    );
+    let session_id = session.trim_start_matches("krc_session=");
+    for secret in [
+        ADMIN,
+        WRONG,
+        LEGACY,
+        &secret,
+        &token,
+        session_id,
+        csrf,
+        &sign_in_csrf,
+    ] {
+        assert!(!log.contains(secret), "the log holds {secret}:\n{log}");
+    }
+}
+
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let database = db_in(&dir);
-    let server = Server::start(&database, Some(common::ADMIN));
+    let mut server = ServiceProcess::serve(&database, Some(common::ADMIN));
     let http = std::sync::Arc::new(server.client());
     let realm = text(
         &http
@@ -240,7 +316,7 @@ async fn acknowledged_writes_survive_kill_9() {
     server.kill_9();
     assert_eq!(acknowledged.len(), 200);
 
-    let restarted = Server::start(&database, Some(common::ADMIN));
+    let restarted = ServiceProcess::serve(&database, Some(common::ADMIN));
     let list = restarted
         .client()
         .call(
@@ -269,18 +345,10 @@ async fn the_database_and_its_wal_hold_no_plaintext_secret_or_token() {
     let dir = tempfile::tempdir().unwrap();
     let database = db_in(&dir);
     let admin = "kradm_plaintext-check-admin-token-0123456789";
-    let server = Server::start(&database, Some(admin));
+    let mut server = ServiceProcess::serve(&database, Some(admin));
     let http = server.client();
-    let cp = text(
-        &http
-            .create("/v2/control-planes", admin, json!({"name": "cp"}))
-            .await,
-        "id",
-    );
-    let dp_tokens = format!("/v2/control-planes/{cp}/data-plane-tokens");
-    let dp_token = text(&http.create(&dp_tokens, admin, json!({})).await, "token");
-    let realm = json!({"name": "prod", "allowed_control_planes": [cp]});
-    let realm = text(&http.create("/v1/realms", admin, realm).await, "id");
+    let setup = http.data_plane_realm(admin, "prod").await;
+    let (dp_token, realm) = (setup.token, setup.realm);
     let consumers = format!("/v1/realms/{realm}/consumers");
     let consumer = text(
         &http
@@ -336,10 +404,7 @@ async fn the_database_and_its_wal_hold_no_plaintext_secret_or_token() {
 async fn token_create_prints_an_admin_token_that_works() {
     let dir = tempfile::tempdir().unwrap();
     let database = db_in(&dir);
-    let output = Command::new(BIN)
-        .args(["token", "create", "--name", "ci", "--database"])
-        .arg(&database)
-        .env_remove("REALM_DATABASE")
+    let output = token_command("create", "ci", &database)
         .output()
         .expect("run token create");
     assert!(
@@ -355,7 +420,7 @@ async fn token_create_prints_an_admin_token_that_works() {
     ));
 
     // The service started without REALM_ADMIN_TOKEN accepts the minted token.
-    let server = Server::start(&database, None);
+    let server = ServiceProcess::serve(&database, None);
     let http = server.client();
     http.call("GET", "/v1/realms", Some(&token), None)
         .await
@@ -366,7 +431,7 @@ async fn token_create_prints_an_admin_token_that_works() {
     drop(server);
 
     // A REALM_ADMIN_TOKEN works while it is configured, and not after a restart without it.
-    let server = Server::start(&database, Some("from-env-token-0123456789abcdefghijklmn"));
+    let server = ServiceProcess::serve(&database, Some("from-env-token-0123456789abcdefghijklmn"));
     server
         .client()
         .call(
@@ -378,7 +443,7 @@ async fn token_create_prints_an_admin_token_that_works() {
         .await
         .ok(200);
     drop(server);
-    let server = Server::start(&database, Some("rotated-token-0123456789abcdefghijklmno"));
+    let server = ServiceProcess::serve(&database, Some("rotated-token-0123456789abcdefghijklmno"));
     let http = server.client();
     http.call(
         "GET",
@@ -420,27 +485,13 @@ fn exits(mut child: Child) -> (std::process::ExitStatus, String) {
     }
 }
 
-fn serve_command(database: &Path, admin_token: &str) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
-        .arg(database)
-        .env_remove("REALM_LISTEN")
-        .env_remove("REALM_DATABASE")
-        .env("REALM_ADMIN_TOKEN", admin_token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    command
-}
-
 #[tokio::test]
 async fn a_second_serve_on_a_sqlite_file_exits_at_once_pointing_to_postgresql() {
     let dir = tempfile::tempdir().unwrap();
     let database = db_in(&dir);
-    let first = Server::start(&database, Some(common::ADMIN));
+    let first = ServiceProcess::serve(&database, Some(common::ADMIN));
     let (status, log) = exits(
-        serve_command(&database, common::ADMIN)
+        serve_command(&database, Some(common::ADMIN))
             .spawn()
             .expect("start the second"),
     );
@@ -459,7 +510,7 @@ async fn a_second_serve_on_a_sqlite_file_exits_at_once_pointing_to_postgresql() 
 fn a_short_realm_admin_token_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let (status, log) = exits(
-        serve_command(&db_in(&dir), "change-me")
+        serve_command(db_in(&dir), Some("change-me"))
             .spawn()
             .expect("start"),
     );
@@ -475,10 +526,7 @@ fn simultaneous_first_starts_on_a_new_sqlite_file_both_migrate_cleanly() {
         let database = dir.path().join(format!("race-{round}.db"));
         let children: Vec<Child> = (0..2)
             .map(|i| {
-                Command::new(BIN)
-                    .args(["token", "create", "--name", &format!("t{i}"), "--database"])
-                    .arg(&database)
-                    .env_remove("REALM_DATABASE")
+                token_command("create", &format!("t{i}"), &database)
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .spawn()

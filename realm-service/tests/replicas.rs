@@ -7,83 +7,23 @@ mod common;
 
 const STORE: common::StoreKind = common::StoreKind::Postgres;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{pg, HttpClient, ADMIN};
-use serde_json::{json, Value};
-
-const BIN: &str = env!("CARGO_BIN_EXE_realm-service");
+use common::serve::{token_command, ServiceProcess, BIN};
+use common::{id, pg, Answer, DataPlaneRealm, HttpClient, ADMIN};
+use serde_json::json;
 
 /// How long a revocation may take to reach every replica.
 const REVOCATION_BOUND: Duration = Duration::from_secs(1);
 
-/// A replica process; killed when dropped.
-struct Replica {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Replica {
-    fn start(url: &str, admin_token: &str) -> Replica {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--database", url])
-            .env_remove("REALM_LISTEN")
-            .env_remove("REALM_DATABASE")
-            .env("REALM_ADMIN_TOKEN", admin_token)
-            .env("REALM_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start realm-service");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr.parse().expect("listening address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("realm-service did not print 'listening on' within 30 s");
-            }
-        };
-        Replica { child, addr }
-    }
-
-    fn http(&self) -> HttpClient {
-        HttpClient::new(self.addr)
-    }
-
-    fn kill_9(&mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("wait");
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn replicas(url: &str, n: usize) -> Vec<Replica> {
-    (0..n).map(|_| Replica::start(url, ADMIN)).collect()
-}
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_string()
+fn replicas(url: &str, n: usize) -> Vec<ServiceProcess> {
+    (0..n)
+        .map(|_| ServiceProcess::serve(url, Some(ADMIN)))
+        .collect()
 }
 
 /// A control plane with a data-plane token, a realm allowing it, a consumer and a key.
@@ -98,23 +38,12 @@ struct World {
 }
 
 async fn world(http: &HttpClient) -> World {
-    let cp = id(&http
-        .create("/v2/control-planes", ADMIN, json!({"name": "cp"}))
-        .await);
-    let token = http
-        .create(
-            &format!("/v2/control-planes/{cp}/data-plane-tokens"),
-            ADMIN,
-            json!({}),
-        )
-        .await;
-    let realm = id(&http
-        .create(
-            "/v1/realms",
-            ADMIN,
-            json!({"name": "r", "allowed_control_planes": [cp]}),
-        )
-        .await);
+    let DataPlaneRealm {
+        cp,
+        token,
+        token_id,
+        realm,
+    } = http.data_plane_realm(ADMIN, "r").await;
     let consumer = id(&http
         .create(
             &format!("/v1/realms/{realm}/consumers"),
@@ -131,8 +60,8 @@ async fn world(http: &HttpClient) -> World {
         .await;
     World {
         cp,
-        token: token["token"].as_str().expect("token").to_string(),
-        token_id: id(&token),
+        token,
+        token_id,
         realm,
         consumer,
         key: id(&key),
@@ -140,7 +69,24 @@ async fn world(http: &HttpClient) -> World {
     }
 }
 
-async fn authenticate(http: &HttpClient, w: &World) -> u16 {
+impl World {
+    fn key_path(&self) -> String {
+        format!(
+            "/v1/realms/{}/consumers/{}/keys/{}",
+            self.realm, self.consumer, self.key
+        )
+    }
+}
+
+/// Deletes the world's key (revoking it) through `http`.
+async fn delete_key(http: &HttpClient, w: &World) {
+    http.call("DELETE", &w.key_path(), Some(ADMIN), None)
+        .await
+        .ok(204);
+}
+
+/// The world's data plane looking up the world's key.
+async fn look_up(http: &HttpClient, w: &World) -> Answer {
     http.call(
         "POST",
         &format!("/{}/v0/authenticate", w.realm),
@@ -148,8 +94,11 @@ async fn authenticate(http: &HttpClient, w: &World) -> u16 {
         Some(json!({"secret": w.secret})),
     )
     .await
-    .status
-    .as_u16()
+}
+
+/// The status of [`look_up`].
+async fn authenticate(http: &HttpClient, w: &World) -> u16 {
+    look_up(http, w).await.status.as_u16()
 }
 
 /// Polls `check` until it is true; returns how long that took (panics past `bound` + margin is
@@ -169,7 +118,7 @@ async fn time_until(bound: Duration, mut check: impl AsyncFnMut() -> bool) -> Op
 async fn every_kind_of_revocation_through_one_replica_holds_on_the_others_within_a_second() {
     let url = pg::shared().create_database().await;
     let replicas = replicas(&url, 3);
-    let clients: Vec<HttpClient> = replicas.iter().map(Replica::http).collect();
+    let clients: Vec<HttpClient> = replicas.iter().map(ServiceProcess::client).collect();
     let other_realm = id(&clients[0]
         .create("/v1/realms", ADMIN, json!({"name": "elsewhere"}))
         .await);
@@ -193,15 +142,7 @@ async fn every_kind_of_revocation_through_one_replica_holds_on_the_others_within
         }
         let http = &clients[writer];
         let (method, path, body, refused) = match *kind {
-            "key deleted" => (
-                "DELETE",
-                format!(
-                    "/v1/realms/{}/consumers/{}/keys/{}",
-                    w.realm, w.consumer, w.key
-                ),
-                None,
-                404,
-            ),
+            "key deleted" => ("DELETE", w.key_path(), None, 404),
             "consumer deleted" => (
                 "DELETE",
                 format!("/v1/realms/{}/consumers/{}", w.realm, w.consumer),
@@ -253,9 +194,7 @@ async fn every_kind_of_revocation_through_one_replica_holds_on_the_others_within
 
     // An admin token minted with `token create` works on every replica; `token revoke` stops it
     // on every replica.
-    let minted = Command::new(BIN)
-        .args(["token", "create", "--name", "ci", "--database", &url])
-        .env_remove("REALM_DATABASE")
+    let minted = token_command("create", "ci", &url)
         .output()
         .expect("token create");
     assert!(minted.status.success(), "{minted:?}");
@@ -265,9 +204,7 @@ async fn every_kind_of_revocation_through_one_replica_holds_on_the_others_within
             .await
             .ok(200);
     }
-    let revoked = Command::new(BIN)
-        .args(["token", "revoke", "--name", "ci", "--database", &url])
-        .env_remove("REALM_DATABASE")
+    let revoked = token_command("revoke", "ci", &url)
         .output()
         .expect("token revoke");
     assert!(revoked.status.success(), "{revoked:?}");
@@ -283,9 +220,7 @@ async fn every_kind_of_revocation_through_one_replica_holds_on_the_others_within
         assert!(took.is_some(), "a revoked admin token still works");
     }
     // Revoking a name that has no token is an error.
-    let again = Command::new(BIN)
-        .args(["token", "revoke", "--name", "ci", "--database", &url])
-        .env_remove("REALM_DATABASE")
+    let again = token_command("revoke", "ci", &url)
         .output()
         .expect("token revoke");
     assert!(!again.status.success());
@@ -296,28 +231,26 @@ async fn bootstrap_tokens_of_replicas_do_not_revoke_each_other_or_minted_tokens(
     let url = pg::shared().create_database().await;
     let first_token = "first-replica-admin-token-0123456789abc";
     let second_token = "second-replica-admin-token-0123456789ab";
-    let first = Replica::start(&url, first_token);
-    let minted = Command::new(BIN)
-        .args(["token", "create", "--name", "ops", "--database", &url])
-        .env_remove("REALM_DATABASE")
+    let first = ServiceProcess::serve(&url, Some(first_token));
+    let minted = token_command("create", "ops", &url)
         .output()
         .expect("token create");
     assert!(minted.status.success(), "{minted:?}");
     let minted = String::from_utf8(minted.stdout).unwrap().trim().to_string();
-    let second = Replica::start(&url, second_token);
+    let second = ServiceProcess::serve(&url, Some(second_token));
     first
-        .http()
+        .client()
         .call("GET", "/v1/realms", Some(first_token), None)
         .await
         .ok(200);
     second
-        .http()
+        .client()
         .call("GET", "/v1/realms", Some(second_token), None)
         .await
         .ok(200);
     for replica in [&first, &second] {
         replica
-            .http()
+            .client()
             .call("GET", "/v1/realms", Some(&minted), None)
             .await
             .ok(200);
@@ -328,7 +261,7 @@ async fn bootstrap_tokens_of_replicas_do_not_revoke_each_other_or_minted_tokens(
 async fn a_replica_without_its_listener_answers_from_the_database() {
     let url = pg::shared().create_database().await;
     let replicas = replicas(&url, 2);
-    let (writer, reader) = (replicas[0].http(), replicas[1].http());
+    let (writer, reader) = (replicas[0].client(), replicas[1].client());
     let killing = Arc::new(AtomicBool::new(true));
     // Terminate every listener connection of this database, again and again.
     let killer = {
@@ -353,18 +286,7 @@ async fn a_replica_without_its_listener_answers_from_the_database() {
         let w = world(&writer).await;
         assert_eq!(authenticate(&reader, &w).await, 201);
         assert_eq!(authenticate(&reader, &w).await, 201);
-        writer
-            .call(
-                "DELETE",
-                &format!(
-                    "/v1/realms/{}/consumers/{}/keys/{}",
-                    w.realm, w.consumer, w.key
-                ),
-                Some(ADMIN),
-                None,
-            )
-            .await
-            .ok(204);
+        delete_key(&writer, &w).await;
         // No stale answer, not even once: the reader cannot hear invalidations now.
         assert_eq!(authenticate(&reader, &w).await, 404);
     }
@@ -408,7 +330,7 @@ async fn while_postgresql_is_down_every_answer_is_503_and_replicas_recover_by_th
     let cluster = pg::Cluster::start();
     let url = cluster.create_database().await;
     let replicas = replicas(&url, 2);
-    let clients: Vec<HttpClient> = replicas.iter().map(Replica::http).collect();
+    let clients: Vec<HttpClient> = replicas.iter().map(ServiceProcess::client).collect();
     let w = world(&clients[0]).await;
     for http in &clients {
         assert_eq!(authenticate(http, &w).await, 201);
@@ -419,14 +341,7 @@ async fn while_postgresql_is_down_every_answer_is_503_and_replicas_recover_by_th
     for http in &clients {
         // Every call has a client timeout (20 s): an answer at all means no hang.
         http.call("GET", "/health", None, None).await.problem(503);
-        http.call(
-            "POST",
-            &format!("/{}/v0/authenticate", w.realm),
-            Some(&w.token),
-            Some(json!({"secret": w.secret})),
-        )
-        .await
-        .problem(503);
+        look_up(http, &w).await.problem(503);
         http.call("GET", "/v1/realms", Some(ADMIN), None)
             .await
             .problem(503);
@@ -456,18 +371,7 @@ async fn while_postgresql_is_down_every_answer_is_503_and_replicas_recover_by_th
             .await;
     }
     // And revocations reach the other replica again (its listener is back).
-    clients[0]
-        .call(
-            "DELETE",
-            &format!(
-                "/v1/realms/{}/consumers/{}/keys/{}",
-                w.realm, w.consumer, w.key
-            ),
-            Some(ADMIN),
-            None,
-        )
-        .await
-        .ok(204);
+    delete_key(&clients[0], &w).await;
     let took = time_until(Duration::from_secs(5), async || {
         authenticate(&clients[1], &w).await == 404
     })
@@ -546,16 +450,7 @@ async fn first_starts_race_safely_and_a_newer_schema_is_refused() {
     // Five processes migrate a new database at once: the advisory lock lets one do it.
     let children: Vec<Child> = (0..5)
         .map(|i| {
-            Command::new(BIN)
-                .args([
-                    "token",
-                    "create",
-                    "--name",
-                    &format!("t{i}"),
-                    "--database",
-                    &url,
-                ])
-                .env_remove("REALM_DATABASE")
+            token_command("create", &format!("t{i}"), &url)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()

@@ -2,9 +2,12 @@
 //! and a realm that allows it (the seed's first steps), and the control-plane consumers of Kong's
 //! key-auth tests.
 
+use std::net::SocketAddr;
+
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::gateway::{GatewaySpec, TOKEN_ENV};
 use crate::realm::RealmService;
 
 /// A realm service with one control plane, its data-plane token and one realm allowing it.
@@ -16,10 +19,15 @@ pub struct RealmWorld {
 }
 
 impl RealmWorld {
-    /// Starts a realm service and creates control plane `cp`, a data-plane token for it and a
-    /// realm `prod` with `allowed_control_planes: [cp]`, through the admin API.
+    /// Starts a realm service and sets it up as [`RealmWorld::on`] does.
     pub async fn start() -> anyhow::Result<Self> {
-        let service = RealmService::start().await?;
+        Self::on(RealmService::start().await?).await
+    }
+
+    /// Creates control plane `cp`, a data-plane token for it and a realm `prod` with
+    /// `allowed_control_planes: [cp]` on `service`, through the admin API (the seed's first
+    /// steps).
+    pub async fn on(service: RealmService) -> anyhow::Result<Self> {
         let cp_id = service.create_control_plane("cp").await?;
         let token = service.create_data_plane_token(&cp_id).await?;
         let realm_id = service
@@ -44,6 +52,33 @@ impl RealmWorld {
     /// inline.
     pub fn realm_service_config(&self, clusters: Value) -> Value {
         json!({"clusters": clusters, "token": self.token, "timeout_ms": 2000})
+    }
+
+    /// A gateway spec sending to `upstream`, with cluster `realm_us` on this realm service.
+    pub fn spec(&self, upstream: SocketAddr) -> GatewaySpec {
+        let mut spec = GatewaySpec::new(upstream);
+        spec.cluster("realm_us", self.service.addr());
+        spec
+    }
+
+    /// A filter configuration that looks keys up in this realm only, in region `us` (cluster
+    /// `realm_us`), with the token inline.
+    pub fn realm_listener(&self) -> Value {
+        json!({
+            "identity_realms": [realm_entry(&self.realm_id, Some("us"))],
+            "realm_service": self.realm_service_config(json!({"us": "realm_us"})),
+        })
+    }
+
+    /// The seed's plugin configuration: key name `apikey`, `identity_realms` [this realm in
+    /// region `us`, cp], and the data-plane token from the gateway's environment
+    /// ([`TOKEN_ENV`], which the spec must set).
+    pub fn seed_listener(&self) -> Value {
+        json!({
+            "key_names": ["apikey"],
+            "identity_realms": [realm_entry(&self.realm_id, Some("us")), cp_entry()],
+            "realm_service": {"clusters": {"us": "realm_us"}, "token_env": TOKEN_ENV},
+        })
     }
 }
 

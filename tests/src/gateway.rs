@@ -393,7 +393,40 @@ impl Gateway {
 
     /// The admin address's Prometheus text (`/stats/prometheus`).
     pub async fn prometheus_stats(&self) -> anyhow::Result<String> {
-        let url = format!("http://{}/stats/prometheus", self.admin);
+        self.admin_text("/stats/prometheus").await
+    }
+
+    /// Waits (at most `within`) until Envoy's active health checks have passed for `hosts` hosts
+    /// of `cluster` (admin `/clusters`: `<cluster>::<host>::health_flags::healthy`); whether
+    /// they did. Right after start-up the first checks may still be running, more so on a
+    /// loaded machine, and a cluster with no healthy host fails every call.
+    pub async fn wait_for_healthy_hosts(
+        &self,
+        cluster: &str,
+        hosts: usize,
+        within: Duration,
+    ) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + within;
+        let prefix = format!("{cluster}::");
+        loop {
+            let clusters = self.admin_text("/clusters").await?;
+            let healthy = clusters
+                .lines()
+                .filter(|l| l.starts_with(&prefix) && l.ends_with("::health_flags::healthy"))
+                .count();
+            if healthy >= hosts {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// GET `path` on the admin address; its body.
+    async fn admin_text(&self, path: &str) -> anyhow::Result<String> {
+        let url = format!("http://{}{path}", self.admin);
         let res = self
             .http
             .get(&url)
@@ -520,27 +553,9 @@ pub fn envoy_bin() -> anyhow::Result<PathBuf> {
 /// workspace's `target/wasm32-wasip1/release/`. Missing = an error that says how to build it.
 pub fn wasm_path() -> anyhow::Result<PathBuf> {
     const REL: &str = "wasm32-wasip1/release/keyrealm_filter.wasm";
-    let mut candidates = Vec::new();
-    if let Some(explicit) = std::env::var_os("KEYREALM_WASM") {
-        candidates.push(PathBuf::from(explicit));
-    }
-    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(target).join(REL));
-    }
-    candidates.push(workspace_root().join("target").join(REL));
-    for candidate in &candidates {
-        if candidate.is_file() {
-            return Ok(candidate.canonicalize()?);
-        }
-    }
-    bail!(
-        "the filter is not built (looked at {}): run scripts/build-wasm.sh first",
-        candidates
-            .iter()
-            .map(|c| c.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
+    find_built("KEYREALM_WASM", REL, Path::is_file, |looked_at| {
+        anyhow!("the filter is not built (looked at {looked_at}): run scripts/build-wasm.sh first")
+    })
 }
 
 /// The folder of the built native module (`libkeyrealm_native.so`): `$KEYREALM_NATIVE_DIR`,
@@ -548,27 +563,46 @@ pub fn wasm_path() -> anyhow::Result<PathBuf> {
 /// that says how to build it.
 pub fn native_module_dir() -> anyhow::Result<PathBuf> {
     const FILE: &str = "libkeyrealm_native.so";
+    find_built(
+        "KEYREALM_NATIVE_DIR",
+        "release",
+        |candidate| candidate.join(FILE).is_file(),
+        |looked_in| {
+            anyhow!(
+                "the native module is not built (looked for {FILE} in {looked_in}): run `cargo build --release -p keyrealm-native` first"
+            )
+        },
+    )
+}
+
+/// The first of `$<explicit_env>`, `$CARGO_TARGET_DIR/<rel>` and the workspace's `target/<rel>`
+/// that is `found`, canonicalized; else the `missing` error, given the candidates looked at.
+fn find_built(
+    explicit_env: &str,
+    rel: &str,
+    found: impl Fn(&Path) -> bool,
+    missing: impl FnOnce(String) -> anyhow::Error,
+) -> anyhow::Result<PathBuf> {
     let mut candidates = Vec::new();
-    if let Some(explicit) = std::env::var_os("KEYREALM_NATIVE_DIR") {
+    if let Some(explicit) = std::env::var_os(explicit_env) {
         candidates.push(PathBuf::from(explicit));
     }
     if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(target).join("release"));
+        candidates.push(PathBuf::from(target).join(rel));
     }
-    candidates.push(workspace_root().join("target").join("release"));
+    candidates.push(workspace_root().join("target").join(rel));
     for candidate in &candidates {
-        if candidate.join(FILE).is_file() {
+        if found(candidate) {
             return Ok(candidate.canonicalize()?);
         }
     }
-    bail!(
-        "the native module is not built (looked for {FILE} in {}): run `cargo build --release -p keyrealm-native` first",
+    Err(missing(
         candidates
             .iter()
             .map(|c| c.display().to_string())
             .collect::<Vec<_>>()
-            .join(", ")
-    )
+            .join(", "),
+    ))
 }
 
 /// The workspace root (the parent of this crate).

@@ -1,86 +1,85 @@
 //! Misbehaving realm services: one that accepts connections and never answers, one that answers
 //! every request with a 500.
 
+use std::future::Future;
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
-pub struct HangingServer {
+/// A task serving a loopback port; aborted when dropped.
+struct Served {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl HangingServer {
-    pub async fn start() -> anyhow::Result<Self> {
+impl Served {
+    /// Binds a free loopback port and spawns `serve` on its listener.
+    async fn start<F>(serve: impl FnOnce(TcpListener) -> F) -> anyhow::Result<Self>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
+        let task = tokio::spawn(serve(listener));
+        Ok(Self { addr, task })
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub struct HangingServer(Served);
+
+impl HangingServer {
+    pub async fn start() -> anyhow::Result<Self> {
+        let served = Served::start(|listener| async move {
             // Keep every accepted socket open, read nothing, write nothing.
             let mut held = Vec::new();
             while let Ok((socket, _)) = listener.accept().await {
                 held.push(socket);
             }
         });
-        Ok(Self { addr, task })
+        Ok(Self(served.await?))
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for HangingServer {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.0.addr
     }
 }
 
 /// An HTTP server that answers every request with `500 Internal Server Error`.
-pub struct FailingServer {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
+pub struct FailingServer(Served);
 
 impl FailingServer {
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let app = axum::Router::new().fallback(|| async {
             (
                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,
                 "realm service broken on purpose",
             )
         });
-        let task = tokio::spawn(async move {
+        let served = Served::start(|listener| async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { addr, task })
+        Ok(Self(served.await?))
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for FailingServer {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.0.addr
     }
 }
 
 /// A TCP proxy in front of a server that holds each piece of the server's answer for `delay`
 /// before passing it on: a realm service that answers late.
-pub struct SlowProxy {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
+pub struct SlowProxy(Served);
 
 impl SlowProxy {
     pub async fn start(target: SocketAddr, delay: std::time::Duration) -> anyhow::Result<Self> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
+        let served = Served::start(|listener| async move {
             while let Ok((client, _)) = listener.accept().await {
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(target).await else {
@@ -107,16 +106,10 @@ impl SlowProxy {
                 });
             }
         });
-        Ok(Self { addr, task })
+        Ok(Self(served.await?))
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for SlowProxy {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.0.addr
     }
 }

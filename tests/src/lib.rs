@@ -14,11 +14,13 @@
 //! - [`realm`]: the in-process realm service and its admin API client;
 //! - [`fixtures`]: shared set-ups (a control plane, its data-plane token and a realm; Kong's
 //!   key-auth consumers);
+//! - [`browser`]: headless Chromium driven through chromedriver (WebDriver), for the console;
 //! - [`client`], [`checks`], [`hang`]: request helpers, an expectation collector, broken realm services.
 //!
 //! Needs `ENVOY_BIN` (see `scripts/install-envoy.sh`) and the built filter; either missing is a
 //! test failure with a message saying what to run.
 
+pub mod browser;
 pub mod checks;
 pub mod client;
 pub mod echo;

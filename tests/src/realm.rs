@@ -69,6 +69,16 @@ impl RealmService {
         self.addr
     }
 
+    /// The admin token the service was started with.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// The service's SQLite file.
+    pub fn database_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("realm.db")
+    }
+
     /// Stops the service (it no longer accepts connections; open ones are dropped).
     pub async fn stop(&mut self) {
         if let Some(running) = self.running.take() {

@@ -2,9 +2,7 @@
 //! realm service answered (`realm_service_authenticate_total`).
 
 use keyrealm_tests::fixtures::{cp_entry, realm_entry, RealmWorld};
-use keyrealm_tests::{
-    gateway_test, http_client, Checks, EchoUpstream, GatewayKind, GatewaySpec, Reply,
-};
+use keyrealm_tests::{gateway_test, http_client, Checks, EchoUpstream, GatewayKind, Reply};
 use serde_json::json;
 
 const REQUESTS: usize = 20;
@@ -21,16 +19,11 @@ async fn realm_answers_are_cached(kind: GatewayKind) {
         .await
         .expect("consumer");
     let echo = EchoUpstream::start().await.expect("echo upstream");
-    let mut spec = GatewaySpec::new(echo.addr());
-    spec.cluster("realm_us", svc.addr());
-    let realm_service = world.realm_service_config(json!({"us": "realm_us"}));
-    let realm_only = spec.listener(json!({
-        "identity_realms": [realm_entry(&world.realm_id, Some("us"))],
-        "realm_service": realm_service,
-    }));
+    let mut spec = world.spec(echo.addr());
+    let realm_only = spec.listener(world.realm_listener());
     let realm_then_cp = spec.listener(json!({
         "identity_realms": [realm_entry(&world.realm_id, Some("us")), cp_entry()],
-        "realm_service": realm_service,
+        "realm_service": world.realm_service_config(json!({"us": "realm_us"})),
         "consumers": [{"id": "cace0000-0000-4000-8000-000000000001", "username": "cp-user",
                        "keyauth_credentials": [{"id": "cace0000-0000-4000-8000-0000000000c1", "key": "cp-only-key"}]}],
     }));
@@ -57,15 +50,19 @@ async fn realm_answers_are_cached(kind: GatewayKind) {
                 .header("apikey", key),
         )
     };
+    // `REQUESTS` requests one after the other; their statuses.
+    let in_sequence = async |listener: usize, key: &str| {
+        let mut statuses = Vec::new();
+        for _ in 0..REQUESTS {
+            statuses.push(send(listener, key.to_string()).await.status);
+        }
+        statuses
+    };
 
     let before = calls().await;
-    let mut statuses = Vec::new();
-    for _ in 0..REQUESTS {
-        statuses.push(send(realm_only, sequential_key.secret.clone()).await.status);
-    }
     c.eq(
         "20 requests with one realm key: all 200",
-        statuses,
+        in_sequence(realm_only, &sequential_key.secret).await,
         vec![200; REQUESTS],
     );
     c.eq(
@@ -75,17 +72,9 @@ async fn realm_answers_are_cached(kind: GatewayKind) {
     );
 
     let before = calls().await;
-    let mut statuses = Vec::new();
-    for _ in 0..REQUESTS {
-        statuses.push(
-            send(realm_only, "no-such-key-anywhere".to_string())
-                .await
-                .status,
-        );
-    }
     c.eq(
         "20 requests with one unknown key: all 401",
-        statuses,
+        in_sequence(realm_only, "no-such-key-anywhere").await,
         vec![401; REQUESTS],
     );
     c.eq(
@@ -115,13 +104,9 @@ async fn realm_answers_are_cached(kind: GatewayKind) {
     );
 
     let before = calls().await;
-    let mut statuses = Vec::new();
-    for _ in 0..REQUESTS {
-        statuses.push(send(realm_then_cp, "cp-only-key".to_string()).await.status);
-    }
     c.eq(
         "20 requests with a cp key after a realm: all 200",
-        statuses,
+        in_sequence(realm_then_cp, "cp-only-key").await,
         vec![200; REQUESTS],
     );
     c.eq(

@@ -5,9 +5,7 @@
 use std::time::{Duration, Instant};
 
 use keyrealm_tests::fixtures::{cp_entry, realm_entry, RealmWorld};
-use keyrealm_tests::{
-    gateway_test, http_client, Checks, EchoUpstream, GatewayKind, GatewaySpec, Reply,
-};
+use keyrealm_tests::{gateway_test, http_client, Checks, EchoUpstream, GatewayKind, Reply};
 use serde_json::json;
 
 /// The control-plane credential's ttl; generous so that a slow start-up does not eat it.
@@ -18,7 +16,7 @@ const REALM_KEY_TTL: Duration = Duration::from_secs(4);
 async fn expiring_keys(kind: GatewayKind) {
     let world = RealmWorld::start().await.expect("realm world");
     let echo = EchoUpstream::start().await.expect("echo upstream");
-    let mut spec = GatewaySpec::new(echo.addr());
+    let mut spec = world.spec(echo.addr());
     spec.listener(json!({
         "identity_realms": [cp_entry(), realm_entry(&world.realm_id, Some("us"))],
         "realm_service": world.realm_service_config(json!({"us": "realm_us"})),
@@ -27,7 +25,6 @@ async fn expiring_keys(kind: GatewayKind) {
             "keyauth_credentials": [{"id": "1af0a000-0000-4000-8000-0000000c0af1", "key": "jafar-key", "ttl": CP_TTL.as_secs()}],
         }],
     }));
-    spec.cluster("realm_us", world.service.addr());
     // The filter takes its configuration (on_configure) between these two instants: after
     // `started` and before the gateway is ready. So the cp key is valid until `started + CP_TTL`
     // at least, and expired from `ready + CP_TTL` at the latest. (Start-up takes seconds on a

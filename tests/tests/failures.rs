@@ -156,17 +156,7 @@ async fn realm_failures(kind: GatewayKind) {
 
     // A realm service that accepts connections and never answers.
     let (r, elapsed) = timed(hangs, "some-key").await;
-    c.error(
-        "hanging realm service → 503",
-        &r,
-        503,
-        "Identity realm unavailable",
-    );
-    c.check(
-        "hanging realm service: answered within timeout_ms plus a margin",
-        elapsed < Duration::from_millis(TIMEOUT_MS) + MARGIN,
-        || format!("took {elapsed:?} with timeout_ms {TIMEOUT_MS}"),
-    );
+    unavailable_in_time(&mut c, "hanging realm service", &r, elapsed);
     c.check(
         "hanging realm service: the filter did wait for the realm (about timeout_ms)",
         elapsed >= Duration::from_millis(TIMEOUT_MS * 8 / 10),
@@ -207,18 +197,23 @@ async fn realm_failures(kind: GatewayKind) {
         Some("cached".to_string()),
     );
     let (r, elapsed) = timed(stoppable, "never-seen-key").await;
-    c.error(
-        "unknown key after the service stopped → 503",
-        &r,
-        503,
-        "Identity realm unavailable",
-    );
-    c.check(
-        "unknown key after the service stopped: answered within timeout_ms plus a margin",
-        elapsed < Duration::from_millis(TIMEOUT_MS) + MARGIN,
-        || format!("took {elapsed:?}"),
-    );
+    unavailable_in_time(&mut c, "unknown key after the service stopped", &r, elapsed);
     c.finish();
 }
 
 gateway_test!(realm_failures);
+
+/// `what` gave a 503 "Identity realm unavailable", answered within `timeout_ms` plus a margin.
+fn unavailable_in_time(c: &mut Checks, what: &str, r: &Reply, elapsed: Duration) {
+    c.error(
+        &format!("{what} → 503"),
+        r,
+        503,
+        "Identity realm unavailable",
+    );
+    c.check(
+        &format!("{what}: answered within timeout_ms plus a margin"),
+        elapsed < Duration::from_millis(TIMEOUT_MS) + MARGIN,
+        || format!("took {elapsed:?} with timeout_ms {TIMEOUT_MS}"),
+    );
+}

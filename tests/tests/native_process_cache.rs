@@ -3,9 +3,8 @@
 //! authenticate call per ttl per process, not per worker (counted by the realm service's own
 //! `realm_service_authenticate_total`).
 
-use keyrealm_tests::fixtures::{realm_entry, RealmWorld};
-use keyrealm_tests::{http_client, Checks, EchoUpstream, GatewayKind, GatewaySpec, Reply};
-use serde_json::json;
+use keyrealm_tests::fixtures::RealmWorld;
+use keyrealm_tests::{http_client, Checks, EchoUpstream, GatewayKind, Reply};
 
 const REQUESTS: usize = 20;
 
@@ -28,13 +27,9 @@ async fn one_cache_per_envoy_process() {
         .await
         .expect("consumer");
     let echo = EchoUpstream::start().await.expect("echo upstream");
-    let mut spec = GatewaySpec::new(echo.addr());
-    spec.cluster("realm_us", svc.addr());
+    let mut spec = world.spec(echo.addr());
     spec.workers = Some(2);
-    spec.listener(json!({
-        "identity_realms": [realm_entry(&world.realm_id, Some("us"))],
-        "realm_service": world.realm_service_config(json!({"us": "realm_us"})),
-    }));
+    spec.listener(world.realm_listener());
     let gateway = GatewayKind::EnvoyNative
         .start(&spec)
         .await

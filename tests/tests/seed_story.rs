@@ -2,43 +2,26 @@
 //! service's API; key-auth switched on with `identity_realms` [realm, cp] and the data-plane token
 //! from the environment; the key works at the gateway, `another_key` does not.
 
-use keyrealm_tests::fixtures::{cp_entry, realm_entry};
+use keyrealm_tests::fixtures::RealmWorld;
 use keyrealm_tests::{
-    gateway_test, http_client, Checks, EchoUpstream, GatewayKind, GatewaySpec, RealmService, Reply,
-    TOKEN_ENV,
+    gateway_test, http_client, Checks, EchoUpstream, GatewayKind, Reply, TOKEN_ENV,
 };
-use serde_json::json;
 
 async fn seed_story(kind: GatewayKind) {
-    // The seed's API calls, against the real realm service over HTTP.
-    let realm = RealmService::start().await.expect("realm service");
-    let cp_id = realm
-        .create_control_plane("cp")
-        .await
-        .expect("control plane");
-    let token = realm
-        .create_data_plane_token(&cp_id)
-        .await
-        .expect("data-plane token");
-    let realm_id = realm
-        .create_realm(json!({"name": "prod", "allowed_control_planes": [cp_id]}))
-        .await
-        .expect("realm");
-    let ariel = realm
-        .consumer_with_key(&realm_id, "Ariel")
+    // The seed's API calls, against the real realm service over HTTP: a control plane, its
+    // data-plane token, a realm that allows it, then a consumer with a new key.
+    let world = RealmWorld::start().await.expect("realm world");
+    let ariel = world
+        .service
+        .consumer_with_key(&world.realm_id, "Ariel")
         .await
         .expect("consumer Ariel with a new key");
 
     // The seed's plugin configuration; the token comes from the gateway's environment.
     let echo = EchoUpstream::start().await.expect("echo upstream");
-    let mut spec = GatewaySpec::new(echo.addr());
-    spec.listener(json!({
-        "key_names": ["apikey"],
-        "identity_realms": [realm_entry(&realm_id, Some("us")), cp_entry()],
-        "realm_service": {"clusters": {"us": "realm_us"}, "token_env": TOKEN_ENV},
-    }));
-    spec.cluster("realm_us", realm.addr())
-        .env(TOKEN_ENV, &token);
+    let mut spec = world.spec(echo.addr());
+    spec.listener(world.seed_listener());
+    spec.env(TOKEN_ENV, &world.token);
     let gateway = kind.start(&spec).await.expect("gateway");
     let http = http_client();
     let mut checks = Checks::new();

@@ -6,11 +6,10 @@
 #[allow(dead_code)]
 mod pg;
 
-use keyrealm_tests::fixtures::{cp_entry, realm_entry};
+use keyrealm_tests::fixtures::RealmWorld;
 use keyrealm_tests::{
-    http_client, Checks, EchoUpstream, GatewayKind, GatewaySpec, RealmService, Reply, TOKEN_ENV,
+    http_client, Checks, EchoUpstream, GatewayKind, RealmService, Reply, TOKEN_ENV,
 };
-use serde_json::json;
 
 const ADMIN: &str = "e2e-replicas-admin-token-0123456789abc";
 
@@ -26,36 +25,33 @@ async fn seed_story_on_two_postgresql_replicas_survives_losing_one() {
         .expect("replica 2");
 
     // The seed's calls, through the first replica.
-    let cp_id = first
-        .create_control_plane("cp")
-        .await
-        .expect("control plane");
-    let token = first.create_data_plane_token(&cp_id).await.expect("token");
-    let realm_id = first
-        .create_realm(json!({"name": "prod", "allowed_control_planes": [cp_id]}))
-        .await
-        .expect("realm");
+    let world = RealmWorld::on(first).await.expect("realm world");
+    let (first, realm_id) = (&world.service, &world.realm_id);
     let ariel = first
-        .consumer_with_key(&realm_id, "Ariel")
+        .consumer_with_key(realm_id, "Ariel")
         .await
         .expect("consumer Ariel with a key");
     // Made through the second replica: every replica serves every write.
     let bob = second
-        .consumer_with_key(&realm_id, "Bob")
+        .consumer_with_key(realm_id, "Bob")
         .await
         .expect("consumer Bob with a key");
 
     let echo = EchoUpstream::start().await.expect("echo upstream");
-    let mut spec = GatewaySpec::new(echo.addr());
-    spec.listener(json!({
-        "key_names": ["apikey"],
-        "identity_realms": [realm_entry(&realm_id, Some("us")), cp_entry()],
-        "realm_service": {"clusters": {"us": "realm_us"}, "token_env": TOKEN_ENV},
-    }));
-    spec.cluster("realm_us", first.addr())
-        .cluster("realm_us", second.addr())
-        .env(TOKEN_ENV, &token);
+    let mut spec = world.spec(echo.addr());
+    spec.listener(world.seed_listener());
+    spec.cluster("realm_us", second.addr())
+        .env(TOKEN_ENV, &world.token);
     let gateway = GatewayKind::Envoy.start(&spec).await.expect("envoy");
+    // Both replicas in the rotation before the first request (the stop below is what is tested).
+    let both_healthy = gateway
+        .wait_for_healthy_hosts("realm_us", 2, std::time::Duration::from_secs(10))
+        .await
+        .expect("envoy /clusters");
+    assert!(
+        both_healthy,
+        "Envoy's health checks never passed for both replicas"
+    );
     let http = http_client();
     let mut checks = Checks::new();
 
@@ -96,7 +92,7 @@ async fn seed_story_on_two_postgresql_replicas_survives_losing_one() {
     );
     // And a key created after the loss, through the survivor.
     let carol = first
-        .consumer_with_key(&realm_id, "Carol")
+        .consumer_with_key(realm_id, "Carol")
         .await
         .expect("consumer Carol");
     for n in 0..4 {

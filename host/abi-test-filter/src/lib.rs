@@ -118,6 +118,7 @@ pub struct Config {
     #[serde(default)]
     pub response_properties: Vec<String>,
     /// Record the order of the end-of-stream callbacks (`on_done`, `on_log`) in shared data
+    /// (and log each as `abi-test-filter lifecycle: <event>`)
     /// `lifecycle`; each request carries the record so far upstream in `x-lifecycle`.
     #[serde(default)]
     pub record_lifecycle: bool,
@@ -128,6 +129,9 @@ pub struct Config {
     /// Refuse the configuration (tests start-up failure).
     #[serde(default)]
     pub refuse: bool,
+    /// Panic (the guest traps) on request headers when the request has this header: tests
+    /// what a host answers for a failing filter, and how it replaces the instance.
+    pub trap_when_header: Option<String>,
 }
 
 proxy_wasm::main! {{
@@ -318,6 +322,8 @@ impl Stream {
     fn record(&self, event: &str) {
         if self.config.record_lifecycle {
             append_shared(self, "lifecycle", event);
+            // Also in the log, for tests that cannot read shared data (a host that exited).
+            log::info!("abi-test-filter lifecycle: {event}");
         }
     }
 }
@@ -379,6 +385,11 @@ impl Context for Stream {
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let config = self.config.clone();
+        if let Some(h) = &config.trap_when_header {
+            if self.get_http_request_header(h).is_some() {
+                panic!("abi-test-filter: trapping on request, as configured");
+            }
+        }
         if let Some(l) = &config.local_reply {
             let applies = match &l.when_header {
                 Some(h) => self.get_http_request_header(h).is_some(),

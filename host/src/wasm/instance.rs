@@ -241,10 +241,29 @@ impl VmInstance {
         Ok(vm)
     }
 
+    /// The next context id: never 0, never one a live context has (ids wrap after 2^32).
     fn next_id(&mut self) -> u32 {
-        let id = self.next_context_id;
-        self.next_context_id = self.next_context_id.wrapping_add(1).max(1);
-        id
+        loop {
+            let id = self.next_context_id;
+            self.next_context_id = self.next_context_id.wrapping_add(1).max(1);
+            let state = self.store.data();
+            if id != state.root_context_id && !state.streams.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Sets the next context id (for tests of id reuse).
+    pub fn set_next_context_id(&mut self, id: u32) {
+        self.next_context_id = id.max(1);
+    }
+
+    /// An HTTP call of this instance was answered or dropped: it no longer counts against the
+    /// instance's limits.
+    pub fn http_call_done(&mut self, bytes: usize) {
+        let state = self.store.data_mut();
+        state.outstanding_calls = state.outstanding_calls.saturating_sub(1);
+        state.outstanding_call_bytes = state.outstanding_call_bytes.saturating_sub(bytes);
     }
 
     fn plugin_name(&self) -> String {
@@ -391,7 +410,14 @@ impl VmInstance {
         })();
         let state = self.store.data_mut();
         state.streams.remove(&id);
-        state.pending_calls.retain(|c| c.context_id != id);
+        // Calls recorded by the context and not started are dropped (nobody would hear them).
+        let (dropped, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut state.pending_calls)
+            .into_iter()
+            .partition(|c| c.context_id == id);
+        state.pending_calls = kept;
+        for call in dropped {
+            self.http_call_done(call.bytes());
+        }
         result
     }
 

@@ -26,6 +26,8 @@ pub fn engine() -> &'static Engine {
         config.epoch_interruption(true);
         // Guests run on the worker's own stack budget; keep it modest and explicit.
         config.max_wasm_stack(1 << 20);
+        // One memory per instance, so the memory limit is the instance's limit.
+        config.wasm_multi_memory(false);
         let engine = match Engine::new(&config) {
             Ok(engine) => engine,
             Err(e) => {
@@ -65,30 +67,8 @@ pub enum Status {
     Unimplemented = 12,
 }
 
-/// Limits applied to every instance.
-#[derive(Debug, Clone, Copy)]
-pub struct VmLimits {
-    /// Wall-clock budget of one call into the guest (epoch interruption).
-    pub call_budget: Duration,
-    /// Budget of start-up calls (`_initialize`, `on_vm_start`, `on_configure`).
-    pub start_budget: Duration,
-    /// Maximum linear memory of one instance, in bytes.
-    pub memory_bytes: usize,
-    /// The longest a filter may keep a request or response paused; then the request fails
-    /// (500, or passes with `fail_open`) and its context ends.
-    pub pause_limit: Duration,
-}
-
-impl Default for VmLimits {
-    fn default() -> Self {
-        VmLimits {
-            call_budget: Duration::from_millis(1000),
-            start_budget: Duration::from_secs(10),
-            memory_bytes: 256 << 20,
-            pause_limit: Duration::from_secs(60),
-        }
-    }
-}
+/// The limits (see [`crate::limits`]); `VmLimits` is their older name.
+pub use crate::limits::Limits as VmLimits;
 
 /// Everything about one wasm filter that all workers share: the compiled module, its
 /// configuration, the resolved environment, and the process-wide shared state.
@@ -164,9 +144,54 @@ pub(crate) fn guest_env(
     env
 }
 
+/// A guest log line cut at `max` bytes (on a character boundary), with how much was cut.
+pub fn cut_line(message: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if message.len() <= max {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut end = max;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}... ({} bytes cut)",
+        &message[..end],
+        message.len() - end
+    ))
+}
+
 /// A header map as the ABI sees it: lower-case names (pseudo-headers included), byte values,
 /// in order.
 pub type HeaderList = Vec<(String, Vec<u8>)>;
+
+/// The first value of `name`, as Envoy answers.
+pub fn get_value<'a>(map: &'a HeaderList, name: &str) -> Option<&'a [u8]> {
+    map.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
+}
+
+/// Replaces the value of `name` (the first occurrence keeps its place, others are removed), or
+/// appends it.
+pub fn replace_value(map: &mut HeaderList, name: &str, value: Vec<u8>) {
+    let name = name.to_ascii_lowercase();
+    let mut value = Some(value);
+    map.retain_mut(|(k, v)| {
+        if *k != name {
+            return true;
+        }
+        match value.take() {
+            Some(new) => {
+                *v = new;
+                true
+            }
+            None => false,
+        }
+    });
+    if let Some(v) = value {
+        map.push((name, v));
+    }
+}
 
 /// A local response requested by the guest with `proxy_send_local_response`.
 #[derive(Debug, Clone)]
@@ -220,6 +245,14 @@ pub struct PendingHttpCall {
     pub timeout: Duration,
 }
 
+impl PendingHttpCall {
+    /// The bytes the call holds (its request), counted against the instance's limit.
+    pub fn bytes(&self) -> usize {
+        let map = |m: &HeaderList| m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        map(&self.headers) + self.body.len() + map(&self.trailers) + self.cluster.len()
+    }
+}
+
 /// The answer of an HTTP call while `proxy_on_http_call_response` runs.
 #[derive(Debug, Clone, Default)]
 pub struct CallResponse {
@@ -238,6 +271,10 @@ pub struct HostState {
     pub effective_context: u32,
     pub streams: HashMap<u32, StreamState>,
     pub pending_calls: Vec<PendingHttpCall>,
+    /// HTTP calls recorded and not answered yet (`pending_calls` and those in flight), and the
+    /// bytes of their requests.
+    pub outstanding_calls: usize,
+    pub outstanding_call_bytes: usize,
     pub next_token: u32,
     pub call_response: Option<CallResponse>,
     /// Tick period set with `proxy_set_tick_period_milliseconds` (zero: off).
@@ -260,9 +297,10 @@ impl HostState {
     pub fn new(plugin: Arc<Plugin>) -> Self {
         let limits = wasmtime::StoreLimitsBuilder::new()
             .memory_size(plugin.limits.memory_bytes)
-            .instances(4)
+            .table_elements(plugin.limits.table_elements)
+            .instances(1)
             .tables(8)
-            .memories(2)
+            .memories(1)
             .build();
         HostState {
             plugin,
@@ -271,6 +309,8 @@ impl HostState {
             effective_context: 0,
             streams: HashMap::new(),
             pending_calls: Vec::new(),
+            outstanding_calls: 0,
+            outstanding_call_bytes: 0,
             next_token: 1,
             call_response: None,
             tick_period: Duration::ZERO,

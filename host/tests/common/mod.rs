@@ -490,3 +490,133 @@ pub async fn start_host(
         .expect("host starts");
     (host, dir)
 }
+
+/// A keyrealm-host process (killed on drop).
+pub struct HostProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl HostProcess {
+    /// Peak resident memory, from `/proc/<pid>/status`.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM");
+        kib << 10
+    }
+}
+
+/// Starts the keyrealm-host binary (of this package's test build) on `yaml` with `args`;
+/// waits until it listens. Its log is drained (and dropped); use `--log-path` to keep it.
+pub fn start_process(yaml: &str, args: &[&str]) -> HostProcess {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("envoy.yaml");
+    std::fs::write(&config, yaml).expect("write envoy.yaml");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keyrealm-host"))
+        .arg("-c")
+        .arg(&config)
+        .args(["--concurrency", "1"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn keyrealm-host");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads the log for the bound addresses, then keeps draining it (a guest may log a lot).
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { return };
+            for (key, kind) in [("listening on ", "listener"), ("admin on ", "admin")] {
+                if let Some(rest) = line.split(key).nth(1) {
+                    if let Ok(addr) = rest.trim().parse::<SocketAddr>() {
+                        let _ = tx.send((kind, addr));
+                    }
+                }
+            }
+        }
+    });
+    let (mut addr, mut admin) = (None, None);
+    while addr.is_none() || admin.is_none() {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(("listener", a)) => addr = Some(a),
+            Ok((_, a)) => admin = Some(a),
+            Err(e) => panic!("keyrealm-host did not start: {e}"),
+        }
+    }
+    HostProcess {
+        child,
+        addr: addr.expect("listener"),
+        admin: admin.expect("admin"),
+        dir,
+    }
+}
+
+/// What a scripted upstream sends for a request path: a response head, then body pieces, each
+/// after its pause.
+pub type Script = std::sync::Arc<dyn Fn(&str) -> (String, Vec<(Duration, Vec<u8>)>) + Send + Sync>;
+
+/// A raw upstream that reads each request's head and answers it with `script(path)`, then
+/// closes the connection.
+pub async fn spawn_scripted(script: Script) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let script = script.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let path = text.split(' ').nth(1).unwrap_or("/").to_string();
+                let (response_head, pieces) = script(&path);
+                if s.write_all(response_head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for (pause, piece) in pieces {
+                    tokio::time::sleep(pause).await;
+                    if s.write_all(&piece).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A raw upstream that answers every request with `response` (head and body) and closes.
+pub async fn spawn_fixed(response: &'static str) -> SocketAddr {
+    spawn_scripted(std::sync::Arc::new(move |_| {
+        (response.to_string(), Vec::new())
+    }))
+    .await
+}

@@ -3,6 +3,7 @@
 pub mod consumers;
 pub mod control_planes;
 pub mod identity;
+pub mod key_check;
 pub mod keys;
 pub mod ops;
 pub mod realms;
@@ -82,6 +83,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
             "/v1/realms/{realmId}/consumers/{consumerId}/keys/{keyId}",
             get(keys::get).delete(keys::delete),
         ),
+        ("/v1/realms/{realmId}/check-key", post(key_check::check)),
         (AUTHENTICATE_ROUTE, identity::handlers()),
     ]
 }

@@ -10,7 +10,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    consumers, control_planes, identity, keys, realms, AUTHENTICATE_ROUTE, BODY_READ_TIMEOUT,
+    consumers, control_planes, identity, key_check, keys, realms, AUTHENTICATE_ROUTE,
+    BODY_READ_TIMEOUT,
 };
 use crate::error::{ApiError, InvalidParameter, Problem, PROBLEM_JSON};
 use crate::model::*;
@@ -204,11 +205,12 @@ impl Modify for Conventions {
         realms::create, realms::list, realms::get, realms::update, realms::delete,
         consumers::create, consumers::list, consumers::get, consumers::update, consumers::delete,
         consumers::move_consumer,
-        keys::create, keys::list, keys::get, keys::delete,
+        keys::create, keys::list, keys::get, keys::delete, key_check::check,
         identity::authenticate,
     ),
     components(schemas(Problem, InvalidParameter, ControlPlane, DataPlaneToken, CreatedDataPlaneToken,
-        Realm, Consumer, Key, CreatedKey, KeyType, Identity, Credential, PageMeta, PageInfo)),
+        Realm, Consumer, Key, CreatedKey, KeyType, Identity, Credential, PageMeta, PageInfo,
+        key_check::KeyCheck, key_check::KeyCheckResult, key_check::KeyCheckConsumer, key_check::KeyCheckCredential)),
     modifiers(&BearerSchemes, &Conventions),
 )]
 pub struct ApiDoc;

@@ -7,11 +7,16 @@
 //! - [`postgres`]: any number of stateless replicas on one PostgreSQL database (a pool of
 //!   connections; every write publishes an invalidation with `NOTIFY` inside its transaction).
 //!
+//! What the two share lives in `rows`: the columns each select reads, how a row of either
+//! database becomes a model object (one mapping per object, over a small `Columns` trait), and
+//! the objects a create returns.
+//!
 //! Failures are typed ([`StoreError`]): not found (naming what), conflict (naming the unique
 //! constraint), invalid reference, unavailable (the database cannot be reached: 503) and
 //! internal.
 
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -186,6 +191,7 @@ pub struct NewKey {
 #[derive(Debug, Clone)]
 pub struct KeyRecord {
     pub key_id: Uuid,
+    pub key_type: KeyType,
     pub key_created_at: i64,
     pub key_tags: Vec<String>,
     pub expires_at: Option<i64>,
@@ -301,6 +307,10 @@ impl Store {
     dispatch!(
         /// The key with this secret in this realm, with its consumer.
         key_by_secret(realm: Uuid, hash: SecretHash) -> Option<KeyRecord>);
+    dispatch!(
+        /// An operator's check of a key (`check-key`): like [`Store::key_by_secret`] (expired
+        /// keys included), but a realm that does not exist is [`StoreError::NotFound`].
+        check_key(realm: Uuid, hash: SecretHash) -> Option<KeyRecord>);
 
     dispatch!(is_admin_token(hash: SecretHash) -> bool);
     dispatch!(

@@ -15,12 +15,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    ClientWrapper, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, GenericClient, NoTls, Row};
 use uuid::Uuid;
 
+use super::rows::{
+    column, consumer, control_plane, data_plane_token, deleted, if_hash_matches, key, key_record,
+    new_control_plane, new_data_plane_token, new_key, realm, realm_select, to_json, Columns,
+    CONSUMER_SELECT, CP_SELECT, DP_TOKEN_SELECT, KEY_RECORD_SELECT, KEY_SELECT,
+};
 use super::{
     Conflict, ConsumerChanges, ConsumerFilter, KeyRecord, Missing, NewConsumer, NewKey, NewRealm,
     RealmChanges, Rows, StoreError, StoreResult,
@@ -28,9 +35,9 @@ use super::{
 use crate::cache::AuthCache;
 use crate::clock;
 use crate::error::Error;
-use crate::model::{Consumer, ControlPlane, DataPlaneToken, Key, KeyType, Realm};
+use crate::model::{Consumer, ControlPlane, DataPlaneToken, Key, Realm};
 use crate::pagination::PageRequest;
-use crate::secrets::{self, SecretHash};
+use crate::secrets::SecretHash;
 
 /// The channel every write notifies and every replica listens on.
 pub const CHANNEL: &str = "keyrealm_invalidate";
@@ -200,18 +207,54 @@ fn is_foreign_key_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION)
 }
 
+/// A write's outcome: a unique violation is `conflict` and a foreign-key violation is
+/// `missing`, where given; any other failure is the database's.
+fn constrained(
+    result: Result<u64, tokio_postgres::Error>,
+    conflict: Option<Conflict>,
+    missing: Option<Missing>,
+) -> StoreResult<u64> {
+    match (result, conflict, missing) {
+        (Err(e), Some(conflict), _) if unique_violation(&e).is_some() => {
+            Err(StoreError::Conflict(conflict))
+        }
+        (Err(e), _, Some(missing)) if is_foreign_key_violation(&e) => {
+            Err(StoreError::NotFound(missing))
+        }
+        (result, ..) => result.map_err(pg),
+    }
+}
+
 fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, index: usize) -> StoreResult<T> {
-    row.try_get(index)
-        .map_err(|e| StoreError::Internal(format!("column {index}: {e}")))
+    row.try_get(index).map_err(|e| column(index, e))
 }
 
-fn strings(row: &Row, index: usize) -> StoreResult<Vec<String>> {
-    let text: String = get(row, index)?;
-    serde_json::from_str(&text).map_err(|e| StoreError::Internal(format!("column {index}: {e}")))
-}
-
-fn to_json(values: &[String]) -> String {
-    serde_json::to_string(values).unwrap_or_else(|_| "[]".to_string())
+impl Columns for Row {
+    fn uuid(&self, i: usize) -> StoreResult<Uuid> {
+        get(self, i)
+    }
+    fn text(&self, i: usize) -> StoreResult<String> {
+        get(self, i)
+    }
+    fn opt_text(&self, i: usize) -> StoreResult<Option<String>> {
+        get(self, i)
+    }
+    fn int(&self, i: usize) -> StoreResult<i64> {
+        get(self, i)
+    }
+    fn opt_int(&self, i: usize) -> StoreResult<Option<i64>> {
+        get(self, i)
+    }
+    fn flag(&self, i: usize) -> StoreResult<bool> {
+        get(self, i)
+    }
+    fn bytes(&self, i: usize) -> StoreResult<Vec<u8>> {
+        get(self, i)
+    }
+    /// A `uuid[]`.
+    fn uuids(&self, i: usize) -> StoreResult<Vec<Uuid>> {
+        get(self, i)
+    }
 }
 
 /// Bounds an operation in time: past [`OPERATION_TIMEOUT`] it is abandoned (its connection is
@@ -266,77 +309,11 @@ async fn fetch<T>(
     Ok(crate::pagination::finish(rows, page))
 }
 
-// ---- row shapes ----
-
-const CP_SELECT: &str = "SELECT seq, id, name, created_at, updated_at FROM control_planes";
-
-fn control_plane(row: &Row) -> StoreResult<ControlPlane> {
-    Ok(ControlPlane {
-        id: get(row, 1)?,
-        name: get(row, 2)?,
-        created_at: clock::rfc3339(get(row, 3)?),
-        updated_at: clock::rfc3339(get(row, 4)?),
-    })
-}
-
-fn data_plane_token(row: &Row) -> StoreResult<DataPlaneToken> {
-    Ok(DataPlaneToken {
-        id: get(row, 1)?,
-        name: get(row, 2)?,
-        control_plane_id: get(row, 3)?,
-        created_at: clock::rfc3339(get(row, 4)?),
-    })
-}
-
-const REALM_SELECT: &str = "SELECT seq, id, name, ttl, negative_ttl, consumer_groups,
-    allow_all_control_planes, created_at, updated_at,
-    ARRAY(SELECT control_plane_id FROM realm_control_planes
-          WHERE realm_id = realms.id ORDER BY position)
-    FROM realms";
-
-fn realm(row: &Row) -> StoreResult<Realm> {
-    Ok(Realm {
-        id: get(row, 1)?,
-        name: get(row, 2)?,
-        ttl: get(row, 3)?,
-        negative_ttl: get(row, 4)?,
-        consumer_groups: strings(row, 5)?,
-        allow_all_control_planes: get(row, 6)?,
-        created_at: clock::rfc3339(get(row, 7)?),
-        updated_at: clock::rfc3339(get(row, 8)?),
-        allowed_control_planes: get(row, 9)?,
-    })
-}
-
-const CONSUMER_SELECT: &str = "SELECT seq, id, username, custom_id, type, tags, consumer_groups,
-    created_at, updated_at FROM consumers";
-
-fn consumer(row: &Row) -> StoreResult<Consumer> {
-    Ok(Consumer {
-        id: get(row, 1)?,
-        username: get(row, 2)?,
-        custom_id: get(row, 3)?,
-        kind: get(row, 4)?,
-        tags: strings(row, 5)?,
-        consumer_groups: strings(row, 6)?,
-        created_at: clock::rfc3339(get(row, 7)?),
-        updated_at: clock::rfc3339(get(row, 8)?),
-    })
-}
-
-const KEY_SELECT: &str = "SELECT seq, id, type, tags, created_at, updated_at, expires_at FROM keys";
-
-fn key(row: &Row) -> StoreResult<Key> {
-    let kind: String = get(row, 2)?;
-    Ok(Key {
-        id: get(row, 1)?,
-        kind: KeyType::parse(&kind),
-        tags: strings(row, 3)?,
-        created_at: clock::rfc3339(get(row, 4)?),
-        updated_at: clock::rfc3339(get(row, 5)?),
-        expires_at: get::<Option<i64>>(row, 6)?.map(clock::rfc3339),
-    })
-}
+/// The allowed control planes of `realms` in order, as a `uuid[]` (column 9).
+const REALM_SELECT: &str = realm_select!(
+    "ARRAY(SELECT control_plane_id FROM realm_control_planes
+          WHERE realm_id = realms.id ORDER BY position)"
+);
 
 // ---- shared steps ----
 
@@ -357,13 +334,23 @@ async fn load_realm(c: &impl GenericClient, id: &Uuid) -> StoreResult<Option<Rea
         .transpose()
 }
 
-/// The realm must exist; with `lock`, its row is locked until the transaction ends (a
-/// concurrent insert referencing it waits, then sees the outcome).
-async fn require_realm(c: &impl GenericClient, id: &Uuid, lock: bool) -> StoreResult<()> {
-    let sql = if lock {
-        "SELECT 1 FROM realms WHERE id = $1 FOR UPDATE"
-    } else {
-        "SELECT 1 FROM realms WHERE id = $1"
+/// How [`require_realm`] locks the realm's row until the transaction ends.
+#[derive(Clone, Copy)]
+enum RealmLock {
+    None,
+    /// `FOR KEY SHARE`: a concurrent delete of the realm waits for this transaction (and this
+    /// one waits for a delete under way, then finds the realm gone).
+    KeyShare,
+    /// `FOR UPDATE`: a concurrent insert referencing the realm waits, then sees the outcome.
+    Update,
+}
+
+/// The realm must exist, its row locked as `lock` says.
+async fn require_realm(c: &impl GenericClient, id: &Uuid, lock: RealmLock) -> StoreResult<()> {
+    let sql = match lock {
+        RealmLock::None => "SELECT 1 FROM realms WHERE id = $1",
+        RealmLock::KeyShare => "SELECT 1 FROM realms WHERE id = $1 FOR KEY SHARE",
+        RealmLock::Update => "SELECT 1 FROM realms WHERE id = $1 FOR UPDATE",
     };
     match c.query_opt(sql, &[id]).await.map_err(pg)? {
         Some(_) => Ok(()),
@@ -516,6 +503,28 @@ async fn listen_once(
     Err(reason)
 }
 
+/// The key with this secret in this realm (expired or not), with its consumer.
+async fn find_key_record(
+    c: &ClientWrapper,
+    realm: &Uuid,
+    hash: &SecretHash,
+) -> StoreResult<Option<KeyRecord>> {
+    let statement = c
+        .prepare_cached(&format!(
+            "{KEY_RECORD_SELECT} WHERE k.realm_id = $1 AND k.secret_hash = $2"
+        ))
+        .await
+        .map_err(pg)?;
+    match c
+        .query_opt(&statement, &[realm, &&hash[..]])
+        .await
+        .map_err(pg)?
+    {
+        Some(row) => key_record(&row, hash),
+        None => Ok(None),
+    }
+}
+
 impl PgStore {
     /// Connects (within [`POOL_TIMEOUT`]), migrates under the advisory lock, and returns the
     /// store with its cache suspended until [`PgStore::listen`] has connected.
@@ -599,9 +608,36 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn ping(self: &Arc<Self>) -> StoreResult<()> {
+    /// Runs `f` on a pooled connection, within [`OPERATION_TIMEOUT`].
+    async fn read<T>(
+        &self,
+        f: impl AsyncFnOnce(&ClientWrapper) -> StoreResult<T>,
+    ) -> StoreResult<T> {
         timed(async {
             let client = self.client().await?;
+            f(&client).await
+        })
+        .await
+    }
+
+    /// Runs `f` in a transaction and commits it ([`PgStore::commit`]), within
+    /// [`OPERATION_TIMEOUT`]; an error rolls it back.
+    async fn write<T>(
+        &self,
+        f: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        timed(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg)?;
+            let value = f(&tx).await?;
+            self.commit(tx).await?;
+            Ok(value)
+        })
+        .await
+    }
+
+    pub async fn ping(self: &Arc<Self>) -> StoreResult<()> {
+        self.read(async |client| {
             client.simple_query("SELECT 1").await.map_err(pg)?;
             Ok(())
         })
@@ -609,9 +645,7 @@ impl PgStore {
     }
 
     pub async fn create_control_plane(self: &Arc<Self>, name: String) -> StoreResult<ControlPlane> {
-        timed(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
+        self.write(async |tx| {
             let now = clock::now();
             let id = Uuid::new_v4();
             tx.execute(
@@ -620,13 +654,7 @@ impl PgStore {
             )
             .await
             .map_err(pg)?;
-            self.commit(tx).await?;
-            Ok(ControlPlane {
-                id,
-                name,
-                created_at: clock::rfc3339(now),
-                updated_at: clock::rfc3339(now),
-            })
+            Ok(new_control_plane(id, name, now))
         })
         .await
     }
@@ -635,8 +663,7 @@ impl PgStore {
         self: &Arc<Self>,
         page: PageRequest,
     ) -> StoreResult<Rows<ControlPlane>> {
-        timed(async {
-            let client = self.client().await?;
+        self.read(async |client| {
             fetch(
                 &**client,
                 &format!("{CP_SELECT} WHERE 1 = 1"),
@@ -650,8 +677,7 @@ impl PgStore {
     }
 
     pub async fn get_control_plane(self: &Arc<Self>, id: Uuid) -> StoreResult<ControlPlane> {
-        timed(async {
-            let client = self.client().await?;
+        self.read(async |client| {
             match client
                 .query_opt(&format!("{CP_SELECT} WHERE id = $1"), &[&id])
                 .await
@@ -665,17 +691,12 @@ impl PgStore {
     }
 
     pub async fn delete_control_plane(self: &Arc<Self>, id: Uuid) -> StoreResult<()> {
-        timed(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
+        self.write(async |tx| {
             let n = tx
                 .execute("DELETE FROM control_planes WHERE id = $1", &[&id])
                 .await
                 .map_err(pg)?;
-            if n == 0 {
-                return Err(StoreError::NotFound(Missing::ControlPlane(id)));
-            }
-            self.commit(tx).await
+            deleted(n, Missing::ControlPlane(id))
         })
         .await
     }
@@ -686,9 +707,7 @@ impl PgStore {
         name: Option<String>,
         hash: SecretHash,
     ) -> StoreResult<DataPlaneToken> {
-        timed(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
+        self.write(async |tx| {
             let now = clock::now();
             let id = Uuid::new_v4();
             let inserted = tx
@@ -698,19 +717,8 @@ impl PgStore {
                     &[&id, &control_plane, &name, &&hash[..], &now],
                 )
                 .await;
-            match inserted {
-                Err(e) if is_foreign_key_violation(&e) => {
-                    return Err(StoreError::NotFound(Missing::ControlPlane(control_plane)))
-                }
-                other => other.map_err(pg)?,
-            };
-            self.commit(tx).await?;
-            Ok(DataPlaneToken {
-                id,
-                name,
-                control_plane_id: control_plane,
-                created_at: clock::rfc3339(now),
-            })
+            constrained(inserted, None, Some(Missing::ControlPlane(control_plane)))?;
+            Ok(new_data_plane_token(id, name, control_plane, now))
         })
         .await
     }
@@ -720,15 +728,13 @@ impl PgStore {
         control_plane: Uuid,
         page: PageRequest,
     ) -> StoreResult<Rows<DataPlaneToken>> {
-        timed(async {
-            let client = self.client().await?;
+        self.read(async |client| {
             if !control_plane_exists(&**client, &control_plane).await? {
                 return Err(StoreError::NotFound(Missing::ControlPlane(control_plane)));
             }
             fetch(
                 &**client,
-                "SELECT seq, id, name, control_plane_id, created_at FROM data_plane_tokens
-                 WHERE control_plane_id = $1",
+                &format!("{DP_TOKEN_SELECT} WHERE control_plane_id = $1"),
                 vec![Box::new(control_plane)],
                 &page,
                 data_plane_token,
@@ -743,9 +749,7 @@ impl PgStore {
         control_plane: Uuid,
         id: Uuid,
     ) -> StoreResult<()> {
-        timed(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
+        self.write(async |tx| {
             let n = tx
                 .execute(
                     "DELETE FROM data_plane_tokens WHERE id = $1 AND control_plane_id = $2",
@@ -753,21 +757,13 @@ impl PgStore {
                 )
                 .await
                 .map_err(pg)?;
-            if n == 0 {
-                return Err(StoreError::NotFound(Missing::DataPlaneToken {
-                    control_plane,
-                    id,
-                }));
-            }
-            self.commit(tx).await
+            deleted(n, Missing::DataPlaneToken { control_plane, id })
         })
         .await
     }
 
     pub async fn create_realm(self: &Arc<Self>, new: NewRealm) -> StoreResult<Realm> {
-        timed(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
+        self.write(async |tx| {
             let now = clock::now();
             let id = Uuid::new_v4();
             tx.execute(
@@ -786,19 +782,17 @@ impl PgStore {
             )
             .await
             .map_err(pg)?;
-            set_allowed(&*tx, &id, &new.allowed_control_planes).await?;
-            let created = load_realm(&*tx, &id)
+            set_allowed(&**tx, &id, &new.allowed_control_planes).await?;
+            let created = load_realm(&**tx, &id)
                 .await?
                 .ok_or(StoreError::NotFound(Missing::Realm(id)))?;
-            self.commit(tx).await?;
             Ok(created)
         })
         .await
     }
 
     pub async fn list_realms(self: &Arc<Self>, page: PageRequest) -> StoreResult<Rows<Realm>> {
-        timed(async {
-            let client = self.client().await?;
+        self.read(async |client| {
             fetch(
                 &**client,
                 &format!("{REALM_SELECT} WHERE 1 = 1"),
@@ -812,8 +806,7 @@ impl PgStore {
     }
 
     pub async fn find_realm(self: &Arc<Self>, id: Uuid) -> StoreResult<Option<Realm>> {
-        timed(async {
-            let client = self.client().await?;
+        self.read(async |client| {
             let statement = client
                 .prepare_cached(&format!("{REALM_SELECT} WHERE id = $1"))
                 .await
@@ -833,11 +826,9 @@ impl PgStore {
         id: Uuid,
         changes: RealmChanges,
     ) -> StoreResult<Realm> {
-        timed(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
-            require_realm(&*tx, &id, true).await?;
-            let current = load_realm(&*tx, &id)
+        self.write(async |tx| {
+            require_realm(&**tx, &id, RealmLock::Update).await?;
+            let current = load_realm(&**tx, &id)
                 .await?
                 .ok_or(StoreError::NotFound(Missing::Realm(id)))?;
             tx.execute(
@@ -858,25 +849,22 @@ impl PgStore {
             .await
             .map_err(pg)?;
             if let Some(allowed) = changes.allowed_control_planes {
-                set_allowed(&*tx, &id, &allowed).await?;
+                set_allowed(&**tx, &id, &allowed).await?;
             }
-            let updated = load_realm(&*tx, &id)
+            let updated = load_realm(&**tx, &id)
                 .await?
                 .ok_or(StoreError::NotFound(Missing::Realm(id)))?;
-            self.commit(tx).await?;
             Ok(updated)
         })
         .await
     }
 
     pub async fn delete_realm(self: &Arc<Self>, id: Uuid, force: bool) -> StoreResult<()> {
-        timed(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
+        self.write(async |tx| {
             // Locked first: a consumer insert (which takes a key-share lock on the realm row
             // for its foreign key) either committed before, and is counted, or waits and then
             // finds the realm gone.
-            require_realm(&*tx, &id, true).await?;
+            require_realm(&**tx, &id, RealmLock::Update).await?;
             if !force {
                 let row = tx
                     .query_one("SELECT count(*) FROM consumers WHERE realm_id = $1", &[&id])
@@ -890,7 +878,7 @@ impl PgStore {
             tx.execute("DELETE FROM realms WHERE id = $1", &[&id])
                 .await
                 .map_err(pg)?;
-            self.commit(tx).await
+            Ok(())
         })
         .await
     }
@@ -900,10 +888,8 @@ impl PgStore {
         realm: Uuid,
         new: NewConsumer,
     ) -> StoreResult<Consumer> {
-        timed(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
-            require_realm(&*tx, &realm, false).await?;
+        self.write(async |tx| {
+            require_realm(&**tx, &realm, RealmLock::None).await?;
             let now = clock::now();
             let id = Uuid::new_v4();
             let inserted = tx
@@ -923,20 +909,15 @@ impl PgStore {
                     ],
                 )
                 .await;
-            match inserted {
-                Err(e) if unique_violation(&e).is_some() => {
-                    return Err(StoreError::Conflict(Conflict::Username {
-                        username: new.username,
-                        realm,
-                    }))
-                }
-                Err(e) if is_foreign_key_violation(&e) => {
-                    return Err(StoreError::NotFound(Missing::Realm(realm)))
-                }
-                other => other.map_err(pg)?,
-            };
-            let created = load_consumer(&*tx, &realm, &id, false).await?;
-            self.commit(tx).await?;
+            constrained(
+                inserted,
+                Some(Conflict::Username {
+                    username: new.username,
+                    realm,
+                }),
+                Some(Missing::Realm(realm)),
+            )?;
+            let created = load_consumer(&**tx, &realm, &id, false).await?;
             Ok(created)
         })
         .await
@@ -948,9 +929,8 @@ impl PgStore {
         filter: ConsumerFilter,
         page: PageRequest,
     ) -> StoreResult<Rows<Consumer>> {
-        timed(async {
-            let client = self.client().await?;
-            require_realm(&**client, &realm, false).await?;
+        self.read(async |client| {
+            require_realm(&**client, &realm, RealmLock::None).await?;
             let mut sql = format!("{CONSUMER_SELECT} WHERE realm_id = $1");
             let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(realm)];
             if let Some(u) = filter.username {
@@ -967,11 +947,8 @@ impl PgStore {
     }
 
     pub async fn get_consumer(self: &Arc<Self>, realm: Uuid, id: Uuid) -> StoreResult<Consumer> {
-        timed(async {
-            let client = self.client().await?;
-            load_consumer(&**client, &realm, &id, false).await
-        })
-        .await
+        self.read(async |client| load_consumer(&**client, &realm, &id, false).await)
+            .await
     }
 
     pub async fn update_consumer(
@@ -980,10 +957,8 @@ impl PgStore {
         id: Uuid,
         changes: ConsumerChanges,
     ) -> StoreResult<Consumer> {
-        timed(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
-            let current = load_consumer(&*tx, &realm, &id, true).await?;
+        self.write(async |tx| {
+            let current = load_consumer(&**tx, &realm, &id, true).await?;
             let username = changes.username.unwrap_or(current.username);
             let result = tx
                 .execute(
@@ -1000,23 +975,15 @@ impl PgStore {
                     ],
                 )
                 .await;
-            match result {
-                Err(e) if unique_violation(&e).is_some() => {
-                    return Err(StoreError::Conflict(Conflict::Username { username, realm }))
-                }
-                other => other.map_err(pg)?,
-            };
-            let updated = load_consumer(&*tx, &realm, &id, false).await?;
-            self.commit(tx).await?;
+            constrained(result, Some(Conflict::Username { username, realm }), None)?;
+            let updated = load_consumer(&**tx, &realm, &id, false).await?;
             Ok(updated)
         })
         .await
     }
 
     pub async fn delete_consumer(self: &Arc<Self>, realm: Uuid, id: Uuid) -> StoreResult<()> {
-        timed(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
+        self.write(async |tx| {
             let n = tx
                 .execute(
                     "DELETE FROM consumers WHERE id = $1 AND realm_id = $2",
@@ -1024,10 +991,7 @@ impl PgStore {
                 )
                 .await
                 .map_err(pg)?;
-            if n == 0 {
-                return Err(StoreError::NotFound(Missing::Consumer { realm, id }));
-            }
-            self.commit(tx).await
+            deleted(n, Missing::Consumer { realm, id })
         })
         .await
     }
@@ -1038,48 +1002,41 @@ impl PgStore {
         id: Uuid,
         target: Uuid,
     ) -> StoreResult<()> {
-        timed(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
-            let current = load_consumer(&*tx, &realm, &id, true).await?;
+        self.write(async |tx| {
+            let current = load_consumer(&**tx, &realm, &id, true).await?;
             if target == realm {
                 return Ok(());
             }
-            require_realm(&*tx, &target, false).await?;
+            require_realm(&**tx, &target, RealmLock::None).await?;
             let moved = tx
                 .execute(
                     "UPDATE consumers SET realm_id = $2, updated_at = $3 WHERE id = $1",
                     &[&id, &target, &clock::now()],
                 )
                 .await;
-            match moved {
-                Err(e) if unique_violation(&e).is_some() => {
-                    return Err(StoreError::Conflict(Conflict::Username {
-                        username: current.username,
-                        realm: target,
-                    }))
-                }
-                Err(e) if is_foreign_key_violation(&e) => {
-                    return Err(StoreError::NotFound(Missing::Realm(target)))
-                }
-                other => other.map_err(pg)?,
-            };
+            constrained(
+                moved,
+                Some(Conflict::Username {
+                    username: current.username,
+                    realm: target,
+                }),
+                Some(Missing::Realm(target)),
+            )?;
             let keys = tx
                 .execute(
                     "UPDATE keys SET realm_id = $2 WHERE consumer_id = $1",
                     &[&id, &target],
                 )
                 .await;
-            match keys {
-                Err(e) if unique_violation(&e).is_some() => {
-                    return Err(StoreError::Conflict(Conflict::MovedKey {
-                        consumer: id,
-                        realm: target,
-                    }))
-                }
-                other => other.map_err(pg)?,
-            };
-            self.commit(tx).await
+            constrained(
+                keys,
+                Some(Conflict::MovedKey {
+                    consumer: id,
+                    realm: target,
+                }),
+                None,
+            )?;
+            Ok(())
         })
         .await
     }
@@ -1090,10 +1047,12 @@ impl PgStore {
         consumer: Uuid,
         new: NewKey,
     ) -> StoreResult<Key> {
-        timed(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
-            require_consumer(&*tx, &realm, &consumer).await?;
+        self.write(async |tx| {
+            // The realm first: a force delete of it under way is waited for (and then this is a
+            // 404), and one that comes later waits for this key; locking the consumer's row (by
+            // the insert's foreign key) before the realm's could deadlock with that delete.
+            require_realm(&**tx, &realm, RealmLock::KeyShare).await?;
+            require_consumer(&**tx, &realm, &consumer).await?;
             let now = clock::now();
             let id = Uuid::new_v4();
             let expires_at = new.ttl.map(|t| now + t);
@@ -1114,28 +1073,16 @@ impl PgStore {
                     ],
                 )
                 .await;
-            match inserted {
-                Err(e) if unique_violation(&e).is_some() => {
-                    return Err(StoreError::Conflict(Conflict::Secret { realm }))
-                }
-                // The consumer (or its realm) was deleted, or moved, meanwhile.
-                Err(e) if is_foreign_key_violation(&e) => {
-                    return Err(StoreError::NotFound(Missing::Consumer {
-                        realm,
-                        id: consumer,
-                    }))
-                }
-                other => other.map_err(pg)?,
-            };
-            self.commit(tx).await?;
-            Ok(Key {
-                id,
-                kind: new.kind,
-                tags: new.tags,
-                created_at: clock::rfc3339(now),
-                updated_at: clock::rfc3339(now),
-                expires_at: expires_at.map(clock::rfc3339),
-            })
+            // A foreign-key failure: the consumer (or its realm) was deleted, or moved, meanwhile.
+            constrained(
+                inserted,
+                Some(Conflict::Secret { realm }),
+                Some(Missing::Consumer {
+                    realm,
+                    id: consumer,
+                }),
+            )?;
+            Ok(new_key(id, new, now, expires_at))
         })
         .await
     }
@@ -1146,8 +1093,7 @@ impl PgStore {
         consumer: Uuid,
         page: PageRequest,
     ) -> StoreResult<Rows<Key>> {
-        timed(async {
-            let client = self.client().await?;
+        self.read(async |client| {
             require_consumer(&**client, &realm, &consumer).await?;
             fetch(
                 &**client,
@@ -1167,8 +1113,7 @@ impl PgStore {
         consumer: Uuid,
         id: Uuid,
     ) -> StoreResult<Key> {
-        timed(async {
-            let client = self.client().await?;
+        self.read(async |client| {
             require_consumer(&**client, &realm, &consumer).await?;
             match client
                 .query_opt(
@@ -1191,10 +1136,8 @@ impl PgStore {
         consumer: Uuid,
         id: Uuid,
     ) -> StoreResult<()> {
-        timed(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
-            require_consumer(&*tx, &realm, &consumer).await?;
+        self.write(async |tx| {
+            require_consumer(&**tx, &realm, &consumer).await?;
             let n = tx
                 .execute(
                     "DELETE FROM keys WHERE id = $1 AND consumer_id = $2",
@@ -1202,10 +1145,7 @@ impl PgStore {
                 )
                 .await
                 .map_err(pg)?;
-            if n == 0 {
-                return Err(StoreError::NotFound(Missing::Key { consumer, id }));
-            }
-            self.commit(tx).await
+            deleted(n, Missing::Key { consumer, id })
         })
         .await
     }
@@ -1214,8 +1154,7 @@ impl PgStore {
         self: &Arc<Self>,
         hash: SecretHash,
     ) -> StoreResult<Option<Uuid>> {
-        timed(async {
-            let client = self.client().await?;
+        self.read(async |client| {
             let statement = client
                 .prepare_cached(
                     "SELECT control_plane_id, token_hash FROM data_plane_tokens WHERE token_hash = $1",
@@ -1226,15 +1165,11 @@ impl PgStore {
                 .query_opt(&statement, &[&&hash[..]])
                 .await
                 .map_err(pg)?;
-            match row {
-                Some(row) => {
-                    let stored: Vec<u8> = get(&row, 1)?;
-                    Ok(secrets::hashes_equal(&stored, &hash)
-                        .then(|| get(&row, 0))
-                        .transpose()?)
-                }
-                None => Ok(None),
-            }
+            let row = match row {
+                Some(row) => Some((row.uuid(0)?, row.bytes(1)?)),
+                None => None,
+            };
+            Ok(if_hash_matches(row, &hash))
         })
         .await
     }
@@ -1244,47 +1179,24 @@ impl PgStore {
         realm: Uuid,
         hash: SecretHash,
     ) -> StoreResult<Option<KeyRecord>> {
-        timed(async {
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached(
-                    "SELECT k.id, k.created_at, k.tags, k.expires_at, k.secret_hash,
-                            c.id, c.username, c.custom_id, c.type, c.tags, c.consumer_groups
-                     FROM keys k JOIN consumers c ON c.id = k.consumer_id
-                     WHERE k.realm_id = $1 AND k.secret_hash = $2",
-                )
-                .await
-                .map_err(pg)?;
-            let Some(r) = client
-                .query_opt(&statement, &[&realm, &&hash[..]])
-                .await
-                .map_err(pg)?
-            else {
-                return Ok(None);
-            };
-            let stored: Vec<u8> = get(&r, 4)?;
-            if !secrets::hashes_equal(&stored, &hash) {
-                return Ok(None);
-            }
-            Ok(Some(KeyRecord {
-                key_id: get(&r, 0)?,
-                key_created_at: get(&r, 1)?,
-                key_tags: strings(&r, 2)?,
-                expires_at: get(&r, 3)?,
-                consumer_id: get(&r, 5)?,
-                username: get(&r, 6)?,
-                custom_id: get(&r, 7)?,
-                kind: get(&r, 8)?,
-                tags: strings(&r, 9)?,
-                consumer_groups: strings(&r, 10)?,
-            }))
+        self.read(async |client| find_key_record(client, &realm, &hash).await)
+            .await
+    }
+
+    pub async fn check_key(
+        self: &Arc<Self>,
+        realm: Uuid,
+        hash: SecretHash,
+    ) -> StoreResult<Option<KeyRecord>> {
+        self.read(async |client| {
+            require_realm(&**client, &realm, RealmLock::None).await?;
+            find_key_record(client, &realm, &hash).await
         })
         .await
     }
 
     pub async fn is_admin_token(self: &Arc<Self>, hash: SecretHash) -> StoreResult<bool> {
-        timed(async {
-            let client = self.client().await?;
+        self.read(async |client| {
             let row = client
                 .query_opt(
                     "SELECT token_hash FROM admin_tokens WHERE token_hash = $1",
@@ -1292,10 +1204,11 @@ impl PgStore {
                 )
                 .await
                 .map_err(pg)?;
-            match row {
-                Some(row) => Ok(secrets::hashes_equal(&get::<Vec<u8>>(&row, 0)?, &hash)),
-                None => Ok(false),
-            }
+            let row = match row {
+                Some(row) => Some(((), row.bytes(0)?)),
+                None => None,
+            };
+            Ok(if_hash_matches(row, &hash).is_some())
         })
         .await
     }
@@ -1305,9 +1218,7 @@ impl PgStore {
         name: String,
         hash: SecretHash,
     ) -> StoreResult<Uuid> {
-        timed(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
+        self.write(async |tx| {
             let id = Uuid::new_v4();
             tx.execute(
                 "INSERT INTO admin_tokens (id, name, token_hash, created_at) VALUES ($1, $2, $3, $4)",
@@ -1315,21 +1226,17 @@ impl PgStore {
             )
             .await
             .map_err(pg)?;
-            self.commit(tx).await?;
             Ok(id)
         })
         .await
     }
 
     pub async fn revoke_admin_tokens(self: &Arc<Self>, name: String) -> StoreResult<u64> {
-        timed(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg)?;
+        self.write(async |tx| {
             let n = tx
                 .execute("DELETE FROM admin_tokens WHERE name = $1", &[&name])
                 .await
                 .map_err(pg)?;
-            self.commit(tx).await?;
             Ok(n)
         })
         .await

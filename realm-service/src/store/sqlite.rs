@@ -18,6 +18,12 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, Row, Transaction, TransactionBehavior};
 use uuid::Uuid;
 
+use super::rows::if_hash_matches;
+use super::rows::{
+    column, consumer, control_plane, data_plane_token, deleted, key, key_record, new_control_plane,
+    new_data_plane_token, new_key, realm, realm_select, to_json, Columns, CONSUMER_SELECT,
+    CP_SELECT, DP_TOKEN_SELECT, KEY_RECORD_SELECT, KEY_SELECT,
+};
 use super::{
     Conflict, ConsumerChanges, ConsumerFilter, KeyRecord, Missing, NewConsumer, NewKey, NewRealm,
     RealmChanges, Rows, StoreError, StoreResult,
@@ -25,9 +31,9 @@ use super::{
 use crate::cache::AuthCache;
 use crate::clock;
 use crate::error::Error;
-use crate::model::{Consumer, ControlPlane, DataPlaneToken, Key, KeyType, Realm};
+use crate::model::{Consumer, ControlPlane, DataPlaneToken, Key, Realm};
 use crate::pagination::PageRequest;
-use crate::secrets::{self, SecretHash};
+use crate::secrets::SecretHash;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 pub(crate) const MIGRATIONS: &[&str] = &[r#"
@@ -301,33 +307,58 @@ fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     Ok(())
 }
 
-/// `Ok(None)` for no row.
-fn optional<T>(result: rusqlite::Result<T>) -> rusqlite::Result<Option<T>> {
-    match result {
-        Ok(v) => Ok(Some(v)),
-        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
-        Err(e) => Err(e),
+impl Columns for Row<'_> {
+    fn uuid(&self, i: usize) -> StoreResult<Uuid> {
+        Uuid::parse_str(&self.text(i)?).map_err(|e| column(i, e))
+    }
+    fn text(&self, i: usize) -> StoreResult<String> {
+        Ok(self.get(i)?)
+    }
+    fn opt_text(&self, i: usize) -> StoreResult<Option<String>> {
+        Ok(self.get(i)?)
+    }
+    fn int(&self, i: usize) -> StoreResult<i64> {
+        Ok(self.get(i)?)
+    }
+    fn opt_int(&self, i: usize) -> StoreResult<Option<i64>> {
+        Ok(self.get(i)?)
+    }
+    fn flag(&self, i: usize) -> StoreResult<bool> {
+        Ok(self.int(i)? != 0)
+    }
+    fn bytes(&self, i: usize) -> StoreResult<Vec<u8>> {
+        Ok(self.get(i)?)
+    }
+    /// `group_concat` text: ids separated by commas (NULL for none).
+    fn uuids(&self, i: usize) -> StoreResult<Vec<Uuid>> {
+        let text: Option<String> = self.get(i)?;
+        text.as_deref()
+            .unwrap_or("")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| Uuid::parse_str(s).map_err(|e| column(i, e)))
+            .collect()
     }
 }
 
-/// A UUID stored as text.
-fn uuid_at(row: &Row, index: usize) -> rusqlite::Result<Uuid> {
-    let text: String = row.get(index)?;
-    Uuid::parse_str(&text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
-    })
+/// The first row `sql` selects, mapped; `None` when there is none.
+fn query_opt<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl FnOnce(&Row) -> StoreResult<T>,
+) -> StoreResult<Option<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    match rows.next()? {
+        Some(row) => map(row).map(Some),
+        None => Ok(None),
+    }
 }
 
-/// A list of strings stored as JSON text.
-fn strings_at(row: &Row, index: usize) -> rusqlite::Result<Vec<String>> {
-    let text: String = row.get(index)?;
-    serde_json::from_str(&text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-fn to_json(values: &[String]) -> String {
-    serde_json::to_string(values).unwrap_or_else(|_| "[]".to_string())
+/// Does `sql` (`SELECT 1 ... WHERE ...`) find a row?
+fn exists(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> StoreResult<bool> {
+    Ok(query_opt(conn, sql, params, |_| Ok(()))?.is_some())
 }
 
 /// Is this a UNIQUE constraint failure?
@@ -337,13 +368,21 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
             || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
 }
 
+/// A write's outcome, a UNIQUE failure being `conflict`.
+fn unique_or(result: rusqlite::Result<usize>, conflict: Conflict) -> StoreResult<usize> {
+    match result {
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(conflict)),
+        other => Ok(other?),
+    }
+}
+
 /// Runs `select` (which must select `seq` first and end in a WHERE clause) for one page.
 fn fetch<T>(
     conn: &Connection,
     select: &str,
     mut params: Vec<Value>,
     page: &PageRequest,
-    map: impl Fn(&Row) -> rusqlite::Result<T>,
+    map: impl Fn(&Row) -> StoreResult<T>,
 ) -> StoreResult<Rows<T>> {
     let n = params.len();
     let sql = match page.before {
@@ -366,95 +405,43 @@ fn fetch<T>(
     };
     params.push(Value::Integer(i64::from(page.size) + 1));
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows: Vec<(i64, T)> = stmt
-        .query_map(rusqlite::params_from_iter(params), |row| {
-            Ok((row.get::<_, i64>(0)?, map(row)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(crate::pagination::finish(rows, page))
-}
-
-// ---- control planes ----
-
-const CP_SELECT: &str = "SELECT seq, id, name, created_at, updated_at FROM control_planes";
-
-fn control_plane(row: &Row) -> rusqlite::Result<ControlPlane> {
-    Ok(ControlPlane {
-        id: uuid_at(row, 1)?,
-        name: row.get(2)?,
-        created_at: clock::rfc3339(row.get(3)?),
-        updated_at: clock::rfc3339(row.get(4)?),
-    })
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    let mut found = Vec::new();
+    while let Some(row) = rows.next()? {
+        found.push((row.int(0)?, map(row)?));
+    }
+    Ok(crate::pagination::finish(found, page))
 }
 
 fn control_plane_exists(conn: &Connection, id: &Uuid) -> StoreResult<bool> {
-    Ok(optional(
-        conn.prepare_cached("SELECT 1 FROM control_planes WHERE id = ?1")?
-            .query_row([id.to_string()], |_| Ok(())),
-    )?
-    .is_some())
+    exists(
+        conn,
+        "SELECT 1 FROM control_planes WHERE id = ?1",
+        [id.to_string()],
+    )
 }
 
-fn data_plane_token(row: &Row) -> rusqlite::Result<DataPlaneToken> {
-    Ok(DataPlaneToken {
-        id: uuid_at(row, 1)?,
-        name: row.get(2)?,
-        control_plane_id: uuid_at(row, 3)?,
-        created_at: clock::rfc3339(row.get(4)?),
-    })
-}
-
-// ---- realms ----
-
-const REALM_SELECT: &str = "SELECT seq, id, name, ttl, negative_ttl, consumer_groups,
-    allow_all_control_planes, created_at, updated_at,
-    (SELECT group_concat(control_plane_id, ',' ORDER BY position)
-       FROM realm_control_planes WHERE realm_id = realms.id)
-    FROM realms";
-
-fn realm(row: &Row) -> rusqlite::Result<Realm> {
-    let allowed: Option<String> = row.get(9)?;
-    let allowed_control_planes = allowed
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            Uuid::parse_str(s).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    9,
-                    rusqlite::types::Type::Text,
-                    Box::new(e),
-                )
-            })
-        })
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(Realm {
-        id: uuid_at(row, 1)?,
-        name: row.get(2)?,
-        ttl: row.get(3)?,
-        negative_ttl: row.get(4)?,
-        consumer_groups: strings_at(row, 5)?,
-        allow_all_control_planes: row.get::<_, i64>(6)? != 0,
-        created_at: clock::rfc3339(row.get(7)?),
-        updated_at: clock::rfc3339(row.get(8)?),
-        allowed_control_planes,
-    })
-}
+/// The allowed control planes of `realms` in order, as one comma-separated text (column 9).
+const REALM_SELECT: &str = realm_select!(
+    "(SELECT group_concat(control_plane_id, ',' ORDER BY position)
+       FROM realm_control_planes WHERE realm_id = realms.id)"
+);
 
 fn load_realm(conn: &Connection, id: &Uuid) -> StoreResult<Option<Realm>> {
-    Ok(optional(
-        conn.prepare_cached(&format!("{REALM_SELECT} WHERE id = ?1"))?
-            .query_row([id.to_string()], realm),
-    )?)
+    query_opt(
+        conn,
+        &format!("{REALM_SELECT} WHERE id = ?1"),
+        [id.to_string()],
+        |r| realm(r),
+    )
 }
 
 fn require_realm(conn: &Connection, id: &Uuid) -> StoreResult<()> {
-    let found = optional(
-        conn.prepare_cached("SELECT 1 FROM realms WHERE id = ?1")?
-            .query_row([id.to_string()], |_| Ok(())),
-    )?;
-    found.ok_or(StoreError::NotFound(Missing::Realm(*id)))
+    if exists(conn, "SELECT 1 FROM realms WHERE id = ?1", [id.to_string()])? {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound(Missing::Realm(*id)))
+    }
 }
 
 /// Replaces the realm's allowed control planes (deduplicated by the caller); each must exist.
@@ -488,30 +475,12 @@ fn set_allowed(conn: &Connection, realm: &Uuid, allowed: &[Uuid]) -> StoreResult
     Ok(())
 }
 
-// ---- consumers ----
-
-const CONSUMER_SELECT: &str = "SELECT seq, id, username, custom_id, type, tags, consumer_groups,
-    created_at, updated_at FROM consumers";
-
-fn consumer(row: &Row) -> rusqlite::Result<Consumer> {
-    Ok(Consumer {
-        id: uuid_at(row, 1)?,
-        username: row.get(2)?,
-        custom_id: row.get(3)?,
-        kind: row.get(4)?,
-        tags: strings_at(row, 5)?,
-        consumer_groups: strings_at(row, 6)?,
-        created_at: clock::rfc3339(row.get(7)?),
-        updated_at: clock::rfc3339(row.get(8)?),
-    })
-}
-
 fn load_consumer(conn: &Connection, realm: &Uuid, id: &Uuid) -> StoreResult<Consumer> {
-    optional(
-        conn.prepare_cached(&format!(
-            "{CONSUMER_SELECT} WHERE id = ?1 AND realm_id = ?2"
-        ))?
-        .query_row([id.to_string(), realm.to_string()], consumer),
+    query_opt(
+        conn,
+        &format!("{CONSUMER_SELECT} WHERE id = ?1 AND realm_id = ?2"),
+        [id.to_string(), realm.to_string()],
+        |r| consumer(r),
     )?
     .ok_or(StoreError::NotFound(Missing::Consumer {
         realm: *realm,
@@ -520,30 +489,33 @@ fn load_consumer(conn: &Connection, realm: &Uuid, id: &Uuid) -> StoreResult<Cons
 }
 
 fn require_consumer(conn: &Connection, realm: &Uuid, id: &Uuid) -> StoreResult<()> {
-    let found = optional(
-        conn.prepare_cached("SELECT 1 FROM consumers WHERE id = ?1 AND realm_id = ?2")?
-            .query_row([id.to_string(), realm.to_string()], |_| Ok(())),
-    )?;
-    found.ok_or(StoreError::NotFound(Missing::Consumer {
-        realm: *realm,
-        id: *id,
-    }))
+    if exists(
+        conn,
+        "SELECT 1 FROM consumers WHERE id = ?1 AND realm_id = ?2",
+        [id.to_string(), realm.to_string()],
+    )? {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound(Missing::Consumer {
+            realm: *realm,
+            id: *id,
+        }))
+    }
 }
 
-// ---- keys ----
-
-const KEY_SELECT: &str = "SELECT seq, id, type, tags, created_at, updated_at, expires_at FROM keys";
-
-fn key(row: &Row) -> rusqlite::Result<Key> {
-    let kind: String = row.get(2)?;
-    Ok(Key {
-        id: uuid_at(row, 1)?,
-        kind: KeyType::parse(&kind),
-        tags: strings_at(row, 3)?,
-        created_at: clock::rfc3339(row.get(4)?),
-        updated_at: clock::rfc3339(row.get(5)?),
-        expires_at: row.get::<_, Option<i64>>(6)?.map(clock::rfc3339),
-    })
+/// The key with this secret in this realm (expired or not), with its consumer.
+fn find_key_record(
+    conn: &Connection,
+    realm: &Uuid,
+    hash: &SecretHash,
+) -> StoreResult<Option<KeyRecord>> {
+    Ok(query_opt(
+        conn,
+        &format!("{KEY_RECORD_SELECT} WHERE k.realm_id = ?1 AND k.secret_hash = ?2"),
+        rusqlite::params![realm.to_string(), &hash[..]],
+        |r| key_record(r, hash),
+    )?
+    .flatten())
 }
 
 impl SqliteStore {
@@ -563,12 +535,7 @@ impl SqliteStore {
                 "INSERT INTO control_planes (id, name, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
                 rusqlite::params![id.to_string(), name, now],
             )?;
-            Ok(ControlPlane {
-                id,
-                name,
-                created_at: clock::rfc3339(now),
-                updated_at: clock::rfc3339(now),
-            })
+            Ok(new_control_plane(id, name, now))
         })
         .await
     }
@@ -583,7 +550,7 @@ impl SqliteStore {
                 &format!("{CP_SELECT} WHERE 1 = 1"),
                 vec![],
                 &page,
-                control_plane,
+                |r| control_plane(r),
             )
         })
         .await
@@ -591,9 +558,11 @@ impl SqliteStore {
 
     pub async fn get_control_plane(self: &Arc<Self>, id: Uuid) -> StoreResult<ControlPlane> {
         self.read(move |conn| {
-            optional(
-                conn.prepare_cached(&format!("{CP_SELECT} WHERE id = ?1"))?
-                    .query_row([id.to_string()], control_plane),
+            query_opt(
+                conn,
+                &format!("{CP_SELECT} WHERE id = ?1"),
+                [id.to_string()],
+                |r| control_plane(r),
             )?
             .ok_or(StoreError::NotFound(Missing::ControlPlane(id)))
         })
@@ -603,10 +572,7 @@ impl SqliteStore {
     pub async fn delete_control_plane(self: &Arc<Self>, id: Uuid) -> StoreResult<()> {
         self.write(move |tx| {
             let n = tx.execute("DELETE FROM control_planes WHERE id = ?1", [id.to_string()])?;
-            if n == 0 {
-                return Err(StoreError::NotFound(Missing::ControlPlane(id)));
-            }
-            Ok(())
+            deleted(n as u64, Missing::ControlPlane(id))
         })
         .await
     }
@@ -634,12 +600,7 @@ impl SqliteStore {
                     now
                 ],
             )?;
-            Ok(DataPlaneToken {
-                id,
-                name,
-                control_plane_id: control_plane,
-                created_at: clock::rfc3339(now),
-            })
+            Ok(new_data_plane_token(id, name, control_plane, now))
         })
         .await
     }
@@ -655,11 +616,10 @@ impl SqliteStore {
             }
             fetch(
                 conn,
-                "SELECT seq, id, name, control_plane_id, created_at FROM data_plane_tokens
-                 WHERE control_plane_id = ?1",
+                &format!("{DP_TOKEN_SELECT} WHERE control_plane_id = ?1"),
                 vec![control_plane.to_string().into()],
                 &page,
-                data_plane_token,
+                |r| data_plane_token(r),
             )
         })
         .await
@@ -675,13 +635,7 @@ impl SqliteStore {
                 "DELETE FROM data_plane_tokens WHERE id = ?1 AND control_plane_id = ?2",
                 [id.to_string(), control_plane.to_string()],
             )?;
-            if n == 0 {
-                return Err(StoreError::NotFound(Missing::DataPlaneToken {
-                    control_plane,
-                    id,
-                }));
-            }
-            Ok(())
+            deleted(n as u64, Missing::DataPlaneToken { control_plane, id })
         })
         .await
     }
@@ -717,7 +671,7 @@ impl SqliteStore {
                 &format!("{REALM_SELECT} WHERE 1 = 1"),
                 vec![],
                 &page,
-                realm,
+                |r| realm(r),
             )
         })
         .await
@@ -800,15 +754,13 @@ impl SqliteStore {
                     now
                 ],
             );
-            match inserted {
-                Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::Conflict(Conflict::Username {
-                        username: new.username,
-                        realm,
-                    }))
-                }
-                other => other?,
-            };
+            unique_or(
+                inserted,
+                Conflict::Username {
+                    username: new.username,
+                    realm,
+                },
+            )?;
             load_consumer(tx, &realm, &id)
         })
         .await
@@ -832,7 +784,7 @@ impl SqliteStore {
                 params.push(c.into());
                 sql.push_str(&format!(" AND custom_id = ?{}", params.len()));
             }
-            fetch(conn, &sql, params, &page, consumer)
+            fetch(conn, &sql, params, &page, |r| consumer(r))
         })
         .await
     }
@@ -864,12 +816,7 @@ impl SqliteStore {
                     clock::now()
                 ],
             );
-            match result {
-                Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::Conflict(Conflict::Username { username, realm }))
-                }
-                other => other?,
-            };
+            unique_or(result, Conflict::Username { username, realm })?;
             load_consumer(tx, &realm, &id)
         })
         .await
@@ -881,10 +828,7 @@ impl SqliteStore {
                 "DELETE FROM consumers WHERE id = ?1 AND realm_id = ?2",
                 [id.to_string(), realm.to_string()],
             )?;
-            if n == 0 {
-                return Err(StoreError::NotFound(Missing::Consumer { realm, id }));
-            }
-            Ok(())
+            deleted(n as u64, Missing::Consumer { realm, id })
         })
         .await
     }
@@ -905,28 +849,25 @@ impl SqliteStore {
                 "UPDATE consumers SET realm_id = ?2, updated_at = ?3 WHERE id = ?1",
                 rusqlite::params![id.to_string(), target.to_string(), clock::now()],
             );
-            match moved {
-                Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::Conflict(Conflict::Username {
-                        username: current.username,
-                        realm: target,
-                    }))
-                }
-                other => other?,
-            };
+            unique_or(
+                moved,
+                Conflict::Username {
+                    username: current.username,
+                    realm: target,
+                },
+            )?;
             let keys = tx.execute(
                 "UPDATE keys SET realm_id = ?2 WHERE consumer_id = ?1",
                 [id.to_string(), target.to_string()],
             );
-            match keys {
-                Err(e) if is_unique_violation(&e) => {
-                    Err(StoreError::Conflict(Conflict::MovedKey {
-                        consumer: id,
-                        realm: target,
-                    }))
-                }
-                other => other.map(|_| ()).map_err(StoreError::from),
-            }
+            unique_or(
+                keys,
+                Conflict::MovedKey {
+                    consumer: id,
+                    realm: target,
+                },
+            )?;
+            Ok(())
         })
         .await
     }
@@ -957,20 +898,8 @@ impl SqliteStore {
                     expires_at
                 ],
             );
-            match inserted {
-                Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::Conflict(Conflict::Secret { realm }))
-                }
-                other => other?,
-            };
-            Ok(Key {
-                id,
-                kind: new.kind,
-                tags: new.tags,
-                created_at: clock::rfc3339(now),
-                updated_at: clock::rfc3339(now),
-                expires_at: expires_at.map(clock::rfc3339),
-            })
+            unique_or(inserted, Conflict::Secret { realm })?;
+            Ok(new_key(id, new, now, expires_at))
         })
         .await
     }
@@ -988,7 +917,7 @@ impl SqliteStore {
                 &format!("{KEY_SELECT} WHERE consumer_id = ?1"),
                 vec![consumer.to_string().into()],
                 &page,
-                key,
+                |r| key(r),
             )
         })
         .await
@@ -1002,9 +931,11 @@ impl SqliteStore {
     ) -> StoreResult<Key> {
         self.read(move |conn| {
             require_consumer(conn, &realm, &consumer)?;
-            optional(
-                conn.prepare_cached(&format!("{KEY_SELECT} WHERE id = ?1 AND consumer_id = ?2"))?
-                    .query_row([id.to_string(), consumer.to_string()], key),
+            query_opt(
+                conn,
+                &format!("{KEY_SELECT} WHERE id = ?1 AND consumer_id = ?2"),
+                [id.to_string(), consumer.to_string()],
+                |r| key(r),
             )?
             .ok_or(StoreError::NotFound(Missing::Key { consumer, id }))
         })
@@ -1023,10 +954,7 @@ impl SqliteStore {
                 "DELETE FROM keys WHERE id = ?1 AND consumer_id = ?2",
                 [id.to_string(), consumer.to_string()],
             )?;
-            if n == 0 {
-                return Err(StoreError::NotFound(Missing::Key { consumer, id }));
-            }
-            Ok(())
+            deleted(n as u64, Missing::Key { consumer, id })
         })
         .await
     }
@@ -1036,17 +964,13 @@ impl SqliteStore {
         hash: SecretHash,
     ) -> StoreResult<Option<Uuid>> {
         self.read(move |conn| {
-            let row = optional(
-                conn.prepare_cached(
-                    "SELECT control_plane_id, token_hash FROM data_plane_tokens WHERE token_hash = ?1",
-                )?
-                .query_row([&hash[..]], |r| {
-                    Ok((uuid_at(r, 0)?, r.get::<_, Vec<u8>>(1)?))
-                }),
+            let row = query_opt(
+                conn,
+                "SELECT control_plane_id, token_hash FROM data_plane_tokens WHERE token_hash = ?1",
+                [&hash[..]],
+                |r| Ok((r.uuid(0)?, r.bytes(1)?)),
             )?;
-            Ok(row
-                .filter(|(_, stored)| secrets::hashes_equal(stored, &hash))
-                .map(|(cp, _)| cp))
+            Ok(if_hash_matches(row, &hash))
         })
         .await
     }
@@ -1056,47 +980,31 @@ impl SqliteStore {
         realm: Uuid,
         hash: SecretHash,
     ) -> StoreResult<Option<KeyRecord>> {
+        self.read(move |conn| find_key_record(conn, &realm, &hash))
+            .await
+    }
+
+    pub async fn check_key(
+        self: &Arc<Self>,
+        realm: Uuid,
+        hash: SecretHash,
+    ) -> StoreResult<Option<KeyRecord>> {
         self.read(move |conn| {
-            let row = optional(
-                conn.prepare_cached(
-                    "SELECT k.id, k.created_at, k.tags, k.expires_at, k.secret_hash,
-                            c.id, c.username, c.custom_id, c.type, c.tags, c.consumer_groups
-                     FROM keys k JOIN consumers c ON c.id = k.consumer_id
-                     WHERE k.realm_id = ?1 AND k.secret_hash = ?2",
-                )?
-                .query_row(rusqlite::params![realm.to_string(), &hash[..]], |r| {
-                    let stored: Vec<u8> = r.get(4)?;
-                    Ok((
-                        stored,
-                        KeyRecord {
-                            key_id: uuid_at(r, 0)?,
-                            key_created_at: r.get(1)?,
-                            key_tags: strings_at(r, 2)?,
-                            expires_at: r.get(3)?,
-                            consumer_id: uuid_at(r, 5)?,
-                            username: r.get(6)?,
-                            custom_id: r.get(7)?,
-                            kind: r.get(8)?,
-                            tags: strings_at(r, 9)?,
-                            consumer_groups: strings_at(r, 10)?,
-                        },
-                    ))
-                }),
-            )?;
-            Ok(row
-                .filter(|(stored, _)| secrets::hashes_equal(stored, &hash))
-                .map(|(_, record)| record))
+            require_realm(conn, &realm)?;
+            find_key_record(conn, &realm, &hash)
         })
         .await
     }
 
     pub async fn is_admin_token(self: &Arc<Self>, hash: SecretHash) -> StoreResult<bool> {
         self.read(move |conn| {
-            let stored: Option<Vec<u8>> = optional(
-                conn.prepare_cached("SELECT token_hash FROM admin_tokens WHERE token_hash = ?1")?
-                    .query_row([&hash[..]], |r| r.get(0)),
+            let row = query_opt(
+                conn,
+                "SELECT 1, token_hash FROM admin_tokens WHERE token_hash = ?1",
+                [&hash[..]],
+                |r| Ok(((), r.bytes(1)?)),
             )?;
-            Ok(stored.is_some_and(|s| secrets::hashes_equal(&s, &hash)))
+            Ok(if_hash_matches(row, &hash).is_some())
         })
         .await
     }

@@ -6,7 +6,7 @@ use crate::common::*;
 async fn create_get_list_and_delete_a_control_plane() {
     let app = TestApp::new().await;
     let created = app
-        .admin("POST", "/v2/control-planes", Some(json!({"name": "eu"})))
+        .post("/v2/control-planes", json!({"name": "eu"}))
         .await
         .ok(201);
     assert_eq!(created["name"], "eu");
@@ -14,26 +14,23 @@ async fn create_get_list_and_delete_a_control_plane() {
     assert_eq!(created["created_at"], created["updated_at"]);
     let cp = id(&created);
 
-    let got = app
-        .admin("GET", &format!("/v2/control-planes/{cp}"), None)
-        .await
-        .ok(200);
+    let got = app.get(&format!("/v2/control-planes/{cp}")).await.ok(200);
     assert_eq!(got, created);
 
-    let list = app.admin("GET", "/v2/control-planes", None).await.ok(200);
+    let list = app.get("/v2/control-planes").await.ok(200);
     assert_eq!(list["data"], json!([created]));
     assert_eq!(
         list["meta"]["page"],
         json!({"next": null, "previous": null, "size": 100})
     );
 
-    app.admin("DELETE", &format!("/v2/control-planes/{cp}"), None)
+    app.delete(&format!("/v2/control-planes/{cp}"))
         .await
         .ok(204);
-    app.admin("GET", &format!("/v2/control-planes/{cp}"), None)
+    app.get(&format!("/v2/control-planes/{cp}"))
         .await
         .problem(404);
-    app.admin("DELETE", &format!("/v2/control-planes/{cp}"), None)
+    app.delete(&format!("/v2/control-planes/{cp}"))
         .await
         .problem(404);
 }
@@ -41,39 +38,27 @@ async fn create_get_list_and_delete_a_control_plane() {
 #[tokio::test]
 async fn control_plane_input_errors_name_the_field() {
     let app = TestApp::new().await;
-    app.admin("POST", "/v2/control-planes", Some(json!({})))
+    app.post("/v2/control-planes", json!({}))
         .await
         .invalid("name");
-    app.admin("POST", "/v2/control-planes", Some(json!({"name": ""})))
+    app.post("/v2/control-planes", json!({"name": ""}))
         .await
         .invalid("name");
-    app.admin("POST", "/v2/control-planes", Some(json!({"name": 7})))
+    app.post("/v2/control-planes", json!({"name": 7}))
         .await
         .invalid("name");
-    app.admin(
-        "POST",
-        "/v2/control-planes",
-        Some(json!({"name": "x".repeat(256)})),
-    )
-    .await
-    .invalid("name");
-    app.admin(
-        "POST",
-        "/v2/control-planes",
-        Some(json!({"name": "a", "region": "us"})),
-    )
-    .await
-    .invalid("region");
-    app.admin("GET", "/v2/control-planes/not-a-uuid", None)
+    app.post("/v2/control-planes", json!({"name": "x".repeat(256)}))
+        .await
+        .invalid("name");
+    app.post("/v2/control-planes", json!({"name": "a", "region": "us"}))
+        .await
+        .invalid("region");
+    app.get("/v2/control-planes/not-a-uuid")
         .await
         .invalid("cpId");
-    app.admin(
-        "GET",
-        &format!("/v2/control-planes/{}", uuid::Uuid::new_v4()),
-        None,
-    )
-    .await
-    .problem(404);
+    app.get(&format!("/v2/control-planes/{}", uuid::Uuid::new_v4()))
+        .await
+        .problem(404);
 }
 
 #[tokio::test]
@@ -107,7 +92,7 @@ async fn admin_calls_need_a_valid_admin_token() {
         .unwrap();
     app.send(request).await.problem(401);
     // Nothing was created by the refused calls.
-    let list = app.admin("GET", "/v1/realms", None).await.ok(200);
+    let list = app.get("/v1/realms").await.ok(200);
     assert_eq!(list["data"], json!([]));
 }
 
@@ -115,14 +100,8 @@ async fn admin_calls_need_a_valid_admin_token() {
 async fn data_plane_tokens_are_shown_once_and_can_be_revoked() {
     let app = TestApp::new().await;
     let cp = app.control_plane("cp").await;
-    let created = app
-        .admin(
-            "POST",
-            &format!("/v2/control-planes/{cp}/data-plane-tokens"),
-            Some(json!({"name": "edge-1"})),
-        )
-        .await
-        .ok(201);
+    let tokens = format!("/v2/control-planes/{cp}/data-plane-tokens");
+    let created = app.post(&tokens, json!({"name": "edge-1"})).await.ok(201);
     let token = created["token"].as_str().unwrap().to_string();
     assert!(
         token.starts_with("krdp_") && token.len() >= 5 + 22,
@@ -132,23 +111,10 @@ async fn data_plane_tokens_are_shown_once_and_can_be_revoked() {
     assert_eq!(created["control_plane_id"], cp.as_str());
 
     // Without a body at all: a name is optional.
-    let unnamed = app
-        .admin(
-            "POST",
-            &format!("/v2/control-planes/{cp}/data-plane-tokens"),
-            Some(json!({})),
-        )
-        .await
-        .ok(201);
+    let unnamed = app.post(&tokens, json!({})).await.ok(201);
     assert_eq!(unnamed["name"], serde_json::Value::Null);
 
-    let listed = app
-        .admin(
-            "GET",
-            &format!("/v2/control-planes/{cp}/data-plane-tokens"),
-            None,
-        )
-        .await;
+    let listed = app.get(&tokens).await;
     assert!(!listed.text.contains(&token), "list shows the token");
     let listed = listed.ok(200);
     assert_eq!(listed["data"].as_array().unwrap().len(), 2);
@@ -156,99 +122,54 @@ async fn data_plane_tokens_are_shown_once_and_can_be_revoked() {
     assert_eq!(listed["data"][0]["id"], created["id"]);
 
     let token_id = id(&created);
-    app.admin(
-        "DELETE",
-        &format!("/v2/control-planes/{cp}/data-plane-tokens/{token_id}"),
-        None,
-    )
-    .await
-    .ok(204);
-    app.admin(
-        "DELETE",
-        &format!("/v2/control-planes/{cp}/data-plane-tokens/{token_id}"),
-        None,
-    )
-    .await
-    .problem(404);
+    let token_path = format!("{tokens}/{token_id}");
+    app.delete(&token_path).await.ok(204);
+    app.delete(&token_path).await.problem(404);
 }
 
 #[tokio::test]
 async fn data_plane_token_errors() {
     let app = TestApp::new().await;
     let cp = app.control_plane("a").await;
+    let tokens = format!("/v2/control-planes/{cp}/data-plane-tokens");
     let other = app.control_plane("b").await;
     let missing = uuid::Uuid::new_v4();
-    app.admin(
-        "POST",
+    app.post(
         &format!("/v2/control-planes/{missing}/data-plane-tokens"),
-        Some(json!({})),
+        json!({}),
     )
     .await
     .problem(404);
-    app.admin(
-        "GET",
-        &format!("/v2/control-planes/{missing}/data-plane-tokens"),
-        None,
-    )
-    .await
-    .problem(404);
-    app.admin(
-        "POST",
-        &format!("/v2/control-planes/{cp}/data-plane-tokens"),
-        Some(json!({"name": 1})),
-    )
-    .await
-    .invalid("name");
-    app.admin(
-        "POST",
-        &format!("/v2/control-planes/{cp}/data-plane-tokens"),
-        Some(json!({"token": "mine"})),
-    )
-    .await
-    .invalid("token");
-    // A token is deleted only through its own control plane.
-    let created = app
-        .admin(
-            "POST",
-            &format!("/v2/control-planes/{cp}/data-plane-tokens"),
-            Some(json!({})),
-        )
+    app.get(&format!("/v2/control-planes/{missing}/data-plane-tokens"))
         .await
-        .ok(201);
+        .problem(404);
+    app.post(&tokens, json!({"name": 1})).await.invalid("name");
+    app.post(&tokens, json!({"token": "mine"}))
+        .await
+        .invalid("token");
+    // A token is deleted only through its own control plane.
+    let created = app.post(&tokens, json!({})).await.ok(201);
     let token_id = id(&created);
-    app.admin(
-        "DELETE",
-        &format!("/v2/control-planes/{other}/data-plane-tokens/{token_id}"),
-        None,
-    )
+    app.delete(&format!(
+        "/v2/control-planes/{other}/data-plane-tokens/{token_id}"
+    ))
     .await
     .problem(404);
-    app.admin(
-        "DELETE",
-        &format!("/v2/control-planes/{cp}/data-plane-tokens/nope"),
-        None,
-    )
-    .await
-    .invalid("tokenId");
+    app.delete(&format!("{tokens}/nope"))
+        .await
+        .invalid("tokenId");
 }
 
 #[tokio::test]
 async fn deleting_a_control_plane_revokes_its_tokens_and_leaves_realms() {
     let app = TestApp::new().await;
     let w = app.world().await;
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
-    app.admin("DELETE", &format!("/v2/control-planes/{}", w.cp), None)
+    app.look_up(&w).await.ok(201);
+    app.delete(&format!("/v2/control-planes/{}", w.cp))
         .await
         .ok(204);
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .problem(401);
-    let realm = app
-        .admin("GET", &format!("/v1/realms/{}", w.realm), None)
-        .await
-        .ok(200);
+    app.look_up(&w).await.problem(401);
+    let realm = app.get(&w.realm_path()).await.ok(200);
     assert_eq!(realm["allowed_control_planes"], json!([]));
 }
 
@@ -257,9 +178,7 @@ async fn data_plane_tokens_and_keys_are_not_admin_tokens() {
     let app = TestApp::new().await;
     let w = app.world().await;
     // The data-plane token is warm in the authenticate cache.
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
+    app.look_up(&w).await.ok(201);
     let consumer = format!("/v1/realms/{}/consumers/{}", w.realm, w.consumer);
     let routes = [
         ("GET", "/v2/control-planes".to_string()),
@@ -274,7 +193,7 @@ async fn data_plane_tokens_and_keys_are_not_admin_tokens() {
             format!("/v2/control-planes/{}/data-plane-tokens", w.cp),
         ),
         ("GET", "/v1/realms".to_string()),
-        ("PATCH", format!("/v1/realms/{}", w.realm)),
+        ("PATCH", w.realm_path()),
         ("DELETE", format!("/v1/realms/{}?force=true", w.realm)),
         ("GET", format!("/v1/realms/{}/consumers", w.realm)),
         ("GET", consumer.clone()),
@@ -291,12 +210,7 @@ async fn data_plane_tokens_and_keys_are_not_admin_tokens() {
         }
     }
     // Nothing was changed by the refused calls.
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
-    let keys = app
-        .admin("GET", &format!("{consumer}/keys"), None)
-        .await
-        .ok(200);
+    app.look_up(&w).await.ok(201);
+    let keys = app.get(&format!("{consumer}/keys")).await.ok(200);
     assert_eq!(keys["data"].as_array().unwrap().len(), 1);
 }

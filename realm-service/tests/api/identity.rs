@@ -14,22 +14,18 @@ async fn authenticate_returns_the_consumer_with_effective_groups() {
         )
         .await;
     let consumer = app
-        .admin(
-            "POST",
+        .post(
             &format!("/v1/realms/{realm}/consumers"),
-            Some(
-                json!({"username": "Ariel", "custom_id": "A1", "type": "developer",
+            json!({"username": "Ariel", "custom_id": "A1", "type": "developer",
                         "tags": ["vip"], "consumer_groups": ["beta", "gold"]}),
-            ),
         )
         .await
         .ok(201);
     let consumer_id = id(&consumer);
     let key = app
-        .admin(
-            "POST",
+        .post(
             &format!("/v1/realms/{realm}/consumers/{consumer_id}/keys"),
-            Some(json!({"type": "new", "tags": ["k"]})),
+            json!({"type": "new", "tags": ["k"]}),
         )
         .await
         .ok(201);
@@ -55,13 +51,9 @@ async fn authenticate_returns_the_consumer_with_effective_groups() {
 async fn an_unknown_key_is_404_with_negative_ttl() {
     let app = TestApp::new().await;
     let w = app.world().await;
-    app.admin(
-        "PATCH",
-        &format!("/v1/realms/{}", w.realm),
-        Some(json!({"negative_ttl": 42})),
-    )
-    .await
-    .ok(200);
+    app.patch(&w.realm_path(), json!({"negative_ttl": 42}))
+        .await
+        .ok(200);
     let miss = app.authenticate(&w.realm, &w.token, "another_key").await;
     let body = miss.problem(404);
     assert_eq!(body["negative_ttl"], 42);
@@ -84,9 +76,7 @@ async fn a_key_of_realm_a_is_never_found_through_realm_b() {
     let b = app
         .realm(json!({"name": "b", "allowed_control_planes": [w.cp]}))
         .await;
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
+    app.look_up(&w).await.ok(201);
     app.authenticate(&b, &w.token, &w.secret).await.problem(404);
 }
 
@@ -137,27 +127,20 @@ async fn a_control_plane_the_realm_does_not_allow_gets_403() {
         .await
         .problem(403);
     // allow_all_control_planes lets every control plane in.
-    app.admin(
-        "PATCH",
-        &format!("/v1/realms/{}", w.realm),
-        Some(json!({"allow_all_control_planes": true})),
-    )
-    .await
-    .ok(200);
+    app.patch(&w.realm_path(), json!({"allow_all_control_planes": true}))
+        .await
+        .ok(200);
     app.authenticate(&w.realm, &stranger_token, &w.secret)
         .await
         .ok(201);
     // And removing a control plane from the list locks it out at once.
-    app.admin(
-        "PATCH",
-        &format!("/v1/realms/{}", w.realm),
-        Some(json!({"allow_all_control_planes": false, "allowed_control_planes": []})),
+    app.patch(
+        &w.realm_path(),
+        json!({"allow_all_control_planes": false, "allowed_control_planes": []}),
     )
     .await
     .ok(200);
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .problem(403);
+    app.look_up(&w).await.problem(403);
 }
 
 #[tokio::test]
@@ -198,114 +181,69 @@ async fn repeated_lookups_are_cache_hits_and_counted() {
     let app = TestApp::new().await;
     let w = app.world().await;
     for _ in 0..3 {
-        app.authenticate(&w.realm, &w.token, &w.secret)
-            .await
-            .ok(201);
+        app.look_up(&w).await.ok(201);
     }
-    app.authenticate(&w.realm, &w.token, "another_key")
-        .await
-        .problem(404);
-    app.authenticate(&w.realm, &w.token, "another_key")
-        .await
-        .problem(404);
+    for _ in 0..2 {
+        app.authenticate(&w.realm, &w.token, "another_key")
+            .await
+            .problem(404);
+    }
     app.authenticate(&w.realm, "bad-token", &w.secret)
         .await
         .problem(401);
-    assert_eq!(
-        app.metric("realm_service_authenticate_total{result=\"found\"}")
-            .await,
-        3
-    );
-    assert_eq!(
-        app.metric("realm_service_authenticate_total{result=\"not_found\"}")
-            .await,
-        2
-    );
-    assert_eq!(
-        app.metric("realm_service_authenticate_total{result=\"unauthorized\"}")
-            .await,
-        1
-    );
-    assert_eq!(
-        app.metric("realm_service_authenticate_cache_total{result=\"miss\"}")
-            .await,
-        2
-    );
-    assert_eq!(
-        app.metric("realm_service_authenticate_cache_total{result=\"hit\"}")
-            .await,
-        3
-    );
-    assert_eq!(
-        app.metric("realm_service_http_requests_total{route=\"/{realmId}/v0/authenticate\",status=\"201\"}")
-            .await,
-        3
-    );
+    for (metric, expected) in [
+        ("realm_service_authenticate_total{result=\"found\"}", 3),
+        ("realm_service_authenticate_total{result=\"not_found\"}", 2),
+        ("realm_service_authenticate_total{result=\"unauthorized\"}", 1),
+        ("realm_service_authenticate_cache_total{result=\"miss\"}", 2),
+        ("realm_service_authenticate_cache_total{result=\"hit\"}", 3),
+        (
+            "realm_service_http_requests_total{route=\"/{realmId}/v0/authenticate\",status=\"201\"}",
+            3,
+        ),
+    ] {
+        assert_eq!(app.metric(metric).await, expected, "{metric}");
+    }
 }
 
 #[tokio::test]
 async fn revocation_after_a_cached_authenticate_is_immediate() {
     let app = TestApp::new().await;
     let w = app.world().await;
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
+    app.look_up(&w).await.ok(201);
+    app.look_up(&w).await.ok(201);
     assert!(
         app.metric("realm_service_authenticate_cache_total{result=\"hit\"}")
             .await
             >= 1
     );
-    app.admin(
-        "DELETE",
-        &format!(
-            "/v1/realms/{}/consumers/{}/keys/{}",
-            w.realm, w.consumer, w.key
-        ),
-        None,
-    )
-    .await
-    .ok(204);
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .problem(404);
+    app.delete(&w.key_path()).await.ok(204);
+    app.look_up(&w).await.problem(404);
 }
 
 #[tokio::test]
 async fn every_write_path_is_seen_at_once_by_cached_lookups() {
     let app = TestApp::new().await;
     let w = app.world().await;
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
+    app.look_up(&w).await.ok(201);
     // Consumer patch.
-    app.admin(
-        "PATCH",
-        &format!("/v1/realms/{}/consumers/{}", w.realm, w.consumer),
-        Some(json!({"username": "Ariel-renamed", "consumer_groups": ["new"]})),
+    app.patch(
+        &w.consumer_path(),
+        json!({"username": "Ariel-renamed", "consumer_groups": ["new"]}),
     )
     .await
     .ok(200);
-    let found = app
-        .authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
+    let found = app.look_up(&w).await.ok(201);
     assert_eq!(found["username"], "Ariel-renamed");
     assert_eq!(found["consumer_group_names"], json!(["new"]));
     // Realm patch.
-    app.admin(
-        "PATCH",
-        &format!("/v1/realms/{}", w.realm),
-        Some(json!({"ttl": 20, "consumer_groups": ["r"]})),
+    app.patch(
+        &w.realm_path(),
+        json!({"ttl": 20, "consumer_groups": ["r"]}),
     )
     .await
     .ok(200);
-    let found = app
-        .authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
+    let found = app.look_up(&w).await.ok(201);
     assert_eq!(found["ttl"], 20);
     assert_eq!(found["consumer_group_names"], json!(["r", "new"]));
     // A cached miss becomes a hit when the key is created.
@@ -323,24 +261,17 @@ async fn every_write_path_is_seen_at_once_by_cached_lookups() {
         .ok(201);
     // Token delete.
     let listed = app
-        .admin(
-            "GET",
-            &format!("/v2/control-planes/{}/data-plane-tokens", w.cp),
-            None,
-        )
+        .get(&format!("/v2/control-planes/{}/data-plane-tokens", w.cp))
         .await
         .ok(200);
     let token_id = listed["data"][0]["id"].as_str().unwrap().to_string();
-    app.admin(
-        "DELETE",
-        &format!("/v2/control-planes/{}/data-plane-tokens/{token_id}", w.cp),
-        None,
-    )
+    app.delete(&format!(
+        "/v2/control-planes/{}/data-plane-tokens/{token_id}",
+        w.cp
+    ))
     .await
     .ok(204);
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .problem(401);
+    app.look_up(&w).await.problem(401);
 }
 
 #[tokio::test]
@@ -349,7 +280,7 @@ async fn cached_misses_and_policies_follow_realm_patches_at_once() {
     let w = app.world().await;
     let other = app.control_plane("other").await;
     let other_token = app.dp_token(&other).await;
-    let realm_path = format!("/v1/realms/{}", w.realm);
+    let realm_path = w.realm_path();
     // A miss, asked twice (the second from the cache), carries the realm's negative_ttl ...
     for _ in 0..2 {
         let miss = app
@@ -358,7 +289,7 @@ async fn cached_misses_and_policies_follow_realm_patches_at_once() {
             .problem(404);
         assert_eq!(miss["negative_ttl"], 10);
     }
-    app.admin("PATCH", &realm_path, Some(json!({"negative_ttl": 7})))
+    app.patch(&realm_path, json!({"negative_ttl": 7}))
         .await
         .ok(200);
     // ... and the patched one at once.
@@ -372,37 +303,28 @@ async fn cached_misses_and_policies_follow_realm_patches_at_once() {
     app.authenticate(&w.realm, &other_token, &w.secret)
         .await
         .problem(403);
-    app.admin(
-        "PATCH",
+    app.patch(&realm_path, json!({"allow_all_control_planes": true}))
+        .await
+        .ok(200);
+    app.authenticate(&w.realm, &other_token, &w.secret)
+        .await
+        .ok(201);
+    app.look_up(&w).await.ok(201);
+    app.patch(
         &realm_path,
-        Some(json!({"allow_all_control_planes": true})),
+        json!({"allow_all_control_planes": false, "allowed_control_planes": [other]}),
     )
     .await
     .ok(200);
     app.authenticate(&w.realm, &other_token, &w.secret)
         .await
         .ok(201);
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
-    app.admin(
-        "PATCH",
-        &realm_path,
-        Some(json!({"allow_all_control_planes": false, "allowed_control_planes": [other]})),
-    )
-    .await
-    .ok(200);
-    app.authenticate(&w.realm, &other_token, &w.secret)
-        .await
-        .ok(201);
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .problem(403);
+    app.look_up(&w).await.problem(403);
     // A deleted realm: a cached hit becomes the unknown-realm 404.
     app.authenticate(&w.realm, &other_token, &w.secret)
         .await
         .ok(201);
-    app.admin("DELETE", &format!("{realm_path}?force=true"), None)
+    app.delete(&format!("{realm_path}?force=true"))
         .await
         .ok(204);
     let gone = app
@@ -438,7 +360,5 @@ async fn a_disallowed_control_plane_is_refused_before_any_key_lookup_or_caching(
         "a refused token's look-ups reached the key cache"
     );
     // The allowed data plane is unaffected.
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
+    app.look_up(&w).await.ok(201);
 }

@@ -9,7 +9,7 @@ async fn a_new_key_has_a_generated_secret_shown_once() {
     let consumer = app.consumer(&realm, "ariel").await;
     let path = format!("/v1/realms/{realm}/consumers/{consumer}/keys");
     let created = app
-        .admin("POST", &path, Some(json!({"type": "new", "tags": ["ci"]})))
+        .post(&path, json!({"type": "new", "tags": ["ci"]}))
         .await
         .ok(201);
     let secret = created["secret"].as_str().unwrap();
@@ -26,19 +26,16 @@ async fn a_new_key_has_a_generated_secret_shown_once() {
     for field in ["id", "created_at", "updated_at"] {
         assert!(created[field].is_string(), "{field}");
     }
-    let second = app
-        .admin("POST", &path, Some(json!({"type": "new"})))
-        .await
-        .ok(201);
+    let second = app.post(&path, json!({"type": "new"})).await.ok(201);
     assert_ne!(second["secret"], created["secret"]);
 
-    let listed = app.admin("GET", &path, None).await;
+    let listed = app.get(&path).await;
     assert!(!listed.text.contains(secret), "list shows a secret");
     let listed = listed.ok(200);
     assert_eq!(listed["data"].as_array().unwrap().len(), 2);
     assert!(listed["data"][0].get("secret").is_none());
     let key_path = format!("{path}/{}", id(&created));
-    let got = app.admin("GET", &key_path, None).await;
+    let got = app.get(&key_path).await;
     assert!(!got.text.contains(secret));
     let got = got.ok(200);
     assert_eq!(got["id"], created["id"]);
@@ -55,20 +52,18 @@ async fn a_legacy_key_keeps_the_given_secret_unique_in_its_realm() {
     let b = app.consumer(&realm, "b").await;
     let c = app.consumer(&other_realm, "c").await;
     let created = app
-        .admin(
-            "POST",
+        .post(
             &format!("/v1/realms/{realm}/consumers/{a}/keys"),
-            Some(json!({"type": "legacy", "secret": "my-old-key"})),
+            json!({"type": "legacy", "secret": "my-old-key"}),
         )
         .await
         .ok(201);
     assert_eq!(created["secret"], "my-old-key");
     assert_eq!(created["type"], "legacy");
     let dup = app
-        .admin(
-            "POST",
+        .post(
             &format!("/v1/realms/{realm}/consumers/{b}/keys"),
-            Some(json!({"type": "legacy", "secret": "my-old-key"})),
+            json!({"type": "legacy", "secret": "my-old-key"}),
         )
         .await;
     dup.problem(409);
@@ -77,10 +72,9 @@ async fn a_legacy_key_keeps_the_given_secret_unique_in_its_realm() {
         "the error repeats the secret"
     );
     // Another realm may hold the same secret.
-    app.admin(
-        "POST",
+    app.post(
         &format!("/v1/realms/{other_realm}/consumers/{c}/keys"),
-        Some(json!({"type": "legacy", "secret": "my-old-key"})),
+        json!({"type": "legacy", "secret": "my-old-key"}),
     )
     .await
     .ok(201);
@@ -121,9 +115,7 @@ async fn a_key_with_a_ttl_expires() {
         .problem(404);
     assert_eq!(expired["negative_ttl"], 10);
     // The key without a ttl still works.
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .ok(201);
+    app.look_up(&w).await.ok(201);
 }
 
 #[tokio::test]
@@ -132,48 +124,41 @@ async fn key_create_errors() {
     let realm = app.realm(json!({"name": "prod"})).await;
     let consumer = app.consumer(&realm, "a").await;
     let path = format!("/v1/realms/{realm}/consumers/{consumer}/keys");
-    app.admin("POST", &path, Some(json!({})))
+    app.post(&path, json!({})).await.invalid("type");
+    app.post(&path, json!({"type": "old"}))
         .await
         .invalid("type");
-    app.admin("POST", &path, Some(json!({"type": "old"})))
-        .await
-        .invalid("type");
-    app.admin("POST", &path, Some(json!({"type": "new", "secret": "x"})))
+    app.post(&path, json!({"type": "new", "secret": "x"}))
         .await
         .invalid("secret");
-    app.admin("POST", &path, Some(json!({"type": "legacy"})))
+    app.post(&path, json!({"type": "legacy"}))
         .await
         .invalid("secret");
-    app.admin("POST", &path, Some(json!({"type": "legacy", "secret": ""})))
+    app.post(&path, json!({"type": "legacy", "secret": ""}))
         .await
         .invalid("secret");
-    app.admin(
-        "POST",
-        &path,
-        Some(json!({"type": "legacy", "secret": "s".repeat(1025)})),
-    )
-    .await
-    .invalid("secret");
-    app.admin("POST", &path, Some(json!({"type": "new", "ttl": 0})))
+    app.post(&path, json!({"type": "legacy", "secret": "s".repeat(1025)}))
+        .await
+        .invalid("secret");
+    app.post(&path, json!({"type": "new", "ttl": 0}))
         .await
         .invalid("ttl");
-    app.admin("POST", &path, Some(json!({"type": "new", "ttl": -5})))
+    app.post(&path, json!({"type": "new", "ttl": -5}))
         .await
         .invalid("ttl");
-    app.admin("POST", &path, Some(json!({"type": "new", "ttl": "60"})))
+    app.post(&path, json!({"type": "new", "ttl": "60"}))
         .await
         .invalid("ttl");
-    app.admin("POST", &path, Some(json!({"type": "new", "expires": 1})))
+    app.post(&path, json!({"type": "new", "expires": 1}))
         .await
         .invalid("expires");
-    app.admin(
-        "POST",
+    app.post(
         &format!("/v1/realms/{realm}/consumers/{}/keys", uuid::Uuid::new_v4()),
-        Some(json!({"type": "new"})),
+        json!({"type": "new"}),
     )
     .await
     .problem(404);
-    let listed = app.admin("GET", &path, None).await.ok(200);
+    let listed = app.get(&path).await.ok(200);
     assert_eq!(listed["data"], json!([]), "refused creates stored nothing");
 }
 
@@ -183,41 +168,27 @@ async fn get_list_and_delete_key_errors() {
     let w = app.world().await;
     let keys = format!("/v1/realms/{}/consumers/{}/keys", w.realm, w.consumer);
     let missing = uuid::Uuid::new_v4();
-    app.admin("GET", &format!("{keys}/{missing}"), None)
-        .await
-        .problem(404);
-    app.admin("DELETE", &format!("{keys}/{missing}"), None)
-        .await
-        .problem(404);
-    app.admin("GET", &format!("{keys}/bad"), None)
-        .await
-        .invalid("keyId");
+    app.get(&format!("{keys}/{missing}")).await.problem(404);
+    app.delete(&format!("{keys}/{missing}")).await.problem(404);
+    app.get(&format!("{keys}/bad")).await.invalid("keyId");
     // A key of another consumer is not reachable through this one.
     let other = app.consumer(&w.realm, "other").await;
     let other_keys = format!("/v1/realms/{}/consumers/{other}/keys", w.realm);
-    app.admin("GET", &format!("{other_keys}/{}", w.key), None)
+    app.get(&format!("{other_keys}/{}", w.key))
         .await
         .problem(404);
-    app.admin("DELETE", &format!("{other_keys}/{}", w.key), None)
+    app.delete(&format!("{other_keys}/{}", w.key))
         .await
         .problem(404);
-    app.admin(
-        "GET",
-        &format!("/v1/realms/{}/consumers/{missing}/keys", w.realm),
-        None,
-    )
-    .await
-    .problem(404);
-    app.admin("GET", &format!("{keys}?page[size]=0"), None)
+    app.get(&format!("/v1/realms/{}/consumers/{missing}/keys", w.realm))
+        .await
+        .problem(404);
+    app.get(&format!("{keys}?page[size]=0"))
         .await
         .invalid("page[size]");
     // Delete, then it is gone.
-    app.admin("DELETE", &format!("{keys}/{}", w.key), None)
-        .await
-        .ok(204);
-    app.admin("GET", &format!("{keys}/{}", w.key), None)
-        .await
-        .problem(404);
+    app.delete(&format!("{keys}/{}", w.key)).await.ok(204);
+    app.get(&format!("{keys}/{}", w.key)).await.problem(404);
 }
 
 /// `/openapi.json` describes a key request as one of two shapes, and the service accepts exactly
@@ -251,7 +222,7 @@ async fn the_documented_key_shapes_are_the_accepted_ones() {
         json!({"type": "legacy", "secret": "s".repeat(1024), "ttl": 315_360_000}),
         json!({"type": "legacy", "secret": " ", "tags": ["t"], "ttl": 1}),
     ] {
-        app.admin("POST", &path, Some(ok.clone())).await.ok(201);
+        app.post(&path, ok.clone()).await.ok(201);
     }
     for (bad, field) in [
         (json!({"type": "new", "secret": "x"}), "secret"),
@@ -267,7 +238,7 @@ async fn the_documented_key_shapes_are_the_accepted_ones() {
         (json!({"type": "NEW"}), "type"),
         (json!({}), "type"),
     ] {
-        app.admin("POST", &path, Some(bad)).await.invalid(field);
+        app.post(&path, bad).await.invalid(field);
     }
 }
 
@@ -277,10 +248,9 @@ async fn an_expired_key_keeps_its_secret_taken_until_it_is_deleted() {
     let w = app.world().await;
     let keys = format!("/v1/realms/{}/consumers/{}/keys", w.realm, w.consumer);
     let expiring = app
-        .admin(
-            "POST",
+        .post(
             &keys,
-            Some(json!({"type": "legacy", "secret": "short-lived", "ttl": 1})),
+            json!({"type": "legacy", "secret": "short-lived", "ttl": 1}),
         )
         .await
         .ok(201);
@@ -290,30 +260,22 @@ async fn an_expired_key_keeps_its_secret_taken_until_it_is_deleted() {
         .await
         .problem(404);
     // Still listed, and the secret is still taken in the realm.
-    let listed = app.admin("GET", &keys, None).await.ok(200);
+    let listed = app.get(&keys).await.ok(200);
     assert!(listed["data"]
         .as_array()
         .unwrap()
         .iter()
         .any(|k| k["id"] == expiring["id"]));
-    app.admin(
-        "POST",
-        &keys,
-        Some(json!({"type": "legacy", "secret": "short-lived"})),
-    )
-    .await
-    .problem(409);
+    app.post(&keys, json!({"type": "legacy", "secret": "short-lived"}))
+        .await
+        .problem(409);
     // Deleted, the secret can be given again and works.
-    app.admin("DELETE", &format!("{keys}/{}", id(&expiring)), None)
+    app.delete(&format!("{keys}/{}", id(&expiring)))
         .await
         .ok(204);
-    app.admin(
-        "POST",
-        &keys,
-        Some(json!({"type": "legacy", "secret": "short-lived"})),
-    )
-    .await
-    .ok(201);
+    app.post(&keys, json!({"type": "legacy", "secret": "short-lived"}))
+        .await
+        .ok(201);
     app.authenticate(&w.realm, &w.token, "short-lived")
         .await
         .ok(201);

@@ -10,6 +10,7 @@ mod consumers;
 mod control_planes;
 mod errors;
 mod identity;
+mod key_check;
 mod keys;
 mod pagination;
 mod races;

@@ -17,7 +17,7 @@ async fn walking_250_consumers_by_100_returns_each_exactly_once() {
     let mut next = Some(format!("/v1/realms/{realm}/consumers?page[size]=100"));
     let mut pages = Vec::new();
     while let Some(path) = next {
-        let body = app.admin("GET", &path, None).await.ok(200);
+        let body = app.get(&path).await.ok(200);
         assert_eq!(body["meta"]["page"]["size"], 100);
         let data = body["data"].as_array().unwrap();
         sizes.push(data.len());
@@ -42,7 +42,7 @@ async fn walking_250_consumers_by_100_returns_each_exactly_once() {
         .as_str()
         .unwrap()
         .to_string();
-    let back = app.admin("GET", &previous, None).await.ok(200);
+    let back = app.get(&previous).await.ok(200);
     assert_eq!(back["data"], pages[1]["data"]);
 }
 
@@ -51,27 +51,23 @@ async fn filters_are_kept_in_next_links() {
     let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "prod"})).await;
     for i in 0..3 {
-        app.admin(
-            "POST",
+        app.post(
             &format!("/v1/realms/{realm}/consumers"),
-            Some(json!({"username": format!("u{i}"), "custom_id": "same"})),
+            json!({"username": format!("u{i}"), "custom_id": "same"}),
         )
         .await
         .ok(201);
     }
-    app.admin(
-        "POST",
+    app.post(
         &format!("/v1/realms/{realm}/consumers"),
-        Some(json!({"username": "x", "custom_id": "other"})),
+        json!({"username": "x", "custom_id": "other"}),
     )
     .await
     .ok(201);
     let first = app
-        .admin(
-            "GET",
-            &format!("/v1/realms/{realm}/consumers?filter[custom_id]=same&page[size]=2"),
-            None,
-        )
+        .get(&format!(
+            "/v1/realms/{realm}/consumers?filter[custom_id]=same&page[size]=2"
+        ))
         .await
         .ok(200);
     assert_eq!(first["data"].as_array().unwrap().len(), 2);
@@ -80,7 +76,7 @@ async fn filters_are_kept_in_next_links() {
         next.starts_with(&format!("/v1/realms/{realm}/consumers?")),
         "{next}"
     );
-    let second = app.admin("GET", next, None).await.ok(200);
+    let second = app.get(next).await.ok(200);
     assert_eq!(second["data"].as_array().unwrap().len(), 1);
     assert_eq!(second["data"][0]["username"], "u2");
     assert_eq!(second["meta"]["page"]["next"], serde_json::Value::Null);
@@ -97,32 +93,27 @@ async fn every_list_has_the_same_page_shape() {
         format!("/v1/realms/{}/consumers", w.realm),
         format!("/v1/realms/{}/consumers/{}/keys", w.realm, w.consumer),
     ] {
-        let body = app.admin("GET", &path, None).await.ok(200);
+        let body = app.get(&path).await.ok(200);
         assert_eq!(body["data"].as_array().unwrap().len(), 1, "{path}");
         assert_eq!(
             body["meta"],
             json!({"page": {"next": null, "previous": null, "size": 100}}),
             "{path}"
         );
-        let sized = app
-            .admin("GET", &format!("{path}?page[size]=1000"), None)
-            .await
-            .ok(200);
+        let sized = app.get(&format!("{path}?page[size]=1000")).await.ok(200);
         assert_eq!(sized["meta"]["page"]["size"], 1000);
         for bad in ["0", "1001", "-1", "ten", ""] {
-            app.admin("GET", &format!("{path}?page[size]={bad}"), None)
+            app.get(&format!("{path}?page[size]={bad}"))
                 .await
                 .invalid("page[size]");
         }
-        app.admin("GET", &format!("{path}?page[after]=not-a-cursor"), None)
+        app.get(&format!("{path}?page[after]=not-a-cursor"))
             .await
             .invalid("page[after]");
-        app.admin("GET", &format!("{path}?page[size]=1&page[size]=2"), None)
+        app.get(&format!("{path}?page[size]=1&page[size]=2"))
             .await
             .invalid("page[size]");
-        app.admin("GET", &format!("{path}?sort=name"), None)
-            .await
-            .invalid("sort");
+        app.get(&format!("{path}?sort=name")).await.invalid("sort");
     }
 }
 
@@ -135,12 +126,9 @@ async fn cursors_and_sizes_of_another_shape_are_400() {
     for i in 0..3 {
         app.realm(json!({"name": format!("r{i}")})).await;
     }
-    let first = app
-        .admin("GET", "/v1/realms?page[size]=1", None)
-        .await
-        .ok(200);
+    let first = app.get("/v1/realms?page[size]=1").await.ok(200);
     let next = first["meta"]["page"]["next"].as_str().unwrap().to_string();
-    let second = app.admin("GET", &next, None).await.ok(200);
+    let second = app.get(&next).await.ok(200);
     assert_eq!(second["data"].as_array().unwrap().len(), 1);
     assert_ne!(second["data"][0]["id"], first["data"][0]["id"]);
 
@@ -183,20 +171,20 @@ async fn cursors_and_sizes_of_another_shape_are_400() {
             } else {
                 "page[before]"
             };
-            app.admin("GET", &format!("/v1/realms?{name}={cursor}"), None)
+            app.get(&format!("/v1/realms?{name}={cursor}"))
                 .await
                 .invalid(field);
         }
     }
     for size in ["%2B5", "0", "-1", "1001", "1e2", "", "4294967297"] {
-        app.admin("GET", &format!("/v1/realms?page%5Bsize%5D={size}"), None)
+        app.get(&format!("/v1/realms?page%5Bsize%5D={size}"))
             .await
             .invalid("page[size]");
     }
-    app.admin("GET", "/v1/realms?page[size]=1000&page[after]=0", None)
+    app.get("/v1/realms?page[size]=1000&page[after]=0")
         .await
         .ok(200);
-    app.admin("GET", "/v1/realms?page[after]=7fffffffffffffff", None)
+    app.get("/v1/realms?page[after]=7fffffffffffffff")
         .await
         .ok(200);
 }
@@ -220,7 +208,7 @@ async fn a_walk_that_races_creates_deletes_and_moves_sees_each_stable_row_once()
     let mut added = Vec::new();
     let mut pages = 0;
     while let Some(path) = next {
-        let body = app.admin("GET", &path, None).await.ok(200);
+        let body = app.get(&path).await.ok(200);
         seen.extend(body["data"].as_array().unwrap().iter().map(id));
         next = body["meta"]["page"]["next"].as_str().map(str::to_string);
         pages += 1;
@@ -228,28 +216,22 @@ async fn a_walk_that_races_creates_deletes_and_moves_sees_each_stable_row_once()
         match pages {
             1 => {
                 for doomed in &doomed {
-                    app.admin(
-                        "DELETE",
-                        &format!("/v1/realms/{realm}/consumers/{doomed}"),
-                        None,
-                    )
-                    .await
-                    .ok(204);
+                    app.delete(&format!("/v1/realms/{realm}/consumers/{doomed}"))
+                        .await
+                        .ok(204);
                 }
                 added.push(app.consumer(&realm, "late-1").await);
             }
             2 => {
-                app.admin(
-                    "POST",
+                app.post(
                     &format!("/v1/realms/{elsewhere}/consumers/{incoming}/move"),
-                    Some(json!({"target_realm_id": realm})),
+                    json!({"target_realm_id": realm}),
                 )
                 .await
                 .ok(201);
-                app.admin(
-                    "POST",
+                app.post(
                     &format!("/v1/realms/{realm}/consumers/{outgoing}/move"),
-                    Some(json!({"target_realm_id": elsewhere})),
+                    json!({"target_realm_id": elsewhere}),
                 )
                 .await
                 .ok(201);
@@ -272,7 +254,7 @@ async fn a_walk_that_races_creates_deletes_and_moves_sees_each_stable_row_once()
     );
     // Items come in creation order.
     let listed = app
-        .admin("GET", &format!("/v1/realms/{realm}/consumers"), None)
+        .get(&format!("/v1/realms/{realm}/consumers"))
         .await
         .ok(200);
     let names: Vec<_> = listed["data"]

@@ -79,11 +79,10 @@ async fn no_lookup_started_after_a_revocation_is_answered_succeeds() {
         let done = Arc::new(AtomicBool::new(false));
         let tasks = look_up_until(&app, &w.realm, &w.token, &secret, &done).await;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        app.admin(
-            "DELETE",
-            &format!("/v1/realms/{}/consumers/{}/keys/{key}", w.realm, w.consumer),
-            None,
-        )
+        app.delete(&format!(
+            "/v1/realms/{}/consumers/{}/keys/{key}",
+            w.realm, w.consumer
+        ))
         .await
         .ok(204);
         done.store(true, Ordering::SeqCst);
@@ -106,28 +105,18 @@ async fn no_lookup_started_after_a_revocation_is_answered_succeeds() {
 async fn no_lookup_started_after_a_control_plane_is_disallowed_succeeds() {
     let app = Arc::new(TestApp::new().await);
     let w = app.world().await;
-    let realm_path = format!("/v1/realms/{}", w.realm);
+    let realm_path = w.realm_path();
     for round in 0..8 {
-        app.admin(
-            "PATCH",
-            &realm_path,
-            Some(json!({"allowed_control_planes": [w.cp]})),
-        )
-        .await
-        .ok(200);
-        app.authenticate(&w.realm, &w.token, &w.secret)
+        app.patch(&realm_path, json!({"allowed_control_planes": [w.cp]}))
             .await
-            .ok(201);
+            .ok(200);
+        app.look_up(&w).await.ok(201);
         let done = Arc::new(AtomicBool::new(false));
         let tasks = look_up_until(&app, &w.realm, &w.token, &w.secret, &done).await;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        app.admin(
-            "PATCH",
-            &realm_path,
-            Some(json!({"allowed_control_planes": []})),
-        )
-        .await
-        .ok(200);
+        app.patch(&realm_path, json!({"allowed_control_planes": []}))
+            .await
+            .ok(200);
         done.store(true, Ordering::SeqCst);
         let (successes, late) = late_successes(tasks).await;
         assert_eq!(late, 20, "round {round}");
@@ -135,9 +124,7 @@ async fn no_lookup_started_after_a_control_plane_is_disallowed_succeeds() {
             successes, 0,
             "round {round}: a disallowed control plane authenticated after the PATCH was answered"
         );
-        app.authenticate(&w.realm, &w.token, &w.secret)
-            .await
-            .problem(403);
+        app.look_up(&w).await.problem(403);
     }
 }
 
@@ -176,7 +163,7 @@ async fn racing_writes_for_one_unique_name_give_one_201_and_409s() {
     .await;
     assert_eq!(statuses, [201, 409, 409, 409, 409, 409, 409, 409]);
     let listed = app
-        .admin("GET", &format!("{path}?filter[username]=same"), None)
+        .get(&format!("{path}?filter[username]=same"))
         .await
         .ok(200);
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
@@ -233,11 +220,9 @@ async fn racing_writes_for_one_unique_name_give_one_201_and_409s() {
     let statuses = at_once(&app, moves).await;
     assert_eq!(statuses, [201, 409]);
     let in_target = app
-        .admin(
-            "GET",
-            &format!("/v1/realms/{target}/consumers?filter[username]=dup"),
-            None,
-        )
+        .get(&format!(
+            "/v1/realms/{target}/consumers?filter[username]=dup"
+        ))
         .await
         .ok(200);
     assert_eq!(in_target["data"].as_array().unwrap().len(), 1);
@@ -281,9 +266,7 @@ async fn force_deleting_a_realm_while_keys_are_created_leaves_no_rows_behind() {
         statuses.iter().all(|s| [201, 204, 404].contains(s)),
         "{statuses:?}"
     );
-    app.authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .problem(404);
+    app.look_up(&w).await.problem(404);
     // Nothing of the realm is left in the database.
     for table in ["consumers", "keys", "realm_control_planes"] {
         let left = app

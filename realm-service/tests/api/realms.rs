@@ -6,7 +6,7 @@ use crate::common::*;
 async fn create_a_realm_with_defaults() {
     let app = TestApp::new().await;
     let realm = app
-        .admin("POST", "/v1/realms", Some(json!({"name": "prod"})))
+        .post("/v1/realms", json!({"name": "prod"}))
         .await
         .ok(201);
     assert_eq!(realm["name"], "prod");
@@ -25,14 +25,10 @@ async fn create_a_realm_with_every_field() {
     let a = app.control_plane("a").await;
     let b = app.control_plane("b").await;
     let realm = app
-        .admin(
-            "POST",
-            "/v1/realms",
-            Some(json!({
+        .post("/v1/realms", json!({
                 "name": "prod", "allowed_control_planes": [b, a, b], "allow_all_control_planes": true,
                 "ttl": 5, "negative_ttl": 60, "consumer_groups": ["gold", "silver"]
-            })),
-        )
+            }))
         .await
         .ok(201);
     assert_eq!(
@@ -44,17 +40,14 @@ async fn create_a_realm_with_every_field() {
     assert_eq!(realm["ttl"], 5);
     assert_eq!(realm["negative_ttl"], 60);
     assert_eq!(realm["consumer_groups"], json!(["gold", "silver"]));
-    let got = app
-        .admin("GET", &format!("/v1/realms/{}", id(&realm)), None)
-        .await
-        .ok(200);
+    let got = app.get(&format!("/v1/realms/{}", id(&realm))).await.ok(200);
     assert_eq!(got, realm);
 }
 
 #[tokio::test]
 async fn realm_input_errors_name_the_field() {
     let app = TestApp::new().await;
-    let post = |body| async { app.admin("POST", "/v1/realms", Some(body)).await };
+    let post = |body| async { app.post("/v1/realms", body).await };
     post(json!({})).await.invalid("name");
     post(json!({"name": ""})).await.invalid("name");
     post(json!({"name": "p", "ttl": 4})).await.invalid("ttl");
@@ -84,7 +77,7 @@ async fn realm_input_errors_name_the_field() {
     let body = post(json!({"name": "", "ttl": 1})).await.problem(400);
     assert_eq!(body["invalid_parameters"].as_array().unwrap().len(), 2);
     // Nothing was stored.
-    let list = app.admin("GET", "/v1/realms", None).await.ok(200);
+    let list = app.get("/v1/realms").await.ok(200);
     assert_eq!(list["data"], json!([]));
 }
 
@@ -96,10 +89,9 @@ async fn get_and_patch_a_realm() {
         .realm(json!({"name": "prod", "consumer_groups": ["g"]}))
         .await;
     let patched = app
-        .admin(
-            "PATCH",
+        .patch(
             &format!("/v1/realms/{realm}"),
-            Some(json!({"ttl": 30, "allowed_control_planes": [cp]})),
+            json!({"ttl": 30, "allowed_control_planes": [cp]}),
         )
         .await
         .ok(200);
@@ -109,19 +101,12 @@ async fn get_and_patch_a_realm() {
     assert_eq!(patched["consumer_groups"], json!(["g"]), "untouched");
     assert_eq!(patched["allowed_control_planes"], json!([cp]));
     let renamed = app
-        .admin(
-            "PATCH",
-            &format!("/v1/realms/{realm}"),
-            Some(json!({"name": "staging"})),
-        )
+        .patch(&format!("/v1/realms/{realm}"), json!({"name": "staging"}))
         .await
         .ok(200);
     assert_eq!(renamed["name"], "staging");
     assert_eq!(renamed["allowed_control_planes"], json!([cp]), "untouched");
-    let got = app
-        .admin("GET", &format!("/v1/realms/{realm}"), None)
-        .await
-        .ok(200);
+    let got = app.get(&format!("/v1/realms/{realm}")).await.ok(200);
     assert_eq!(got, renamed);
 }
 
@@ -130,44 +115,24 @@ async fn realm_patch_and_get_errors() {
     let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "prod"})).await;
     let missing = uuid::Uuid::new_v4();
-    app.admin("GET", &format!("/v1/realms/{missing}"), None)
+    app.get(&format!("/v1/realms/{missing}")).await.problem(404);
+    app.get("/v1/realms/xyz").await.invalid("realmId");
+    app.patch(&format!("/v1/realms/{missing}"), json!({"ttl": 6}))
         .await
         .problem(404);
-    app.admin("GET", "/v1/realms/xyz", None)
+    app.patch(&format!("/v1/realms/{realm}"), json!({"ttl": 3}))
         .await
-        .invalid("realmId");
-    app.admin(
-        "PATCH",
-        &format!("/v1/realms/{missing}"),
-        Some(json!({"ttl": 6})),
-    )
-    .await
-    .problem(404);
-    app.admin(
-        "PATCH",
+        .invalid("ttl");
+    app.patch(&format!("/v1/realms/{realm}"), json!({"id": realm}))
+        .await
+        .invalid("id");
+    app.patch(
         &format!("/v1/realms/{realm}"),
-        Some(json!({"ttl": 3})),
-    )
-    .await
-    .invalid("ttl");
-    app.admin(
-        "PATCH",
-        &format!("/v1/realms/{realm}"),
-        Some(json!({"id": realm})),
-    )
-    .await
-    .invalid("id");
-    app.admin(
-        "PATCH",
-        &format!("/v1/realms/{realm}"),
-        Some(json!({"allowed_control_planes": [missing]})),
+        json!({"allowed_control_planes": [missing]}),
     )
     .await
     .invalid("allowed_control_planes[0]");
-    let unchanged = app
-        .admin("GET", &format!("/v1/realms/{realm}"), None)
-        .await
-        .ok(200);
+    let unchanged = app.get(&format!("/v1/realms/{realm}")).await.ok(200);
     assert_eq!(unchanged["ttl"], 10);
 }
 
@@ -177,36 +142,28 @@ async fn deleting_a_realm_with_consumers_needs_force() {
     let realm = app.realm(json!({"name": "prod"})).await;
     let consumer = app.consumer(&realm, "ariel").await;
     let refused = app
-        .admin("DELETE", &format!("/v1/realms/{realm}"), None)
+        .delete(&format!("/v1/realms/{realm}"))
         .await
         .invalid("force");
     assert!(refused["detail"].as_str().unwrap().contains("consumer"));
-    app.admin("DELETE", &format!("/v1/realms/{realm}?force=false"), None)
+    app.delete(&format!("/v1/realms/{realm}?force=false"))
         .await
         .invalid("force");
-    app.admin("GET", &format!("/v1/realms/{realm}"), None)
-        .await
-        .ok(200);
-    app.admin("DELETE", &format!("/v1/realms/{realm}?force=maybe"), None)
+    app.get(&format!("/v1/realms/{realm}")).await.ok(200);
+    app.delete(&format!("/v1/realms/{realm}?force=maybe"))
         .await
         .invalid("force");
-    app.admin("DELETE", &format!("/v1/realms/{realm}?forced=true"), None)
+    app.delete(&format!("/v1/realms/{realm}?forced=true"))
         .await
         .invalid("forced");
-    app.admin("DELETE", &format!("/v1/realms/{realm}?force=true"), None)
+    app.delete(&format!("/v1/realms/{realm}?force=true"))
         .await
         .ok(204);
-    app.admin("GET", &format!("/v1/realms/{realm}"), None)
+    app.get(&format!("/v1/realms/{realm}")).await.problem(404);
+    app.get(&format!("/v1/realms/{realm}/consumers/{consumer}"))
         .await
         .problem(404);
-    app.admin(
-        "GET",
-        &format!("/v1/realms/{realm}/consumers/{consumer}"),
-        None,
-    )
-    .await
-    .problem(404);
-    app.admin("DELETE", &format!("/v1/realms/{realm}?force=true"), None)
+    app.delete(&format!("/v1/realms/{realm}?force=true"))
         .await
         .problem(404);
 }
@@ -215,32 +172,19 @@ async fn deleting_a_realm_with_consumers_needs_force() {
 async fn an_empty_realm_is_deleted_without_force() {
     let app = TestApp::new().await;
     let realm = app.realm(json!({"name": "prod"})).await;
-    app.admin("DELETE", &format!("/v1/realms/{realm}"), None)
-        .await
-        .ok(204);
-    app.admin("GET", &format!("/v1/realms/{realm}"), None)
-        .await
-        .problem(404);
+    app.delete(&format!("/v1/realms/{realm}")).await.ok(204);
+    app.get(&format!("/v1/realms/{realm}")).await.problem(404);
 }
 
 #[tokio::test]
 async fn force_deleting_a_realm_revokes_its_keys() {
     let app = TestApp::new().await;
     let w = app.world().await;
-    app.authenticate(&w.realm, &w.token, &w.secret)
+    app.look_up(&w).await.ok(201);
+    app.delete(&format!("/v1/realms/{}?force=true", w.realm))
         .await
-        .ok(201);
-    app.admin(
-        "DELETE",
-        &format!("/v1/realms/{}?force=true", w.realm),
-        None,
-    )
-    .await
-    .ok(204);
-    let gone = app
-        .authenticate(&w.realm, &w.token, &w.secret)
-        .await
-        .problem(404);
+        .ok(204);
+    let gone = app.look_up(&w).await.problem(404);
     assert!(gone["negative_ttl"].is_number());
 }
 

@@ -14,6 +14,8 @@ mod control_planes;
 mod errors;
 #[path = "../api/identity.rs"]
 mod identity;
+#[path = "../api/key_check.rs"]
+mod key_check;
 #[path = "../api/keys.rs"]
 mod keys;
 #[path = "../api/pagination.rs"]

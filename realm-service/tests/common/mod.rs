@@ -1,20 +1,22 @@
-//! Helpers shared by the integration tests: an in-process app driven with `oneshot`, and a small
-//! HTTP client (with timeouts) for tests over TCP.
+//! Helpers shared by the integration tests: an in-process app driven with `oneshot`, a small
+//! HTTP client (with timeouts) for tests over TCP (`http`), PostgreSQL clusters (`pg`) and the
+//! built binary as a process (`serve`).
 #![allow(dead_code)]
 
 use std::time::Duration;
 
-use axum::body::{Body, Bytes, HttpBody};
-use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::body::Body;
+use axum::http::{header, Method, Request};
 use axum::Router;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tower::ServiceExt;
 
+mod http;
 pub mod pg;
+pub mod serve;
+
+pub use http::*;
 
 /// The bootstrap admin token of test services (at least 32 characters, as required).
 pub const ADMIN: &str = "test-admin-token-0123456789abcdefghij";
@@ -25,101 +27,6 @@ pub const ADMIN: &str = "test-admin-token-0123456789abcdefghij";
 pub enum StoreKind {
     Sqlite,
     Postgres,
-}
-
-/// An answer, as a client sees it.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub text: String,
-}
-
-impl Answer {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
-    }
-    pub fn content_type(&self) -> &str {
-        self.headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-    /// Asserts a problem+json answer with this status and returns its body.
-    pub fn problem(&self, status: u16) -> Value {
-        assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
-        assert_eq!(
-            self.content_type(),
-            "application/problem+json",
-            "{}",
-            self.text
-        );
-        let body = self.json();
-        assert_eq!(body["status"], status);
-        for field in ["title", "type", "instance", "detail"] {
-            assert!(body[field].is_string(), "problem lacks {field}: {body}");
-        }
-        body
-    }
-    /// Asserts a 400 naming `field` among its invalid_parameters.
-    pub fn invalid(&self, field: &str) -> Value {
-        let body = self.problem(400);
-        let fields: Vec<&str> = body["invalid_parameters"]
-            .as_array()
-            .expect("invalid_parameters")
-            .iter()
-            .map(|p| p["field"].as_str().unwrap_or(""))
-            .collect();
-        assert!(fields.contains(&field), "expected {field} in {fields:?}");
-        body
-    }
-    pub fn ok(&self, status: u16) -> Value {
-        assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
-        if self.text.is_empty() {
-            Value::Null
-        } else {
-            self.json()
-        }
-    }
-}
-
-/// A request with an optional bearer token and optional JSON body.
-fn request(method: &str, uri: String, token: Option<&str>, body: Option<Value>) -> Request<Bytes> {
-    let mut builder = Request::builder()
-        .method(Method::from_bytes(method.as_bytes()).expect("method"))
-        .uri(uri);
-    if let Some(token) = token {
-        builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let bytes = match body {
-        Some(value) => {
-            builder = builder.header(header::CONTENT_TYPE, "application/json");
-            Bytes::from(value.to_string())
-        }
-        None => Bytes::new(),
-    };
-    builder.body(bytes).expect("request")
-}
-
-/// Reads a whole response.
-async fn answer_of<B>(response: axum::http::Response<B>) -> Answer
-where
-    B: HttpBody,
-    B::Error: std::fmt::Debug,
-{
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    Answer {
-        status,
-        headers,
-        text: String::from_utf8_lossy(&bytes).into_owned(),
-    }
 }
 
 /// The service's router over a fresh database (SQLite file or PostgreSQL database, as the
@@ -221,6 +128,26 @@ impl TestApp {
         self.call(method, path, Some(ADMIN), body).await
     }
 
+    /// An admin `GET`.
+    pub async fn get(&self, path: &str) -> Answer {
+        self.admin("GET", path, None).await
+    }
+
+    /// An admin `DELETE`.
+    pub async fn delete(&self, path: &str) -> Answer {
+        self.admin("DELETE", path, None).await
+    }
+
+    /// An admin `POST` with a JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        self.admin("POST", path, Some(body)).await
+    }
+
+    /// An admin `PATCH` with a JSON body.
+    pub async fn patch(&self, path: &str, body: Value) -> Answer {
+        self.admin("PATCH", path, Some(body)).await
+    }
+
     /// An admin call with a raw body and content type.
     pub async fn admin_raw(
         &self,
@@ -247,6 +174,11 @@ impl TestApp {
             Some(json!({ "secret": secret })),
         )
         .await
+    }
+
+    /// The world's data plane looking up the world's key.
+    pub async fn look_up(&self, w: &World) -> Answer {
+        self.authenticate(&w.realm, &w.token, &w.secret).await
     }
 
     pub async fn control_plane(&self, name: &str) -> String {
@@ -342,80 +274,18 @@ pub struct World {
     pub secret: String,
 }
 
+impl World {
+    pub fn realm_path(&self) -> String {
+        format!("/v1/realms/{}", self.realm)
+    }
+    pub fn consumer_path(&self) -> String {
+        format!("{}/consumers/{}", self.realm_path(), self.consumer)
+    }
+    pub fn key_path(&self) -> String {
+        format!("{}/keys/{}", self.consumer_path(), self.key)
+    }
+}
+
 pub fn id(body: &Value) -> String {
     body["id"].as_str().expect("id").to_string()
-}
-
-/// A tiny HTTP/1.1 client over TCP; every call has a timeout.
-pub struct HttpClient {
-    base: String,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-}
-
-impl HttpClient {
-    pub fn new(addr: std::net::SocketAddr) -> HttpClient {
-        HttpClient {
-            base: format!("http://{addr}"),
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
-    }
-
-    pub async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Answer {
-        let request = request(method, format!("{}{path}", self.base), token, body).map(Full::new);
-        let exchange = async {
-            let response = self.client.request(request).await.expect("request failed");
-            answer_of(response).await
-        };
-        tokio::time::timeout(Duration::from_secs(20), exchange)
-            .await
-            .unwrap_or_else(|_| panic!("{method} {path} timed out"))
-    }
-
-    /// Like [`HttpClient::call`], but a failed connection (a killed server) is an `Err`, not a
-    /// panic.
-    pub async fn try_call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Result<Answer, String> {
-        let request = request(method, format!("{}{path}", self.base), token, body).map(Full::new);
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok(Answer {
-                status,
-                headers,
-                text: String::from_utf8_lossy(&bytes).into_owned(),
-            })
-        };
-        tokio::time::timeout(Duration::from_secs(20), exchange)
-            .await
-            .unwrap_or_else(|_| panic!("{method} {path} timed out"))
-    }
-
-    /// A POST that must answer 201; returns the created object.
-    pub async fn create(&self, path: &str, token: &str, body: Value) -> Value {
-        self.call("POST", path, Some(token), Some(body))
-            .await
-            .ok(201)
-    }
 }

@@ -49,9 +49,8 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 super::check_range(&mut caller, ret_token, 4)?;
                 let state = caller.data_mut();
                 let token = state.next_token;
-                state.next_token = state.next_token.wrapping_add(1).max(1);
                 let context_id = state.effective_context;
-                state.pending_calls.push(PendingHttpCall {
+                let call = PendingHttpCall {
                     token,
                     context_id,
                     cluster,
@@ -59,7 +58,17 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     body,
                     trailers,
                     timeout,
-                });
+                };
+                // The instance's limits on outstanding calls and the bytes they hold.
+                let limits = &state.plugin.limits;
+                let bytes = state.outstanding_call_bytes + call.bytes();
+                if state.outstanding_calls >= limits.pending_calls || bytes > limits.buffer_bytes {
+                    return Err(Status::InternalFailure.into());
+                }
+                state.outstanding_calls += 1;
+                state.outstanding_call_bytes = bytes;
+                state.next_token = state.next_token.wrapping_add(1).max(1);
+                state.pending_calls.push(call);
                 write_u32(&mut caller, ret_token, token)
             })())
         },

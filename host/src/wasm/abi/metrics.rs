@@ -4,8 +4,21 @@
 use wasmtime::{Caller, Linker};
 
 use super::{finish, read_string, write_u32, write_u64, AbiResult};
-use crate::metrics::MetricKind;
+use crate::metrics::{MetricError, MetricKind};
 use crate::wasm::{HostState, Status};
+
+impl From<MetricError> for super::AbiError {
+    fn from(e: MetricError) -> Self {
+        super::AbiError::Status(match e {
+            MetricError::NotFound => Status::NotFound,
+            MetricError::BadArgument => Status::BadArgument,
+            MetricError::Limit => Status::InternalFailure,
+        })
+    }
+}
+
+/// The longest metric name a filter may define (Envoy's stat names are far shorter).
+pub const MAX_METRIC_NAME: usize = 4096;
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
@@ -19,9 +32,12 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     2 => MetricKind::Histogram,
                     _ => return Err(Status::BadArgument.into()),
                 };
+                if name_size as u32 as usize > MAX_METRIC_NAME {
+                    return Err(Status::BadArgument.into());
+                }
                 let name = read_string(&mut caller, name, name_size)?;
                 super::check_range(&mut caller, ret_id, 4)?;
-                let id = caller.data().plugin.metrics.define(kind, &name);
+                let id = caller.data().plugin.metrics.define(kind, &name)?;
                 write_u32(&mut caller, ret_id, id)
             })())
         },

@@ -3,8 +3,8 @@
 
 use wasmtime::{Caller, Linker};
 
-use super::headers::get_value;
 use super::{finish, read_bytes, return_bytes, serialize_map, AbiResult};
+use crate::wasm::get_value;
 use crate::wasm::{HostState, Status, StreamState};
 
 fn int(v: i64) -> Vec<u8> {

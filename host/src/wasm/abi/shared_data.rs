@@ -61,7 +61,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let id = state
                     .plugin
                     .queues
-                    .register(&state.plugin.config.vm_id, &name);
+                    .register(&state.plugin.config.vm_id, &name)?;
                 let context = state.effective_context;
                 state.queue_registrations.push((id, context));
                 write_u32(&mut caller, ret_id, id)

@@ -5,31 +5,53 @@ use wasmtime::{Caller, Linker};
 use super::{deserialize_map, finish, read_bytes, AbiResult};
 use crate::wasm::{HostState, LocalResponse, Status};
 
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
-        "env",
-        "proxy_continue_stream",
-        |mut caller: Caller<'_, HostState>, stream_type: i32| {
+// proxy-wasm stream types.
+const HTTP_REQUEST: i32 = 0;
+const HTTP_RESPONSE: i32 = 1;
+const DOWNSTREAM: i32 = 2;
+const UPSTREAM: i32 = 3;
+
+/// `proxy_continue_stream`, answered as Envoy answers it: `Ok` for the HTTP request and
+/// response (on the root context too, where there is nothing to continue) and the downstream,
+/// `Unimplemented` for the upstream, `BadArgument` for anything else.
+fn continue_stream(mut caller: Caller<'_, HostState>, stream_type: i32) -> wasmtime::Result<i32> {
+    let status = match stream_type {
+        HTTP_REQUEST | HTTP_RESPONSE => {
             if let Some(s) = caller.data_mut().controlled_stream() {
-                match stream_type {
-                    0 => s.request_continued = true,
-                    1 => s.response_continued = true,
-                    _ => {}
+                if stream_type == HTTP_REQUEST {
+                    s.request_continued = true;
+                } else {
+                    s.response_continued = true;
                 }
             }
-            Ok(0i32)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_close_stream",
-        |mut caller: Caller<'_, HostState>, _stream_type: i32| {
+            Status::Ok
+        }
+        DOWNSTREAM => Status::Ok,
+        UPSTREAM => Status::Unimplemented,
+        _ => Status::BadArgument,
+    };
+    Ok(status as i32)
+}
+
+/// `proxy_close_stream`: resets the HTTP stream; `Ok` for the four stream types (as Envoy,
+/// also where there is no stream), `BadArgument` for anything else.
+fn close_stream(mut caller: Caller<'_, HostState>, stream_type: i32) -> wasmtime::Result<i32> {
+    let status = match stream_type {
+        HTTP_REQUEST | HTTP_RESPONSE => {
             if let Some(s) = caller.data_mut().controlled_stream() {
                 s.closed = true;
             }
-            Ok(0i32)
-        },
-    )?;
+            Status::Ok
+        }
+        DOWNSTREAM | UPSTREAM => Status::Ok,
+        _ => Status::BadArgument,
+    };
+    Ok(status as i32)
+}
+
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap("env", "proxy_continue_stream", continue_stream)?;
+    linker.func_wrap("env", "proxy_close_stream", close_stream)?;
     linker.func_wrap(
         "env",
         "proxy_send_local_response",

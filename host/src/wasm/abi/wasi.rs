@@ -71,7 +71,9 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 }
                 let text = String::from_utf8_lossy(&out);
                 let plugin = caller.data().plugin.log_name().to_string();
-                let line = text.trim_end_matches('\n');
+                let max = caller.data().plugin.limits.log_line_bytes;
+                let line = crate::wasm::cut_line(text.trim_end_matches('\n'), max);
+                let line = line.as_ref();
                 if !line.is_empty() {
                     caller.data_mut().guest_log(if fd == 1 { 2 } else { 4 }, line);
                     if fd == 1 {

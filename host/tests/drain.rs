@@ -1,0 +1,75 @@
+//! Graceful drain of the keyrealm-host process: on SIGTERM it stops accepting, lets the request
+//! in flight finish (its context still ends with `on_log` and `on_done`), and exits 0.
+//!
+//! Envoy 1.40 does not do this: on SIGTERM it exits at once and resets the requests in flight
+//! (checked by hand with the same configuration), so this is not a parity test.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+async fn drains_on(signal: &str) {
+    let upstream = common::spawn_echo().await;
+    let wasm = common::abi_test_filter_wasm();
+    let spec = common::FilterSpec {
+        name: "drained",
+        root_id: "abi_test",
+        wasm: &wasm,
+        configuration: r#"{"record_lifecycle": true}"#,
+        fail_open: false,
+        env: &[],
+        allow_stop_iteration: false,
+    };
+    // The echo's /slow answers after 3 s; the route must wait for it.
+    let yaml = common::envoy_yaml(upstream, &[spec], &[]).replace("timeout: 2s", "timeout: 10s");
+    let log_dir = tempfile::tempdir().expect("tempdir");
+    let log_path = log_dir.path().join("host.log");
+    let log_arg = log_path.display().to_string();
+    let mut host = common::start_process(&yaml, &["--log-path", &log_arg, "--drain-time-s", "10"]);
+    let addr = host.addr;
+    let slow = tokio::spawn(async move { common::http(addr, "GET", "/slow", &[], "").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The shell's own `kill` (no procps needed).
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill {signal} {}", host.child.id()))
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "a draining host accepts no new connection"
+    );
+    let reply = slow.await.expect("task");
+    assert_eq!(
+        reply.status, 200,
+        "the request in flight finished: {reply:?}"
+    );
+    assert!(reply.echoed().is_some(), "{reply:?}");
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(s) = host.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "did not exit after draining"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit}");
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    assert!(log.contains("abi-test-filter lifecycle: log"), "{log}");
+    assert!(log.contains("abi-test-filter lifecycle: done"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
+    drains_on("-TERM").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_drains_too() {
+    drains_on("-INT").await;
+}
