@@ -41,7 +41,7 @@ ENVOY_BIN="${ENVOY_BIN:-$(scripts/install-envoy.sh)}"
 command -v "$WRK" >/dev/null || { echo "wrk not found (apt-get install wrk)" >&2; exit 1; }
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  cargo build --release --target wasm32-wasip1 -p keyrealm-filter >&2
+  scripts/build-wasm.sh >&2   # the stripped module, as the tests load it
   cargo build --release -p keyrealm-native >&2
 fi
 # Where Envoy finds libkeyrealm_native.so (variant f).

@@ -25,7 +25,7 @@ IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-1000}"
 ulimit -n 65536 2>/dev/null || true
 
 cargo build --release -p keyrealm-host --example bench_upstream >&2
-cargo build --release --target wasm32-wasip1 -p keyrealm-filter >&2
+scripts/build-wasm.sh >&2   # the stripped module, as the tests load it
 HOST_BIN="$TARGET/release/keyrealm-host"
 UPSTREAM_BIN="$TARGET/release/examples/bench_upstream"
 WASM="$TARGET/wasm32-wasip1/release/keyrealm_filter.wasm"

@@ -1,37 +1,30 @@
 //! Removes from the built filter the proxy-wasm exports it does not implement, so that the host
 //! never crosses into the VM for them (the SDK exports every hook; a host skips a hook the module
-//! does not export, as Envoy and keyrealm-host do). `scripts/build-wasm.sh` runs it:
+//! does not export, as Envoy and keyrealm-host do). `scripts/build-wasm.sh` runs it after every
+//! build:
 //!
 //! ```sh
 //! cargo run --release -p keyrealm-filter --example strip_exports -- target/wasm32-wasip1/release/keyrealm_filter.wasm
 //! ```
 //!
-//! The file is rewritten in place, section by section: only the export section changes.
+//! What is removed is an explicit *remove* list, [`keyrealm_filter::exports::STRIPPED`]: an
+//! export the list does not name is kept, so a new or renamed SDK export that a host needs can
+//! never be dropped by accident (a keep list would drop it). Each removed hook names the SDK
+//! method that would need it, and `filter/tests/exports.rs` fails if the adapter implements one.
+//! After stripping, every export of [`keyrealm_filter::exports::REQUIRED`] must still be there,
+//! else the tool fails and leaves the file as it was.
+//!
+//! Only the export section changes; every other section is copied byte for byte. Running it on
+//! a stripped module is a no-op (idempotent). The result is written to a temporary file next to
+//! the module and renamed over it, so a reader never sees half a module, and cargo's own copy
+//! (`deps/keyrealm_filter.wasm`, hard-linked to the module) is not modified.
 
+use std::path::Path;
 use std::process::ExitCode;
 
+use keyrealm_filter::exports::{is_stripped, REQUIRED};
 use wasm_encoder::{ExportKind, ExportSection, Module, RawSection};
 use wasmparser::{ExternalKind, Parser, Payload};
-
-/// The exports the filter needs: the module's set-up, the root context's hooks and the request
-/// hooks it implements. Everything else the SDK exports (response hooks, `proxy_on_log`, network
-/// filter, gRPC, queue and foreign-function hooks) is removed.
-const KEPT: &[&str] = &[
-    "memory",
-    "_initialize",
-    "proxy_abi_version_0_2_1",
-    "proxy_on_memory_allocate",
-    "proxy_on_context_create",
-    "proxy_on_vm_start",
-    "proxy_on_configure",
-    "proxy_on_tick",
-    "proxy_on_http_call_response",
-    "proxy_on_request_headers",
-    "proxy_on_request_body",
-    "proxy_on_request_trailers",
-    "proxy_on_done",
-    "proxy_on_delete",
-];
 
 fn export_kind(kind: ExternalKind) -> ExportKind {
     match kind {
@@ -43,19 +36,22 @@ fn export_kind(kind: ExternalKind) -> ExportKind {
     }
 }
 
-fn strip(wasm: &[u8]) -> Result<(Vec<u8>, Vec<String>), wasmparser::BinaryReaderError> {
+/// The module without the stripped exports, the names removed, and the names kept.
+fn strip(wasm: &[u8]) -> Result<(Vec<u8>, Vec<String>, Vec<String>), String> {
     let mut module = Module::new();
     let mut removed = Vec::new();
+    let mut kept = Vec::new();
     for payload in Parser::new(0).parse_all(wasm) {
-        let payload = payload?;
+        let payload = payload.map_err(|e| e.to_string())?;
         if let Payload::ExportSection(reader) = &payload {
             let mut exports = ExportSection::new();
             for export in reader.clone() {
-                let export = export?;
-                if KEPT.contains(&export.name) {
-                    exports.export(export.name, export_kind(export.kind), export.index);
-                } else {
+                let export = export.map_err(|e| e.to_string())?;
+                if is_stripped(export.name) {
                     removed.push(export.name.to_string());
+                } else {
+                    exports.export(export.name, export_kind(export.kind), export.index);
+                    kept.push(export.name.to_string());
                 }
             }
             module.section(&exports);
@@ -66,7 +62,36 @@ fn strip(wasm: &[u8]) -> Result<(Vec<u8>, Vec<String>), wasmparser::BinaryReader
             });
         }
     }
-    Ok((module.finish(), removed))
+    let missing: Vec<&str> = REQUIRED
+        .iter()
+        .copied()
+        .filter(|name| !kept.iter().any(|k| k == name))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "the module does not export {} (is it the keyrealm filter?); left unchanged",
+            missing.join(", ")
+        ));
+    }
+    Ok((module.finish(), removed, kept))
+}
+
+fn strip_file(path: &Path) -> Result<Vec<String>, String> {
+    let wasm = std::fs::read(path).map_err(|e| e.to_string())?;
+    let (stripped, removed, _) = strip(&wasm)?;
+    if removed.is_empty() {
+        return Ok(removed);
+    }
+    // Validate what we wrote: the rewrite must still be a well-formed module.
+    wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+        .validate_all(&stripped)
+        .map_err(|e| format!("the stripped module does not validate: {e}"))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".stripping");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, &stripped).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| e.to_string())?;
+    Ok(removed)
 }
 
 fn main() -> ExitCode {
@@ -74,16 +99,9 @@ fn main() -> ExitCode {
         eprintln!("usage: strip_exports <module.wasm>");
         return ExitCode::FAILURE;
     };
-    let result = std::fs::read(&path)
-        .map_err(|err| err.to_string())
-        .and_then(|wasm| strip(&wasm).map_err(|err| err.to_string()))
-        .and_then(|(stripped, removed)| {
-            std::fs::write(&path, stripped).map_err(|err| err.to_string())?;
-            Ok(removed)
-        });
-    match result {
+    match strip_file(Path::new(&path)) {
         Ok(removed) if removed.is_empty() => {
-            println!("{path}: no unused exports");
+            println!("{path}: already stripped");
             ExitCode::SUCCESS
         }
         Ok(removed) => {

@@ -21,6 +21,7 @@
 pub mod cache;
 pub mod config;
 pub mod engine;
+pub mod exports;
 pub mod extract;
 pub mod identity;
 pub mod metrics;

@@ -550,12 +550,63 @@ pub fn envoy_bin() -> anyhow::Result<PathBuf> {
 }
 
 /// The built filter: `$KEYREALM_WASM`, else `$CARGO_TARGET_DIR/wasm32-wasip1/release/`, else the
-/// workspace's `target/wasm32-wasip1/release/`. Missing = an error that says how to build it.
+/// workspace's `target/wasm32-wasip1/release/`. Missing = an error that says how to build it; a
+/// module whose exports are not the stripped ones (see [`check_wasm_exports`]: a plain `cargo
+/// build` of the filter re-copies the unstripped module over it) is refused the same way.
 pub fn wasm_path() -> anyhow::Result<PathBuf> {
     const REL: &str = "wasm32-wasip1/release/keyrealm_filter.wasm";
-    find_built("KEYREALM_WASM", REL, Path::is_file, |looked_at| {
+    let path = find_built("KEYREALM_WASM", REL, Path::is_file, |looked_at| {
         anyhow!("the filter is not built (looked at {looked_at}): run scripts/build-wasm.sh first")
-    })
+    })?;
+    check_wasm_exports(&path)?;
+    Ok(path)
+}
+
+/// The export names of a wasm module.
+pub fn wasm_exports(path: &Path) -> anyhow::Result<Vec<String>> {
+    let bytes = std::fs::read(path)?;
+    let mut names = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
+        if let wasmparser::Payload::ExportSection(reader) = payload? {
+            for export in reader {
+                names.push(export?.name.to_string());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Checks that the module at `path` is the filter as `scripts/build-wasm.sh` leaves it: every
+/// export Envoy and keyrealm-host need (`keyrealm_filter::exports::REQUIRED`) and none of the
+/// hooks the build strips (`keyrealm_filter::exports::STRIPPED`).
+pub fn check_wasm_exports(path: &Path) -> anyhow::Result<()> {
+    let exports = wasm_exports(path)?;
+    let left: Vec<&str> = exports
+        .iter()
+        .map(String::as_str)
+        .filter(|name| keyrealm_filter::exports::is_stripped(name))
+        .collect();
+    let missing: Vec<&str> = keyrealm_filter::exports::REQUIRED
+        .iter()
+        .copied()
+        .filter(|name| !exports.iter().any(|e| e == name))
+        .collect();
+    if !left.is_empty() {
+        bail!(
+            "{} still exports {} (not stripped: a plain `cargo build` re-copies the unstripped \
+             module): run scripts/build-wasm.sh",
+            path.display(),
+            left.join(", ")
+        );
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{} does not export {}: it is not a usable keyrealm filter",
+            path.display(),
+            missing.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// The folder of the built native module (`libkeyrealm_native.so`): `$KEYREALM_NATIVE_DIR`,
