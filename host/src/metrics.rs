@@ -69,6 +69,8 @@ pub struct MetricsRegistry {
     metrics: Mutex<Metrics>,
     limit: usize,
     pub host: HostCounters,
+    /// Host/guest crossings of every wasm instance (`keyrealm_host_wasm_*calls_total`).
+    pub hostcalls: crate::wasm::hostcalls::HostCallRegistry,
 }
 
 impl Default for MetricsRegistry {
@@ -83,6 +85,7 @@ impl MetricsRegistry {
             metrics: Mutex::default(),
             limit,
             host: HostCounters::default(),
+            hostcalls: Default::default(),
         }
     }
 
@@ -224,6 +227,7 @@ impl MetricsRegistry {
                 value.load(Ordering::Relaxed)
             );
         }
+        self.hostcalls.render_prometheus(&mut out);
         let metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
         for m in metrics.list.iter() {
             let name = prometheus_name(&m.name);

@@ -56,7 +56,8 @@ fn an_unstripped_module_is_refused() {
         .join("deps/keyrealm_filter.wasm");
     let err = check_wasm_exports(&unstripped).expect_err("an unstripped module is refused");
     assert!(
-        err.to_string().contains("scripts/build-wasm.sh") && err.to_string().contains("proxy_on_log"),
+        err.to_string().contains("scripts/build-wasm.sh")
+            && err.to_string().contains("proxy_on_log"),
         "{err}"
     );
 }

@@ -287,11 +287,16 @@ impl VmInstance {
                 plugin: self.plugin_name(),
             });
         }
-        self.store.data_mut().effective_context = context;
-        self.store.data_mut().call_context = context;
+        let callback = super::hostcalls::callback_index(call);
+        let state = self.store.data_mut();
+        state.effective_context = context;
+        state.call_context = context;
+        state.callback = callback;
         self.store.set_epoch_deadline(ticks(budget));
         let result = f(&mut self.store);
-        self.store.data_mut().effective_context = self.store.data().root_context_id;
+        let state = self.store.data_mut();
+        state.hostcalls.callback_done(callback);
+        state.effective_context = state.root_context_id;
         result.map_err(|e| {
             self.broken = true;
             classify(&self.plugin_name(), call, budget, e)

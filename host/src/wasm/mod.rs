@@ -2,6 +2,7 @@
 //! store carries, and the instances that run on each worker.
 
 pub mod abi;
+pub mod hostcalls;
 pub mod instance;
 pub mod shared;
 
@@ -291,6 +292,10 @@ pub struct HostState {
     /// Guest log lines at warning level or above, kept while the instance starts (they explain
     /// a refused configuration).
     pub start_errors: Option<Vec<String>>,
+    /// This instance's crossing counters ([`hostcalls`]).
+    pub hostcalls: Arc<hostcalls::InstanceCounts>,
+    /// The running callback's row in [`hostcalls::CALLBACKS`].
+    pub callback: usize,
 }
 
 impl HostState {
@@ -302,7 +307,10 @@ impl HostState {
             .tables(8)
             .memories(1)
             .build();
+        let hostcalls = plugin.metrics.hostcalls.register(plugin.log_name());
         HostState {
+            hostcalls,
+            callback: hostcalls::callback_index("other"),
             plugin,
             limits,
             root_context_id: 0,

@@ -220,52 +220,39 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
 
 /// The abi-test-filter module (see [`wasm_module`]).
 pub fn abi_test_filter_wasm() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| wasm_module("abi-test-filter", "abi_test_filter"))
-        .clone()
+    wasm_module("abi_test_filter")
 }
 
-/// The keyrealm key-auth filter module (see [`wasm_module`]).
+/// The keyrealm key-auth filter module, stripped of the hooks it does not implement as
+/// `scripts/build-wasm.sh` leaves it (see [`wasm_module`]).
 pub fn keyrealm_filter_wasm() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| wasm_module("keyrealm-filter", "keyrealm_filter"))
-        .clone()
+    wasm_module("keyrealm_filter")
 }
 
-/// A wasm32-wasip1 module of this workspace, built by the test itself (cargo makes that a no-op
-/// when it is up to date), so a test never runs a stale module. It goes into a separate target
+/// A wasm32-wasip1 module of this workspace, built by the test itself with
+/// `scripts/build-wasm.sh` (cargo makes that a no-op when it is up to date; the strip step runs
+/// every time), so a test never runs a stale or unstripped module. It goes into a separate target
 /// directory, as the outer cargo holds the lock of the main one.
-pub fn wasm_module(package: &str, file: &str) -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join("target"));
-    let target = if target.is_absolute() {
-        target
-    } else {
-        repo_root().join(target)
-    };
-    let own = target.join("host-tests-wasm");
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "-p",
-                package,
-                "--target-dir",
-            ])
-            .arg(&own)
+pub fn wasm_module(file: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let own = BUILT.get_or_init(|| {
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repo_root().join("target"));
+        let target = if target.is_absolute() {
+            target
+        } else {
+            repo_root().join(target)
+        };
+        let own = target.join("host-tests-wasm");
+        let status = std::process::Command::new(repo_root().join("scripts/build-wasm.sh"))
+            .env("CARGO_TARGET_DIR", &own)
             .current_dir(repo_root())
             .status()
-            .expect("run cargo to build a wasm module");
-    assert!(
-        status.success(),
-        "building {package} for wasm32-wasip1 failed"
-    );
+            .expect("run scripts/build-wasm.sh");
+        assert!(status.success(), "scripts/build-wasm.sh failed");
+        own
+    });
     own.join(format!("wasm32-wasip1/release/{file}.wasm"))
 }
 

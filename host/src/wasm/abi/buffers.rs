@@ -1,5 +1,6 @@
 //! Buffers: request/response bodies, the HTTP call response body, the VM and plugin configuration.
 
+use crate::wasm::hostcalls::CountedLinker;
 use wasmtime::{Caller, Linker};
 
 use super::{finish, read_bytes, return_bytes, write_u32, AbiResult};
@@ -109,9 +110,9 @@ fn get_buffer_status(
 }
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap("env", "proxy_get_buffer_bytes", get_buffer_bytes)?;
-    linker.func_wrap("env", "proxy_set_buffer_bytes", set_buffer_bytes)?;
-    linker.func_wrap("env", "proxy_get_buffer_status", get_buffer_status)?;
+    linker.counted("env", "proxy_get_buffer_bytes", get_buffer_bytes)?;
+    linker.counted("env", "proxy_set_buffer_bytes", set_buffer_bytes)?;
+    linker.counted("env", "proxy_get_buffer_status", get_buffer_status)?;
     Ok(())
 }
 

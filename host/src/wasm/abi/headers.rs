@@ -1,5 +1,6 @@
 //! Header maps: request/response headers and trailers, and the HTTP call response maps.
 
+use crate::wasm::hostcalls::CountedLinker;
 use wasmtime::{Caller, Linker};
 
 use super::{
@@ -193,20 +194,20 @@ fn get_header_map_size(
 }
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap("env", "proxy_get_header_map_pairs", get_header_map_pairs)?;
-    linker.func_wrap("env", "proxy_set_header_map_pairs", set_header_map_pairs)?;
-    linker.func_wrap("env", "proxy_get_header_map_value", get_header_map_value)?;
-    linker.func_wrap(
+    linker.counted("env", "proxy_get_header_map_pairs", get_header_map_pairs)?;
+    linker.counted("env", "proxy_set_header_map_pairs", set_header_map_pairs)?;
+    linker.counted("env", "proxy_get_header_map_value", get_header_map_value)?;
+    linker.counted(
         "env",
         "proxy_remove_header_map_value",
         remove_header_map_value,
     )?;
-    linker.func_wrap(
+    linker.counted(
         "env",
         "proxy_replace_header_map_value",
         replace_header_map_value,
     )?;
-    linker.func_wrap("env", "proxy_add_header_map_value", add_header_map_value)?;
-    linker.func_wrap("env", "proxy_get_header_map_size", get_header_map_size)?;
+    linker.counted("env", "proxy_add_header_map_value", add_header_map_value)?;
+    linker.counted("env", "proxy_get_header_map_size", get_header_map_size)?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::wasm::hostcalls::CountedLinker;
 use wasmtime::{Caller, Linker};
 
 use super::{deserialize_map, finish, read_bytes, read_string, write_u32, AbiResult};
@@ -12,7 +13,7 @@ use crate::wasm::{HostState, PendingHttpCall, Status};
 pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
+    linker.counted(
         "env",
         "proxy_http_call",
         |mut caller: Caller<'_, HostState>,

@@ -1,5 +1,6 @@
 //! Logging: `proxy_log`, `proxy_get_log_level`.
 
+use crate::wasm::hostcalls::CountedLinker;
 use wasmtime::{Caller, Linker};
 
 use super::{finish, read_bytes, write_u32, AbiResult};
@@ -42,7 +43,7 @@ fn get_log_level(mut caller: Caller<'_, HostState>, ret: i32) -> wasmtime::Resul
 }
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap("env", "proxy_log", proxy_log)?;
-    linker.func_wrap("env", "proxy_get_log_level", get_log_level)?;
+    linker.counted("env", "proxy_log", proxy_log)?;
+    linker.counted("env", "proxy_get_log_level", get_log_level)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Metrics: define, increment, record, get. Values live in the process-wide registry and are
 //! exposed on the admin address as Prometheus text.
 
+use crate::wasm::hostcalls::CountedLinker;
 use wasmtime::{Caller, Linker};
 
 use super::{finish, read_string, write_u32, write_u64, AbiResult};
@@ -21,7 +22,7 @@ impl From<MetricError> for super::AbiError {
 pub const MAX_METRIC_NAME: usize = 4096;
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
+    linker.counted(
         "env",
         "proxy_define_metric",
         |mut caller: Caller<'_, HostState>, kind: i32, name: i32, name_size: i32, ret_id: i32| {
@@ -42,7 +43,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap(
+    linker.counted(
         "env",
         "proxy_increment_metric",
         |caller: Caller<'_, HostState>, id: i32, offset: i64| {
@@ -56,7 +57,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             )
         },
     )?;
-    linker.func_wrap(
+    linker.counted(
         "env",
         "proxy_record_metric",
         |caller: Caller<'_, HostState>, id: i32, value: i64| {
@@ -70,7 +71,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             )
         },
     )?;
-    linker.func_wrap(
+    linker.counted(
         "env",
         "proxy_get_metric",
         |mut caller: Caller<'_, HostState>, id: i32, ret: i32| {

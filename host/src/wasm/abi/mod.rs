@@ -50,6 +50,7 @@ pub fn finish(result: AbiResult<()>) -> wasmtime::Result<i32> {
 
 /// Registers every ABI area (proxy-wasm and WASI) on the linker.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    super::hostcalls::register_guest_alloc();
     logging::add_to_linker(linker)?;
     buffers::add_to_linker(linker)?;
     headers::add_to_linker(linker)?;
@@ -133,6 +134,7 @@ pub(crate) fn guest_alloc(caller: &mut Caller<'_, HostState>, size: usize) -> Ab
         AbiError::Trap(e.context("proxy_on_memory_allocate has the wrong signature"))
     })?;
     let size = i32::try_from(size).map_err(|_| Status::InvalidMemoryAccess)?;
+    super::hostcalls::count_guest_alloc(caller.data());
     let ptr = typed.call(&mut *caller, size).map_err(AbiError::Trap)?;
     if ptr == 0 {
         return Err(Status::InvalidMemoryAccess.into());

@@ -1,6 +1,7 @@
 //! Properties (`proxy_get_property`, `proxy_set_property`): the attributes filters commonly read,
 //! encoded as Envoy encodes them (strings as bytes, integers as 8-byte little-endian).
 
+use crate::wasm::hostcalls::CountedLinker;
 use wasmtime::{Caller, Linker};
 
 use super::{finish, read_bytes, return_bytes, serialize_map, AbiResult};
@@ -76,7 +77,7 @@ pub fn lookup(state: &HostState, path: &[&[u8]]) -> Option<Vec<u8>> {
 }
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
+    linker.counted(
         "env",
         "proxy_get_property",
         |mut caller: Caller<'_, HostState>,
@@ -92,7 +93,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap(
+    linker.counted(
         "env",
         "proxy_set_property",
         |mut caller: Caller<'_, HostState>,

@@ -1,12 +1,13 @@
 //! Shared data (with CAS) and shared queues, shared by every instance with the same VM id.
 
+use crate::wasm::hostcalls::CountedLinker;
 use wasmtime::{Caller, Linker};
 
 use super::{finish, read_bytes, read_string, return_bytes, write_u32, AbiResult};
 use crate::wasm::{HostState, Status};
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
+    linker.counted(
         "env",
         "proxy_get_shared_data",
         |mut caller: Caller<'_, HostState>,
@@ -28,7 +29,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap(
+    linker.counted(
         "env",
         "proxy_set_shared_data",
         |mut caller: Caller<'_, HostState>,
@@ -51,7 +52,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap(
+    linker.counted(
         "env",
         "proxy_register_shared_queue",
         |mut caller: Caller<'_, HostState>, name: i32, name_size: i32, ret_id: i32| {
@@ -68,7 +69,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap(
+    linker.counted(
         "env",
         "proxy_resolve_shared_queue",
         |mut caller: Caller<'_, HostState>,
@@ -92,7 +93,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap(
+    linker.counted(
         "env",
         "proxy_enqueue_shared_queue",
         |mut caller: Caller<'_, HostState>, id: i32, value: i32, value_size: i32| {
@@ -105,7 +106,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap(
+    linker.counted(
         "env",
         "proxy_dequeue_shared_queue",
         |mut caller: Caller<'_, HostState>, id: i32, ret_ptr: i32, ret_size: i32| {

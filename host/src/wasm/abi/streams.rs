@@ -1,5 +1,6 @@
 //! Stream control: continue, close, local responses, effective context, `proxy_done`.
 
+use crate::wasm::hostcalls::CountedLinker;
 use wasmtime::{Caller, Linker};
 
 use super::{deserialize_map, finish, read_bytes, AbiResult};
@@ -50,9 +51,9 @@ fn close_stream(mut caller: Caller<'_, HostState>, stream_type: i32) -> wasmtime
 }
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap("env", "proxy_continue_stream", continue_stream)?;
-    linker.func_wrap("env", "proxy_close_stream", close_stream)?;
-    linker.func_wrap(
+    linker.counted("env", "proxy_continue_stream", continue_stream)?;
+    linker.counted("env", "proxy_close_stream", close_stream)?;
+    linker.counted(
         "env",
         "proxy_send_local_response",
         |mut caller: Caller<'_, HostState>,
@@ -86,7 +87,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap(
+    linker.counted(
         "env",
         "proxy_set_effective_context",
         |mut caller: Caller<'_, HostState>, context_id: i32| {
@@ -100,7 +101,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             }
         },
     )?;
-    linker.func_wrap("env", "proxy_done", |_caller: Caller<'_, HostState>| {
+    linker.counted("env", "proxy_done", |_caller: Caller<'_, HostState>| {
         Ok(0i32)
     })?;
     Ok(())

@@ -2,13 +2,14 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::wasm::hostcalls::CountedLinker;
 use wasmtime::{Caller, Linker};
 
 use super::{finish, write_u64};
 use crate::wasm::HostState;
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
+    linker.counted(
         "env",
         "proxy_get_current_time_nanoseconds",
         |mut caller: Caller<'_, HostState>, ret: i32| {
@@ -18,7 +19,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             finish(write_u64(&mut caller, ret, now.as_nanos() as u64))
         },
     )?;
-    linker.func_wrap(
+    linker.counted(
         "env",
         "proxy_set_tick_period_milliseconds",
         |mut caller: Caller<'_, HostState>, period: i32| {

@@ -1,6 +1,7 @@
 //! Linked but unsupported: gRPC calls and streams, foreign functions. Each answers a status the
 //! Rust SDK accepts as an error, so a guest can handle it instead of panicking.
 
+use crate::wasm::hostcalls::CountedLinker;
 use wasmtime::{Caller, Linker};
 
 use super::{finish, write_u32};
@@ -83,12 +84,12 @@ fn call_foreign_function(
 }
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap("env", "proxy_grpc_call", grpc_call)?;
-    linker.func_wrap("env", "proxy_grpc_stream", grpc_stream)?;
-    linker.func_wrap("env", "proxy_grpc_send", grpc_send)?;
-    linker.func_wrap("env", "proxy_grpc_cancel", grpc_end)?;
-    linker.func_wrap("env", "proxy_grpc_close", grpc_end)?;
-    linker.func_wrap("env", "proxy_get_status", get_status)?;
-    linker.func_wrap("env", "proxy_call_foreign_function", call_foreign_function)?;
+    linker.counted("env", "proxy_grpc_call", grpc_call)?;
+    linker.counted("env", "proxy_grpc_stream", grpc_stream)?;
+    linker.counted("env", "proxy_grpc_send", grpc_send)?;
+    linker.counted("env", "proxy_grpc_cancel", grpc_end)?;
+    linker.counted("env", "proxy_grpc_close", grpc_end)?;
+    linker.counted("env", "proxy_get_status", get_status)?;
+    linker.counted("env", "proxy_call_foreign_function", call_foreign_function)?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::wasm::hostcalls::CountedLinker;
 use wasmtime::{Caller, Linker};
 
 use super::{read_bytes, write_bytes, write_u32, write_u64, AbiError, AbiResult};
@@ -47,7 +48,7 @@ fn environ(state: &HostState) -> Vec<Vec<u8>> {
 }
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
+    linker.counted(
         MODULE,
         "fd_write",
         |mut caller: Caller<'_, HostState>, fd: i32, iovs: i32, iovs_len: i32, ret: i32| {
@@ -86,7 +87,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap(
+    linker.counted(
         MODULE,
         "environ_sizes_get",
         |mut caller: Caller<'_, HostState>, count_ptr: i32, size_ptr: i32| {
@@ -98,7 +99,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap(
+    linker.counted(
         MODULE,
         "environ_get",
         |mut caller: Caller<'_, HostState>, environ_ptr: i32, buf_ptr: i32| {
@@ -118,7 +119,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap(
+    linker.counted(
         MODULE,
         "args_sizes_get",
         |mut caller: Caller<'_, HostState>, count_ptr: i32, size_ptr: i32| {
@@ -128,12 +129,12 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap(
+    linker.counted(
         MODULE,
         "args_get",
         |_c: Caller<'_, HostState>, _a: i32, _b: i32| Ok(ESUCCESS),
     )?;
-    linker.func_wrap(
+    linker.counted(
         MODULE,
         "clock_time_get",
         |mut caller: Caller<'_, HostState>, id: i32, _precision: i64, ret: i32| {
@@ -148,14 +149,14 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             errno(write_u64(&mut caller, ret, nanos))
         },
     )?;
-    linker.func_wrap(
+    linker.counted(
         MODULE,
         "clock_res_get",
         |mut caller: Caller<'_, HostState>, _id: i32, ret: i32| {
             errno(write_u64(&mut caller, ret, 1_000))
         },
     )?;
-    linker.func_wrap(
+    linker.counted(
         MODULE,
         "random_get",
         |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| {
@@ -170,7 +171,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             errno(write_bytes(&mut caller, ptr, &buf))
         },
     )?;
-    linker.func_wrap(
+    linker.counted(
         MODULE,
         "proc_exit",
         |_caller: Caller<'_, HostState>, code: i32| -> wasmtime::Result<()> {
@@ -179,43 +180,43 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             )))
         },
     )?;
-    linker.func_wrap(MODULE, "sched_yield", |_c: Caller<'_, HostState>| {
+    linker.counted(MODULE, "sched_yield", |_c: Caller<'_, HostState>| {
         Ok(ESUCCESS)
     })?;
-    linker.func_wrap(MODULE, "fd_close", |_c: Caller<'_, HostState>, _fd: i32| {
+    linker.counted(MODULE, "fd_close", |_c: Caller<'_, HostState>, _fd: i32| {
         Ok(EBADF)
     })?;
-    linker.func_wrap(
+    linker.counted(
         MODULE,
         "fd_fdstat_get",
         |_c: Caller<'_, HostState>, _fd: i32, _r: i32| Ok(EBADF),
     )?;
-    linker.func_wrap(
+    linker.counted(
         MODULE,
         "fd_filestat_get",
         |_c: Caller<'_, HostState>, _fd: i32, _r: i32| Ok(EBADF),
     )?;
-    linker.func_wrap(
+    linker.counted(
         MODULE,
         "fd_prestat_get",
         |_c: Caller<'_, HostState>, _fd: i32, _r: i32| Ok(EBADF),
     )?;
-    linker.func_wrap(
+    linker.counted(
         MODULE,
         "fd_prestat_dir_name",
         |_c: Caller<'_, HostState>, _fd: i32, _p: i32, _l: i32| Ok(EBADF),
     )?;
-    linker.func_wrap(
+    linker.counted(
         MODULE,
         "fd_read",
         |_c: Caller<'_, HostState>, _fd: i32, _i: i32, _l: i32, _r: i32| Ok(EBADF),
     )?;
-    linker.func_wrap(
+    linker.counted(
         MODULE,
         "fd_seek",
         |_c: Caller<'_, HostState>, _fd: i32, _o: i64, _w: i32, _r: i32| Ok(EBADF),
     )?;
-    linker.func_wrap(
+    linker.counted(
         MODULE,
         "path_open",
         |_c: Caller<'_, HostState>,
@@ -229,7 +230,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          _ff: i32,
          _r: i32| Ok(ENOSYS),
     )?;
-    linker.func_wrap(
+    linker.counted(
         MODULE,
         "poll_oneoff",
         |_c: Caller<'_, HostState>, _i: i32, _o: i32, _n: i32, _r: i32| Ok(ENOSYS),
