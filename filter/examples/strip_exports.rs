@@ -36,8 +36,8 @@ fn export_kind(kind: ExternalKind) -> ExportKind {
     }
 }
 
-/// The module without the stripped exports, the names removed, and the names kept.
-fn strip(wasm: &[u8]) -> Result<(Vec<u8>, Vec<String>, Vec<String>), String> {
+/// The module without the stripped exports, and the names removed.
+fn strip(wasm: &[u8]) -> Result<(Vec<u8>, Vec<String>), String> {
     let mut module = Module::new();
     let mut removed = Vec::new();
     let mut kept = Vec::new();
@@ -73,12 +73,12 @@ fn strip(wasm: &[u8]) -> Result<(Vec<u8>, Vec<String>, Vec<String>), String> {
             missing.join(", ")
         ));
     }
-    Ok((module.finish(), removed, kept))
+    Ok((module.finish(), removed))
 }
 
 fn strip_file(path: &Path) -> Result<Vec<String>, String> {
     let wasm = std::fs::read(path).map_err(|e| e.to_string())?;
-    let (stripped, removed, _) = strip(&wasm)?;
+    let (stripped, removed) = strip(&wasm)?;
     if removed.is_empty() {
         return Ok(removed);
     }

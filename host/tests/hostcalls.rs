@@ -32,15 +32,13 @@ async fn counts(admin: SocketAddr) -> Counts {
                 .strip_prefix(prefix)?
                 .strip_prefix('{')?
                 .strip_suffix('}')?;
-            Some(
-                inner
-                    .split(',')
-                    .map(|kv| {
-                        kv.split_once('=')
-                            .map(|(_, v)| v.trim_matches('"').to_string())
-                    })
-                    .collect::<Option<Vec<_>>>()?,
-            )
+            inner
+                .split(',')
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(_, v)| v.trim_matches('"').to_string())
+                })
+                .collect::<Option<Vec<_>>>()
         };
         let n: u64 = match value.parse() {
             Ok(n) => n,
