@@ -472,21 +472,10 @@ async fn failing_instances_answer_503_stay_failed_or_are_reloaded_with_back_off(
     };
     for (fail_open, policy) in [(false, ""), (true, ""), (false, "FAIL_RELOAD")] {
         let spec = common::FilterSpec {
-            name: "misbehaving",
-            root_id: "misbehaving",
-            wasm: &module,
-            configuration: "",
             fail_open,
-            env: &[],
-            allow_stop_iteration: false,
+            ..common::FilterSpec::new("misbehaving", "misbehaving", &module, "")
         };
-        let mut yaml = common::envoy_yaml(upstream, &[spec], &[]);
-        if !policy.is_empty() {
-            yaml = yaml.replace(
-                "fail_open: false\n",
-                &format!("fail_open: false\n                failure_policy: {policy}\n"),
-            );
-        }
+        let yaml = common::with_failure_policy(common::envoy_yaml(upstream, &[spec], &[]), policy);
         let (host, _cfg) = common::start_host(&yaml, options.clone()).await;
         let addr = host.listener_addrs()[0];
         let trapped = common::http(addr, "GET", "/a", &[("x-trap", "1")], "").await;
@@ -544,15 +533,7 @@ async fn start_fails_when_on_configure_refuses() {
     let upstream = common::spawn_echo().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let module = write_module(dir.path(), REFUSING_WAT);
-    let spec = common::FilterSpec {
-        name: "refuser",
-        root_id: "refuser",
-        wasm: &module,
-        configuration: "{}",
-        fail_open: false,
-        env: &[],
-        allow_stop_iteration: false,
-    };
+    let spec = common::FilterSpec::new("refuser", "refuser", &module, "{}");
     let yaml = common::envoy_yaml(upstream, &[spec], &[]);
     let cfg = dir.path().join("envoy.yaml");
     std::fs::write(&cfg, yaml).expect("write");
@@ -619,20 +600,9 @@ async fn a_callback_may_resume_another_paused_request() {
     let upstream = common::spawn_echo().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let module = write_module(dir.path(), RELEASER_WAT);
-    let spec = common::FilterSpec {
-        name: "releaser",
-        root_id: "releaser",
-        wasm: &module,
-        configuration: "",
-        fail_open: false,
-        env: &[],
-        allow_stop_iteration: false,
-    };
+    let spec = common::FilterSpec::new("releaser", "releaser", &module, "");
     let yaml = common::envoy_yaml(upstream, &[spec], &[]);
-    let options = HostOptions {
-        workers: Some(1),
-        ..HostOptions::default()
-    };
+    let options = common::one_worker();
     let (host, _cfg) = common::start_host(&yaml, options).await;
     let addr = host.listener_addrs()[0];
     let paused = tokio::spawn(async move { common::http(addr, "GET", "/paused", &[], "").await });

@@ -98,26 +98,9 @@ async fn both(
     config: &str,
 ) -> (common::Envoy, keyrealm_host::RunningHost, tempfile::TempDir) {
     let wasm = common::abi_test_filter_wasm();
-    let spec = common::FilterSpec {
-        name: "streamed",
-        root_id: "abi_test",
-        wasm: &wasm,
-        configuration: config,
-        fail_open: false,
-        env: &[],
-        allow_stop_iteration: false,
-    };
+    let spec = common::FilterSpec::abi_test("streamed", &wasm, config);
     let yaml = common::envoy_yaml(upstream, &[spec], &[]).replace("timeout: 2s", "timeout: 10s");
-    let envoy = common::start_envoy(&yaml, &[]).await;
-    let (host, dir) = common::start_host(
-        &yaml,
-        keyrealm_host::HostOptions {
-            workers: Some(1),
-            ..Default::default()
-        },
-    )
-    .await;
-    (envoy, host, dir)
+    common::start_both(&yaml).await
 }
 
 /// The body of a chunked HTTP/1.1 answer, de-chunked.
@@ -258,15 +241,11 @@ fn big_download(_path: &str) -> (String, Vec<(Duration, Vec<u8>)>) {
 async fn a_200_mib_download_passes_with_bounded_memory() {
     let upstream = spawn_scripted(big_download).await;
     let wasm = common::abi_test_filter_wasm();
-    let spec = common::FilterSpec {
-        name: "streamed",
-        root_id: "abi_test",
-        wasm: &wasm,
-        configuration: r#"{"response_headers": {"add": [["x-filtered", "yes"]]}}"#,
-        fail_open: false,
-        env: &[],
-        allow_stop_iteration: false,
-    };
+    let spec = common::FilterSpec::abi_test(
+        "streamed",
+        &wasm,
+        r#"{"response_headers": {"add": [["x-filtered", "yes"]]}}"#,
+    );
     let yaml = common::envoy_yaml(upstream, &[spec], &[]).replace("timeout: 2s", "timeout: 120s");
     let host = common::start_process(&yaml, &[]);
     let before = host.peak_rss();
