@@ -882,40 +882,29 @@ async fn virtual_host_selection_follows_envoys_order() {
                 route: {cluster: upstream, timeout: 2s}
 "#;
     // Each virtual host routes only its own path, so the status tells which one was chosen.
-    let vhs = r#"            virtual_hosts:
-            - name: any
-              domains: ["*"]
+    // (name, domain, path)
+    let vhs = [
+        ("any", "*", "/any"),
+        ("prefix", "api.*", "/prefix"),
+        ("suffix", "*.example.test", "/suffix"),
+        ("longer-suffix", "*.api.example.test", "/longer"),
+        ("exact", "api.example.test", "/exact"),
+        ("dash", "*-dash.test", "/dash"),
+    ];
+    let vhs: String = std::iter::once("            virtual_hosts:\n".to_string())
+        .chain(vhs.iter().map(|(name, domain, path)| {
+            format!(
+                r#"            - name: {name}
+              domains: ["{domain}"]
               routes:
-              - match: {path: "/any"}
-                route: {cluster: upstream, timeout: 2s}
-            - name: prefix
-              domains: ["api.*"]
-              routes:
-              - match: {path: "/prefix"}
-                route: {cluster: upstream, timeout: 2s}
-            - name: suffix
-              domains: ["*.example.test"]
-              routes:
-              - match: {path: "/suffix"}
-                route: {cluster: upstream, timeout: 2s}
-            - name: longer-suffix
-              domains: ["*.api.example.test"]
-              routes:
-              - match: {path: "/longer"}
-                route: {cluster: upstream, timeout: 2s}
-            - name: exact
-              domains: ["api.example.test"]
-              routes:
-              - match: {path: "/exact"}
-                route: {cluster: upstream, timeout: 2s}
-            - name: dash
-              domains: ["*-dash.test"]
-              routes:
-              - match: {path: "/dash"}
-                route: {cluster: upstream, timeout: 2s}
-"#;
+              - match: {{path: "{path}"}}
+                route: {{cluster: upstream, timeout: 2s}}
+"#
+            )
+        }))
+        .collect();
     assert!(base.contains(default_vh));
-    let yaml = base.replace(default_vh, vhs);
+    let yaml = base.replace(default_vh, &vhs);
     let (envoy, host, _dir) = common::start_both(&yaml).await;
     let addr = host.listener_addrs()[0];
     let cases = [
