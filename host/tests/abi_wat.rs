@@ -131,14 +131,14 @@ const ABI_WAT: &str = r#"
 )
 "#;
 
-/// Traps on `x-trap`, spins forever on `x-loop`, otherwise continues.
-const MISBEHAVING_WAT: &str = r#"
-(module
-  (import "env" "proxy_get_header_map_value" (func $get_hdr (param i32 i32 i32 i32 i32) (result i32)))
+/// The module fields the misbehaving and the releasing filter share: one page of memory, the ABI
+/// version, a bump allocator from 1024 (that starts over near the end of the page), and
+/// `on_context_create`.
+macro_rules! bump_allocated_module {
+    () => {
+        r#"
   (memory (export "memory") 1)
   (global $heap (mut i32) (i32.const 1024))
-  (data (i32.const 16) "x-trap")
-  (data (i32.const 32) "x-loop")
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
     (local $p i32)
@@ -147,6 +147,20 @@ const MISBEHAVING_WAT: &str = r#"
     (if (i32.gt_u (global.get $heap) (i32.const 60000)) (then (global.set $heap (i32.const 1024)) (local.set $p (i32.const 1024))))
     (local.get $p))
   (func (export "proxy_on_context_create") (param i32 i32))
+"#
+    };
+}
+
+/// Traps on `x-trap`, spins forever on `x-loop`, otherwise continues.
+const MISBEHAVING_WAT: &str = concat!(
+    r#"
+(module
+  (import "env" "proxy_get_header_map_value" (func $get_hdr (param i32 i32 i32 i32 i32) (result i32)))
+  (data (i32.const 16) "x-trap")
+  (data (i32.const 32) "x-loop")
+"#,
+    bump_allocated_module!(),
+    r#"
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
     (if (i32.eqz (call $get_hdr (i32.const 0) (i32.const 16) (i32.const 6) (i32.const 96) (i32.const 100)))
       (then unreachable))
@@ -154,7 +168,8 @@ const MISBEHAVING_WAT: &str = r#"
       (then (loop $forever (br $forever))))
     (i32.const 0))
 )
-"#;
+"#
+);
 
 /// Refuses its configuration.
 const REFUSING_WAT: &str = r#"
@@ -169,22 +184,16 @@ const REFUSING_WAT: &str = r#"
 
 /// Pauses every request, except one with `x-release`, which resumes context 2 (the first
 /// request's) through `proxy_set_effective_context` and continues itself.
-const RELEASER_WAT: &str = r#"
+const RELEASER_WAT: &str = concat!(
+    r#"
 (module
   (import "env" "proxy_get_header_map_value" (func $get_hdr (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_set_effective_context" (func $set_ctx (param i32) (result i32)))
   (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
-  (memory (export "memory") 1)
-  (global $heap (mut i32) (i32.const 1024))
   (data (i32.const 16) "x-release")
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (i32.add (local.get $size) (i32.const 8))))
-    (if (i32.gt_u (global.get $heap) (i32.const 60000)) (then (global.set $heap (i32.const 1024)) (local.set $p (i32.const 1024))))
-    (local.get $p))
-  (func (export "proxy_on_context_create") (param i32 i32))
+"#,
+    bump_allocated_module!(),
+    r#"
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
     (if (i32.eqz (call $get_hdr (i32.const 0) (i32.const 16) (i32.const 9) (i32.const 96) (i32.const 100)))
       (then
@@ -193,7 +202,8 @@ const RELEASER_WAT: &str = r#"
         (return (i32.const 0))))
     (i32.const 1))
 )
-"#;
+"#
+);
 
 /// Grows its memory on request.
 const GROWER_WAT: &str = r#"
@@ -236,17 +246,29 @@ fn call(vm: &mut VmInstance, name: &str, context: u32, args: &[i32]) -> i32 {
     vm.call_export(name, context, args).expect("call succeeds")[0]
 }
 
+/// A new HTTP context.
+fn http_context(vm: &mut VmInstance) -> u32 {
+    vm.create_http_context(RequestInfo::default())
+        .expect("context")
+}
+
+/// A new HTTP context whose request has `headers`.
+fn request_context(vm: &mut VmInstance, headers: &[(&str, &str)]) -> u32 {
+    let id = http_context(vm);
+    vm.stream_mut(id).expect("stream").request_headers = Some(
+        headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect(),
+    );
+    id
+}
+
 #[test]
 fn allocator_is_used_and_memory_may_grow_during_the_call() {
     let p = plugin(ABI_WAT, VmLimits::default());
     let mut vm = start(&p);
-    let id = vm
-        .create_http_context(RequestInfo::default())
-        .expect("context");
-    vm.stream_mut(id).expect("stream").request_headers = Some(vec![
-        (":path".into(), b"/hello/world".to_vec()),
-        (":method".into(), b"GET".to_vec()),
-    ]);
+    let id = request_context(&mut vm, &[(":path", "/hello/world"), (":method", "GET")]);
     let before = vm.memory_size();
     let action = vm.on_request_headers(id, 2, true).expect("callback runs");
     assert_eq!(
@@ -280,11 +302,7 @@ fn allocator_is_used_and_memory_may_grow_during_the_call() {
 fn bad_guest_pointers_answer_invalid_memory_access_without_host_panic() {
     let p = plugin(ABI_WAT, VmLimits::default());
     let mut vm = start(&p);
-    let id = vm
-        .create_http_context(RequestInfo::default())
-        .expect("context");
-    vm.stream_mut(id).expect("stream").request_headers =
-        Some(vec![(":path".into(), b"/x".to_vec())]);
+    let id = request_context(&mut vm, &[(":path", "/x")]);
     assert_eq!(call(&mut vm, "t_bad_key_ptr", id, &[]), 6);
     assert_eq!(call(&mut vm, "t_bad_ret_ptr", id, &[]), 6);
     assert_eq!(call(&mut vm, "t_log_huge", id, &[]), 6);
@@ -305,11 +323,7 @@ fn statuses_are_the_ones_the_sdk_expects() {
     let p = plugin(ABI_WAT, VmLimits::default());
     let mut vm = start(&p);
     let root = vm.root_context_id();
-    let id = vm
-        .create_http_context(RequestInfo::default())
-        .expect("context");
-    vm.stream_mut(id).expect("stream").request_headers =
-        Some(vec![(":path".into(), b"/x".to_vec())]);
+    let id = request_context(&mut vm, &[(":path", "/x")]);
 
     // get_header_map_value: Ok | NotFound
     assert_eq!(call(&mut vm, "t_missing_header", id, &[]), 1);
@@ -379,11 +393,7 @@ fn statuses_are_the_ones_the_sdk_expects() {
 fn a_trapping_guest_is_reported_unusable_and_a_fresh_instance_works() {
     let p = plugin(MISBEHAVING_WAT, VmLimits::default());
     let mut vm = start(&p);
-    let id = vm
-        .create_http_context(RequestInfo::default())
-        .expect("context");
-    vm.stream_mut(id).expect("stream").request_headers =
-        Some(vec![("x-trap".into(), b"1".to_vec())]);
+    let id = request_context(&mut vm, &[("x-trap", "1")]);
     let err = vm
         .on_request_headers(id, 1, true)
         .expect_err("the guest traps");
@@ -395,10 +405,7 @@ fn a_trapping_guest_is_reported_unusable_and_a_fresh_instance_works() {
         Err(VmError::Broken { .. })
     ));
     let mut fresh = start(&p);
-    let id = fresh
-        .create_http_context(RequestInfo::default())
-        .expect("context");
-    fresh.stream_mut(id).expect("stream").request_headers = Some(vec![]);
+    let id = request_context(&mut fresh, &[]);
     assert_eq!(
         fresh
             .on_request_headers(id, 0, true)
@@ -415,11 +422,7 @@ fn an_endless_loop_is_stopped_by_the_time_budget() {
     };
     let p = plugin(MISBEHAVING_WAT, limits);
     let mut vm = start(&p);
-    let id = vm
-        .create_http_context(RequestInfo::default())
-        .expect("context");
-    vm.stream_mut(id).expect("stream").request_headers =
-        Some(vec![("x-loop".into(), b"1".to_vec())]);
+    let id = request_context(&mut vm, &[("x-loop", "1")]);
     let started = Instant::now();
     let err = vm
         .on_request_headers(id, 1, true)
@@ -472,21 +475,10 @@ async fn failing_instances_answer_503_stay_failed_or_are_reloaded_with_back_off(
     };
     for (fail_open, policy) in [(false, ""), (true, ""), (false, "FAIL_RELOAD")] {
         let spec = common::FilterSpec {
-            name: "misbehaving",
-            root_id: "misbehaving",
-            wasm: &module,
-            configuration: "",
             fail_open,
-            env: &[],
-            allow_stop_iteration: false,
+            ..common::FilterSpec::new("misbehaving", "misbehaving", &module, "")
         };
-        let mut yaml = common::envoy_yaml(upstream, &[spec], &[]);
-        if !policy.is_empty() {
-            yaml = yaml.replace(
-                "fail_open: false\n",
-                &format!("fail_open: false\n                failure_policy: {policy}\n"),
-            );
-        }
+        let yaml = common::with_failure_policy(common::envoy_yaml(upstream, &[spec], &[]), policy);
         let (host, _cfg) = common::start_host(&yaml, options.clone()).await;
         let addr = host.listener_addrs()[0];
         let trapped = common::http(addr, "GET", "/a", &[("x-trap", "1")], "").await;
@@ -544,15 +536,7 @@ async fn start_fails_when_on_configure_refuses() {
     let upstream = common::spawn_echo().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let module = write_module(dir.path(), REFUSING_WAT);
-    let spec = common::FilterSpec {
-        name: "refuser",
-        root_id: "refuser",
-        wasm: &module,
-        configuration: "{}",
-        fail_open: false,
-        env: &[],
-        allow_stop_iteration: false,
-    };
+    let spec = common::FilterSpec::new("refuser", "refuser", &module, "{}");
     let yaml = common::envoy_yaml(upstream, &[spec], &[]);
     let cfg = dir.path().join("envoy.yaml");
     std::fs::write(&cfg, yaml).expect("write");
@@ -596,12 +580,8 @@ fn the_memory_limit_stops_growth_without_killing_the_instance() {
 fn the_effective_context_decides_which_stream_a_call_acts_on() {
     let p = plugin(ABI_WAT, VmLimits::default());
     let mut vm = start(&p);
-    let first = vm
-        .create_http_context(RequestInfo::default())
-        .expect("context");
-    let second = vm
-        .create_http_context(RequestInfo::default())
-        .expect("context");
+    let first = http_context(&mut vm);
+    let second = http_context(&mut vm);
     let root = vm.root_context_id();
     // Running on the root context (as an HTTP call answer does), switch to `second`.
     assert_eq!(call(&mut vm, "t_continue_other", root, &[second as i32]), 0);
@@ -619,20 +599,9 @@ async fn a_callback_may_resume_another_paused_request() {
     let upstream = common::spawn_echo().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let module = write_module(dir.path(), RELEASER_WAT);
-    let spec = common::FilterSpec {
-        name: "releaser",
-        root_id: "releaser",
-        wasm: &module,
-        configuration: "",
-        fail_open: false,
-        env: &[],
-        allow_stop_iteration: false,
-    };
+    let spec = common::FilterSpec::new("releaser", "releaser", &module, "");
     let yaml = common::envoy_yaml(upstream, &[spec], &[]);
-    let options = HostOptions {
-        workers: Some(1),
-        ..HostOptions::default()
-    };
+    let options = common::one_worker();
     let (host, _cfg) = common::start_host(&yaml, options).await;
     let addr = host.listener_addrs()[0];
     let paused = tokio::spawn(async move { common::http(addr, "GET", "/paused", &[], "").await });
@@ -735,11 +704,7 @@ fn header_map_size_buffer_status_and_envoys_statuses() {
     let p = plugin(ENVOY_STATUS_WAT, VmLimits::default());
     let mut vm = start(&p);
     let root = vm.root_context_id();
-    let id = vm
-        .create_http_context(RequestInfo::default())
-        .expect("context");
-    vm.stream_mut(id).expect("stream").request_headers =
-        Some(vec![(":path".into(), b"/xy".to_vec())]);
+    let id = request_context(&mut vm, &[(":path", "/xy")]);
     vm.stream_mut(id).expect("stream").request_body = Some(b"hello".to_vec());
     // Sizes: the names and values of a map (Envoy's byteSize), a buffer's length.
     assert_eq!(call(&mut vm, "map_size", id, &[0]), 0);
@@ -779,17 +744,11 @@ fn context_ids_never_collide_with_a_live_context() {
     let p = plugin(ENVOY_STATUS_WAT, VmLimits::default());
     let mut vm = start(&p);
     let root = vm.root_context_id();
-    let live = vm
-        .create_http_context(RequestInfo::default())
-        .expect("context");
+    let live = http_context(&mut vm);
     vm.set_next_context_id(u32::MAX);
-    let last = vm
-        .create_http_context(RequestInfo::default())
-        .expect("context");
+    let last = http_context(&mut vm);
     assert_eq!(last, u32::MAX);
-    let wrapped = vm
-        .create_http_context(RequestInfo::default())
-        .expect("context");
+    let wrapped = http_context(&mut vm);
     assert!(
         wrapped != 0 && wrapped != root && wrapped != live,
         "{wrapped} vs root {root}, live {live}"

@@ -11,15 +11,7 @@ use std::time::{Duration, Instant};
 async fn drains_on(signal: &str) {
     let upstream = common::spawn_echo().await;
     let wasm = common::abi_test_filter_wasm();
-    let spec = common::FilterSpec {
-        name: "drained",
-        root_id: "abi_test",
-        wasm: &wasm,
-        configuration: r#"{"record_lifecycle": true}"#,
-        fail_open: false,
-        env: &[],
-        allow_stop_iteration: false,
-    };
+    let spec = common::FilterSpec::abi_test("drained", &wasm, r#"{"record_lifecycle": true}"#);
     // The echo's /slow answers after 3 s; the route must wait for it.
     let yaml = common::envoy_yaml(upstream, &[spec], &[]).replace("timeout: 2s", "timeout: 10s");
     let log_dir = tempfile::tempdir().expect("tempdir");

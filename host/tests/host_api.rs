@@ -198,15 +198,7 @@ async fn dropping_the_host_stops_it() {
 async fn shared_data_cas_across_workers() {
     let upstream = common::spawn_echo().await;
     let wasm = common::abi_test_filter_wasm();
-    let spec = common::FilterSpec {
-        name: "counter",
-        root_id: "abi_test",
-        wasm: &wasm,
-        configuration: r#"{"shared_counter": "hits"}"#,
-        fail_open: false,
-        env: &[],
-        allow_stop_iteration: false,
-    };
+    let spec = common::FilterSpec::abi_test("counter", &wasm, r#"{"shared_counter": "hits"}"#);
     let yaml = common::envoy_yaml(upstream, &[spec], &[]);
     let options = keyrealm_host::HostOptions {
         workers: Some(2),
@@ -249,20 +241,13 @@ async fn shared_data_cas_across_workers() {
 async fn shutdown_with_a_request_paused_in_a_filter() {
     let upstream = common::spawn_echo().await;
     let wasm = common::abi_test_filter_wasm();
-    let spec = common::FilterSpec {
-        name: "slowcall",
-        root_id: "abi_test",
-        wasm: &wasm,
-        configuration: r#"{"http_call": {"cluster": "upstream", "path": "/slow", "timeout_ms": 5000}}"#,
-        fail_open: false,
-        env: &[],
-        allow_stop_iteration: false,
-    };
+    let spec = common::FilterSpec::abi_test(
+        "slowcall",
+        &wasm,
+        r#"{"http_call": {"cluster": "upstream", "path": "/slow", "timeout_ms": 5000}}"#,
+    );
     let yaml = common::envoy_yaml(upstream, &[spec], &[]);
-    let options = keyrealm_host::HostOptions {
-        workers: Some(1),
-        ..Default::default()
-    };
+    let options = common::one_worker();
     let (host, _dir) = common::start_host(&yaml, options).await;
     let addr = host.listener_addrs()[0];
     let paused = tokio::spawn(async move {
@@ -304,13 +289,8 @@ async fn a_request_paused_past_the_limit_fails_and_its_context_ends() {
     let configuration = r#"{"http_call": {"cluster": "upstream", "path": "/slow", "timeout_ms": 5000, "when_header": "x-call"}, "record_lifecycle": true}"#;
     for fail_open in [false, true] {
         let spec = common::FilterSpec {
-            name: "paused",
-            root_id: "abi_test",
-            wasm: &wasm,
-            configuration,
             fail_open,
-            env: &[],
-            allow_stop_iteration: false,
+            ..common::FilterSpec::abi_test("paused", &wasm, configuration)
         };
         let yaml = common::envoy_yaml(upstream, &[spec], &[]);
         let options = keyrealm_host::HostOptions {
@@ -366,8 +346,11 @@ async fn codec_type_http1_or_http2_only() {
         assert_ne!(yaml, auto);
         let (host, _dir) = common::start_host(&yaml, keyrealm_host::HostOptions::default()).await;
         let addr = host.listener_addrs()[0];
-        let h1 = tokio::spawn(async move { common::http(addr, "GET", "/", &[], "").await });
-        let h2 = tokio::spawn(async move { common::http2(addr, "GET", "/", &[], "").await });
+        let [h1, h2] = [false, true].map(|h2| {
+            tokio::spawn(async move {
+                common::send(addr, common::version(h2), "GET", "/", &[], "").await
+            })
+        });
         let (h1, h2) = (h1.await, h2.await);
         assert_eq!(h2.is_ok(), h2_works, "{codec}: HTTP/2 {h2:?}");
         assert_eq!(h1.is_ok(), !h2_works, "{codec}: HTTP/1.1 {h1:?}");
@@ -386,72 +369,50 @@ async fn spawn_counting() -> (
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let hits = std::sync::Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let counter = counter.clone();
-                        async move {
-                            // Counts requests whose body arrived whole.
-                            let (parts, body) = req.into_parts();
-                            if body.collect().await.is_err() {
-                                return Err("request body broken off");
+    let addr = common::spawn_http1(move |req: hyper::Request<hyper::body::Incoming>| {
+        let counter = counter.clone();
+        async move {
+            // Counts requests whose body arrived whole.
+            let (parts, body) = req.into_parts();
+            if body.collect().await.is_err() {
+                return Err("request body broken off");
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+            let size = parts
+                .uri
+                .path()
+                .strip_prefix("/size/")
+                .and_then(|s| s.parse::<usize>().ok());
+            // A sized body comes in 500-byte pieces, 100 ms apart.
+            let body = match size {
+                Some(n) => {
+                    let (tx, body) = keyrealm_host::body::ProxyBody::channel();
+                    tokio::spawn(async move {
+                        let mut left = n;
+                        while left > 0 {
+                            let piece = left.min(500);
+                            if !tx.send(bytes::Bytes::from(vec![b'x'; piece])).await {
+                                return;
                             }
-                            counter.fetch_add(1, Ordering::SeqCst);
-                            let req = hyper::Request::from_parts(parts, ());
-                            let size = req
-                                .uri()
-                                .path()
-                                .strip_prefix("/size/")
-                                .and_then(|s| s.parse::<usize>().ok());
-                            // A sized body comes in 500-byte pieces, 100 ms apart.
-                            let body = match size {
-                                Some(n) => {
-                                    let (tx, body) = keyrealm_host::body::ProxyBody::channel();
-                                    tokio::spawn(async move {
-                                        let mut left = n;
-                                        while left > 0 {
-                                            let piece = left.min(500);
-                                            if !tx.send(bytes::Bytes::from(vec![b'x'; piece])).await
-                                            {
-                                                return;
-                                            }
-                                            left -= piece;
-                                            tokio::time::sleep(Duration::from_millis(100)).await;
-                                        }
-                                    });
-                                    body
-                                }
-                                None => keyrealm_host::body::ProxyBody::full(
-                                    bytes::Bytes::from_static(b"ok"),
-                                ),
-                            };
-                            let mut r = hyper::Response::new(body);
-                            if let Some(n) = size {
-                                r.headers_mut()
-                                    .insert(hyper::header::CONTENT_LENGTH, n.into());
-                            }
-                            Ok::<_, &str>(r)
+                            left -= piece;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
                         }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+                    });
+                    body
+                }
+                None => keyrealm_host::body::ProxyBody::full(bytes::Bytes::from_static(b"ok")),
+            };
+            let mut r = hyper::Response::new(body);
+            if let Some(n) = size {
+                r.headers_mut()
+                    .insert(hyper::header::CONTENT_LENGTH, n.into());
+            }
+            Ok::<_, &str>(r)
         }
-    });
+    })
+    .await;
     (addr, hits)
 }
 
@@ -465,15 +426,11 @@ async fn a_two_endpoint_cluster_gets_an_even_split_while_calls_interleave() {
     let (b, hits_b) = spawn_counting().await;
     let (realm, realm_hits) = spawn_counting().await;
     let wasm = common::abi_test_filter_wasm();
-    let spec = common::FilterSpec {
-        name: "caller",
-        root_id: "abi_test",
-        wasm: &wasm,
-        configuration: r#"{"http_call": {"cluster": "realm", "path": "/realm"}}"#,
-        fail_open: false,
-        env: &[],
-        allow_stop_iteration: false,
-    };
+    let spec = common::FilterSpec::abi_test(
+        "caller",
+        &wasm,
+        r#"{"http_call": {"cluster": "realm", "path": "/realm"}}"#,
+    );
     let one = format!(
         "        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}\n",
         a.port()
@@ -483,14 +440,7 @@ async fn a_two_endpoint_cluster_gets_an_even_split_while_calls_interleave() {
         b.port()
     );
     let yaml = common::envoy_yaml(a, &[spec], &[("realm", realm)]).replacen(&one, &two, 1);
-    let (host, _dir) = common::start_host(
-        &yaml,
-        keyrealm_host::HostOptions {
-            workers: Some(1),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (host, _dir) = common::start_host(&yaml, common::one_worker()).await;
     let addr = host.listener_addrs()[0];
     for i in 0..20 {
         let r = common::http(addr, "GET", "/x", &[], "").await;
@@ -559,15 +509,11 @@ async fn bodies_over_the_limits_get_413_or_503() {
     let (up, hits) = spawn_counting().await;
     // The filter buffers both bodies whole (it edits them at their end).
     let wasm = common::abi_test_filter_wasm();
-    let spec = common::FilterSpec {
-        name: "buffering",
-        root_id: "abi_test",
-        wasm: &wasm,
-        configuration: r#"{"request_body": {"suffix": ""}, "response_body": {"suffix": ""}}"#,
-        fail_open: false,
-        env: &[],
-        allow_stop_iteration: false,
-    };
+    let spec = common::FilterSpec::abi_test(
+        "buffering",
+        &wasm,
+        r#"{"request_body": {"suffix": ""}, "response_body": {"suffix": ""}}"#,
+    );
     let buffering = common::envoy_yaml(up, &[spec], &[]);
     let streaming = common::envoy_yaml(up, &[], &[]);
     for (limits, name) in [
@@ -590,9 +536,8 @@ async fn bodies_over_the_limits_get_413_or_503() {
         let (host, _dir) = common::start_host(
             &buffering,
             keyrealm_host::HostOptions {
-                workers: Some(1),
                 limits,
-                ..Default::default()
+                ..common::one_worker()
             },
         )
         .await;
@@ -626,9 +571,8 @@ async fn bodies_over_the_limits_get_413_or_503() {
         let (host, _dir) = common::start_host(
             &streaming,
             keyrealm_host::HostOptions {
-                workers: Some(1),
                 limits,
-                ..Default::default()
+                ..common::one_worker()
             },
         )
         .await;
@@ -648,14 +592,7 @@ async fn a_stale_pooled_connection_is_retried_on_a_fresh_one() {
     // Closed with no warning after each answer.
     let up = common::spawn_fixed("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
     let yaml = common::envoy_yaml(up, &[], &[]);
-    let (host, _dir) = common::start_host(
-        &yaml,
-        keyrealm_host::HostOptions {
-            workers: Some(1),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (host, _dir) = common::start_host(&yaml, common::one_worker()).await;
     let addr = host.listener_addrs()[0];
     for i in 0..20 {
         let r = common::get(addr, "/again").await;

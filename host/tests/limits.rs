@@ -120,15 +120,7 @@ async fn attack(letter: &str, body: &str, expected: u16) {
     let dir = tempfile::tempdir().expect("tempdir");
     let module = dir.path().join("hostile.wat");
     std::fs::write(&module, HOSTILE_WAT).expect("write module");
-    let spec = common::FilterSpec {
-        name: "hostile",
-        root_id: "hostile",
-        wasm: &module,
-        configuration: "",
-        fail_open: false,
-        env: &[],
-        allow_stop_iteration: false,
-    };
+    let spec = common::FilterSpec::new("hostile", "hostile", &module, "");
     let yaml = common::envoy_yaml(upstream, &[spec], &[]).replace(
         "fail_open: false\n",
         "fail_open: false\n                failure_policy: FAIL_RELOAD\n",
@@ -247,15 +239,7 @@ async fn a_module_with_two_memories_is_refused() {
              (func (export "proxy_on_context_create") (param i32 i32)))"#,
     )
     .expect("write");
-    let spec = common::FilterSpec {
-        name: "two",
-        root_id: "two",
-        wasm: &module,
-        configuration: "",
-        fail_open: false,
-        env: &[],
-        allow_stop_iteration: false,
-    };
+    let spec = common::FilterSpec::new("two", "two", &module, "");
     let cfg = dir.path().join("envoy.yaml");
     std::fs::write(&cfg, common::envoy_yaml(upstream, &[spec], &[])).expect("write");
     let err = keyrealm_host::start(&cfg).await.err().expect("start fails");

@@ -49,6 +49,22 @@ fn slow_body(_path: &str) -> (String, Vec<(Duration, Vec<u8>)>) {
     (head, pieces)
 }
 
+/// Reads `s` to its end, handing each piece to `piece` as it arrives; a read that waits longer
+/// than `stall` fails the test.
+async fn read_to_end(s: &mut tokio::net::TcpStream, stall: Duration, mut piece: impl FnMut(&[u8])) {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = tokio::time::timeout(stall, s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("the answer stalled for {stall:?}"))
+            .expect("read");
+        if n == 0 {
+            return;
+        }
+        piece(&buf[..n]);
+    }
+}
+
 /// GETs `path` over raw HTTP/1.1 and returns the status and when each of `markers` first
 /// showed in what arrived (since the request was sent), and all that arrived.
 async fn get_timed(
@@ -62,22 +78,15 @@ async fn get_timed(
     s.write_all(request.as_bytes()).await.expect("write");
     let mut seen = vec![None; markers.len()];
     let mut text = String::new();
-    let mut buf = vec![0u8; 16384];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-            .await
-            .expect("the answer stalled")
-            .expect("read");
-        if n == 0 {
-            break;
-        }
-        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    read_to_end(&mut s, Duration::from_secs(10), |piece| {
+        text.push_str(&String::from_utf8_lossy(piece));
         for (i, m) in markers.iter().enumerate() {
             if seen[i].is_none() && text.contains(m.as_str()) {
                 seen[i] = Some(started.elapsed());
             }
         }
-    }
+    })
+    .await;
     let status = text
         .split(' ')
         .nth(1)
@@ -98,26 +107,9 @@ async fn both(
     config: &str,
 ) -> (common::Envoy, keyrealm_host::RunningHost, tempfile::TempDir) {
     let wasm = common::abi_test_filter_wasm();
-    let spec = common::FilterSpec {
-        name: "streamed",
-        root_id: "abi_test",
-        wasm: &wasm,
-        configuration: config,
-        fail_open: false,
-        env: &[],
-        allow_stop_iteration: false,
-    };
+    let spec = common::FilterSpec::abi_test("streamed", &wasm, config);
     let yaml = common::envoy_yaml(upstream, &[spec], &[]).replace("timeout: 2s", "timeout: 10s");
-    let envoy = common::start_envoy(&yaml, &[]).await;
-    let (host, dir) = common::start_host(
-        &yaml,
-        keyrealm_host::HostOptions {
-            workers: Some(1),
-            ..Default::default()
-        },
-    )
-    .await;
-    (envoy, host, dir)
+    common::start_both(&yaml).await
 }
 
 /// The body of a chunked HTTP/1.1 answer, de-chunked.
@@ -138,46 +130,83 @@ fn dechunk(text: &str) -> String {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_sent_events_arrive_one_by_one_in_both() {
-    let upstream = spawn_scripted(sse).await;
-    let (envoy, host, _dir) = both(
-        upstream,
-        r#"{"response_headers": {"add": [["x-filtered", "yes"]]}}"#,
-    )
-    .await;
-    let markers: Vec<String> = (0..EVENTS).map(|i| format!("data: event {i}")).collect();
+/// The body of an HTTP/1.1 answer: de-chunked if it is chunked.
+fn body_of(text: &str) -> String {
+    if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(text)
+    } else {
+        text.rsplit("\r\n\r\n")
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// GETs `path` through Envoy and through keyrealm-host ([`both`], with `config`), timing when
+/// each of `markers` arrives: each answers 200, `check(gateway, times, answer)` asserts on each,
+/// and what it returns must be the same from both.
+async fn timed_in_both<T: PartialEq + std::fmt::Debug>(
+    upstream: SocketAddr,
+    config: &str,
+    path: &str,
+    markers: &[String],
+    check: impl Fn(&str, &[Duration], &str) -> T,
+) {
+    let (envoy, host, _dir) = both(upstream, config).await;
+    let mut observed = Vec::new();
     for (name, addr) in [
         ("envoy", envoy.listener),
         ("keyrealm-host", host.listener_addrs()[0]),
     ] {
-        let (status, times, text) = get_timed(addr, "/events", &markers).await;
+        let (status, times, text) = get_timed(addr, path, markers).await;
         assert_eq!(status, 200, "{name}: {text}");
-        assert!(
-            text.to_ascii_lowercase().contains("x-filtered: yes"),
-            "{name}: {text}"
-        );
-        let body = dechunk(&text);
-        let expected: String = (0..EVENTS)
-            .map(|i| format!("data: event {i}\n\n"))
-            .collect();
-        assert_eq!(body, expected, "{name}");
-        // Each event arrives when it is sent, not with the last one: consecutive events at
-        // least half the upstream's gap apart, and the first one long before the last.
-        for pair in times.windows(2) {
-            assert!(
-                pair[1] - pair[0] >= EVENT_GAP / 2,
-                "{name}: events held back and released together: {times:?}"
-            );
-        }
-        assert!(
-            times[EVENTS - 1] - times[0] >= EVENT_GAP * (EVENTS as u32 - 1) / 2,
-            "{name}: {times:?}"
-        );
-        eprintln!("{name}: events arrived at {times:?}");
+        observed.push(check(name, &times, &text));
     }
+    assert_eq!(observed[0], observed[1], "keyrealm-host differs from Envoy");
     host.shutdown().await;
     drop(envoy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_arrive_one_by_one_in_both() {
+    let upstream = spawn_scripted(sse).await;
+    let config = r#"{"response_headers": {"add": [["x-filtered", "yes"]]}}"#;
+    let markers: Vec<String> = (0..EVENTS).map(|i| format!("data: event {i}")).collect();
+    timed_in_both(
+        upstream,
+        config,
+        "/events",
+        &markers,
+        |name, times, text| {
+            assert!(
+                text.to_ascii_lowercase().contains("x-filtered: yes"),
+                "{name}: {text}"
+            );
+            let body = dechunk(text);
+            let expected: String = (0..EVENTS)
+                .map(|i| format!("data: event {i}\n\n"))
+                .collect();
+            assert_eq!(body, expected, "{name}");
+            // Each event arrives when it is sent, not with the last one: consecutive events at
+            // least half the upstream's gap apart, and the first one long before the last.
+            for pair in times.windows(2) {
+                assert!(
+                    pair[1] - pair[0] >= EVENT_GAP / 2,
+                    "{name}: events held back and released together: {times:?}"
+                );
+            }
+            assert!(
+                times[EVENTS - 1] - times[0] >= EVENT_GAP * (EVENTS as u32 - 1) / 2,
+                "{name}: {times:?}"
+            );
+            eprintln!("{name}: events arrived at {times:?}");
+            body
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,56 +214,29 @@ async fn a_slow_upstream_body_streams_unless_the_filter_wants_it_whole() {
     let upstream = spawn_scripted(slow_body).await;
     let markers: Vec<String> = ["part1", "part3"].iter().map(|s| s.to_string()).collect();
     // A filter that does not touch the body: the first piece arrives before the last is sent.
-    let (envoy, host, _dir) = both(upstream, r#"{}"#).await;
-    let mut observed = Vec::new();
-    for (name, addr) in [
-        ("envoy", envoy.listener),
-        ("keyrealm-host", host.listener_addrs()[0]),
-    ] {
-        let (status, times, text) = get_timed(addr, "/slow", &markers).await;
-        assert_eq!(status, 200, "{name}: {text}");
+    timed_in_both(upstream, "{}", "/slow", &markers, |name, times, text| {
         assert!(text.ends_with("part1part2part3"), "{name}: {text}");
         assert!(
             times[1] - times[0] >= Duration::from_millis(500),
             "{name}: the first piece waited for the last: {times:?}"
         );
-        observed.push((status, text.rsplit("\r\n\r\n").next().map(str::to_string)));
-    }
-    assert_eq!(observed[0], observed[1], "keyrealm-host differs from Envoy");
-    host.shutdown().await;
-    drop(envoy);
+        text.rsplit("\r\n\r\n").next().map(str::to_string)
+    })
+    .await;
 
     // A filter that edits the whole body (it pauses each chunk until the last): Envoy's
     // buffering — the client gets the edited body in one go, at the end.
-    let (envoy, host, _dir) = both(upstream, r#"{"response_body": {"suffix": "!"}}"#).await;
-    let mut observed = Vec::new();
-    for (name, addr) in [
-        ("envoy", envoy.listener),
-        ("keyrealm-host", host.listener_addrs()[0]),
-    ] {
-        let (status, times, text) = get_timed(addr, "/slow", &markers).await;
-        assert_eq!(status, 200, "{name}: {text}");
-        let body = if text
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(&text)
-        } else {
-            text.rsplit("\r\n\r\n")
-                .next()
-                .unwrap_or_default()
-                .to_string()
-        };
+    let config = r#"{"response_body": {"suffix": "!"}}"#;
+    timed_in_both(upstream, config, "/slow", &markers, |name, times, text| {
+        let body = body_of(text);
         assert_eq!(body, "part1part2part3!", "{name}: {text}");
         assert!(
             times[1] - times[0] < Duration::from_millis(100),
             "{name}: the body should come whole: {times:?}"
         );
-        observed.push((status, body));
-    }
-    assert_eq!(observed[0], observed[1], "keyrealm-host differs from Envoy");
-    host.shutdown().await;
-    drop(envoy);
+        body
+    })
+    .await;
 }
 
 const DOWNLOAD: usize = 200 << 20;
@@ -258,15 +260,11 @@ fn big_download(_path: &str) -> (String, Vec<(Duration, Vec<u8>)>) {
 async fn a_200_mib_download_passes_with_bounded_memory() {
     let upstream = spawn_scripted(big_download).await;
     let wasm = common::abi_test_filter_wasm();
-    let spec = common::FilterSpec {
-        name: "streamed",
-        root_id: "abi_test",
-        wasm: &wasm,
-        configuration: r#"{"response_headers": {"add": [["x-filtered", "yes"]]}}"#,
-        fail_open: false,
-        env: &[],
-        allow_stop_iteration: false,
-    };
+    let spec = common::FilterSpec::abi_test(
+        "streamed",
+        &wasm,
+        r#"{"response_headers": {"add": [["x-filtered", "yes"]]}}"#,
+    );
     let yaml = common::envoy_yaml(upstream, &[spec], &[]).replace("timeout: 2s", "timeout: 120s");
     let host = common::start_process(&yaml, &[]);
     let before = host.peak_rss();
@@ -279,26 +277,19 @@ async fn a_200_mib_download_passes_with_bounded_memory() {
     let mut total = 0usize;
     let mut head = Vec::new();
     let mut head_done = false;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf))
-            .await
-            .expect("the download stalled")
-            .expect("read");
-        if n == 0 {
-            break;
+    read_to_end(&mut s, Duration::from_secs(30), |piece| {
+        if head_done {
+            total += piece.len();
+            return;
         }
-        if !head_done {
-            head.extend_from_slice(&buf[..n]);
-            if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                total = head.len() - at - 4;
-                head.truncate(at);
-                head_done = true;
-            }
-            continue;
+        head.extend_from_slice(piece);
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            total = head.len() - at - 4;
+            head.truncate(at);
+            head_done = true;
         }
-        total += n;
-    }
+    })
+    .await;
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("x-filtered: yes"), "{head}");

@@ -41,86 +41,29 @@ pub fn echoed_header(echo: &serde_json::Value, name: &str) -> Option<String> {
     })
 }
 
-/// An upstream that answers 200 with a JSON echo of the request (method, path, headers, body)
-/// and `x-echo-upstream: 1`. `/status/NNN` answers NNN; `/slow` waits 3 s; `/fixed` answers
-/// `fixed-200` and `/fixed-status/NNN` answers NNN with `fixed-NNN` (no echo).
-pub async fn spawn_echo() -> SocketAddr {
+/// An HTTP/1.1 server on 127.0.0.1:0 that answers every request with `handler`.
+pub async fn spawn_http1<F, Fut, B, E>(handler: F) -> SocketAddr
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<hyper::Response<B>, E>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .expect("bind echo");
-    let addr = listener.local_addr().expect("echo addr");
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream addr");
+    let handler = std::sync::Arc::new(handler);
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            let handler = handler.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let (parts, body) = req.into_parts();
-                        let body = body
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let path = parts
-                            .uri
-                            .path_and_query()
-                            .map(|p| p.as_str().to_string())
-                            .unwrap_or_default();
-                        let headers: Vec<(String, String)> = parts
-                            .headers
-                            .iter()
-                            .map(|(k, v)| {
-                                (
-                                    k.as_str().to_string(),
-                                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                                )
-                            })
-                            .collect();
-                        if path == "/slow" {
-                            tokio::time::sleep(Duration::from_secs(3)).await;
-                        }
-                        // Fixed answers (the same bytes whoever asks), for HTTP call tests.
-                        if let Some(rest) = path.strip_prefix("/fixed") {
-                            let status = rest
-                                .strip_prefix("-status/")
-                                .and_then(|s| s.parse::<u16>().ok())
-                                .unwrap_or(200);
-                            let mut resp = hyper::Response::new(Full::new(Bytes::from(format!(
-                                "fixed-{status}"
-                            ))));
-                            *resp.status_mut() = hyper::StatusCode::from_u16(status)
-                                .unwrap_or(hyper::StatusCode::OK);
-                            resp.headers_mut()
-                                .insert("x-fixed", hyper::header::HeaderValue::from_static("1"));
-                            return Ok::<_, std::convert::Infallible>(resp);
-                        }
-                        let status = path
-                            .strip_prefix("/status/")
-                            .and_then(|s| s.parse::<u16>().ok())
-                            .unwrap_or(200);
-                        let json = serde_json::json!({
-                            "method": parts.method.as_str(),
-                            "path": path,
-                            "headers": headers,
-                            "body": String::from_utf8_lossy(&body),
-                        });
-                        let mut resp =
-                            hyper::Response::new(Full::new(Bytes::from(json.to_string())));
-                        *resp.status_mut() =
-                            hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
-                        resp.headers_mut().insert(
-                            "x-echo-upstream",
-                            hyper::header::HeaderValue::from_static("1"),
-                        );
-                        resp.headers_mut().insert(
-                            "content-type",
-                            hyper::header::HeaderValue::from_static("application/json"),
-                        );
-                        Ok::<_, std::convert::Infallible>(resp)
-                    },
-                );
+                let service = hyper::service::service_fn(move |req| handler(req));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -128,6 +71,84 @@ pub async fn spawn_echo() -> SocketAddr {
         }
     });
     addr
+}
+
+/// A response with `status` (200 if it is not one), `body` and `headers`.
+pub fn response(
+    status: u16,
+    headers: &[(&'static str, &'static str)],
+    body: impl Into<Bytes>,
+) -> hyper::Response<Full<Bytes>> {
+    let mut resp = hyper::Response::new(Full::new(body.into()));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    for (k, v) in headers {
+        resp.headers_mut()
+            .insert(*k, hyper::header::HeaderValue::from_static(v));
+    }
+    resp
+}
+
+/// An upstream that answers 200 with a JSON echo of the request (method, path, headers, body)
+/// and `x-echo-upstream: 1`. `/status/NNN` answers NNN; `/slow` waits 3 s; `/fixed` answers
+/// `fixed-200` and `/fixed-status/NNN` answers NNN with `fixed-NNN` (no echo).
+pub async fn spawn_echo() -> SocketAddr {
+    spawn_http1(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default();
+        let headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        if path == "/slow" {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        // Fixed answers (the same bytes whoever asks), for HTTP call tests.
+        if let Some(rest) = path.strip_prefix("/fixed") {
+            let status = rest
+                .strip_prefix("-status/")
+                .and_then(|s| s.parse::<u16>().ok())
+                .unwrap_or(200);
+            return Ok::<_, std::convert::Infallible>(response(
+                status,
+                &[("x-fixed", "1")],
+                format!("fixed-{status}"),
+            ));
+        }
+        let status = path
+            .strip_prefix("/status/")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(200);
+        let json = serde_json::json!({
+            "method": parts.method.as_str(),
+            "path": path,
+            "headers": headers,
+            "body": String::from_utf8_lossy(&body),
+        });
+        Ok(response(
+            status,
+            &[
+                ("x-echo-upstream", "1"),
+                ("content-type", "application/json"),
+            ],
+            json.to_string(),
+        ))
+    })
+    .await
 }
 
 /// One HTTP/1.1 request on a fresh connection, with a 10 s limit.
@@ -141,18 +162,18 @@ pub async fn http(
     send(addr, hyper::Version::HTTP_11, method, path, headers, body).await
 }
 
-/// One HTTP/2 request (cleartext, prior knowledge) on a fresh connection, with a 10 s limit.
-pub async fn http2(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Reply {
-    send(addr, hyper::Version::HTTP_2, method, path, headers, body).await
+/// The HTTP version of a request: HTTP/2 (cleartext, prior knowledge) if `h2`, else HTTP/1.1.
+pub fn version(h2: bool) -> hyper::Version {
+    if h2 {
+        hyper::Version::HTTP_2
+    } else {
+        hyper::Version::HTTP_11
+    }
 }
 
-async fn send(
+/// One request in `version` (HTTP/1.1, or HTTP/2 cleartext with prior knowledge) on a fresh
+/// connection, with a 10 s limit.
+pub async fn send(
     addr: SocketAddr,
     version: hyper::Version,
     method: &str,
@@ -274,6 +295,39 @@ pub struct FilterSpec<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// `allow_on_headers_stop_iteration`
     pub allow_stop_iteration: bool,
+}
+
+impl<'a> FilterSpec<'a> {
+    /// A filter that fails closed, with no environment and no `allow_on_headers_stop_iteration`.
+    pub fn new(name: &'a str, root_id: &'a str, wasm: &'a Path, configuration: &'a str) -> Self {
+        FilterSpec {
+            name,
+            root_id,
+            wasm,
+            configuration,
+            fail_open: false,
+            env: &[],
+            allow_stop_iteration: false,
+        }
+    }
+
+    /// [`FilterSpec::new`] for the abi-test-filter (root id `abi_test`), `wasm` being
+    /// [`abi_test_filter_wasm`].
+    pub fn abi_test(name: &'a str, wasm: &'a Path, configuration: &'a str) -> Self {
+        Self::new(name, "abi_test", wasm, configuration)
+    }
+}
+
+/// `yaml` (from [`envoy_yaml`]) with `failure_policy: POLICY` on its wasm filters that fail
+/// closed; unchanged if `policy` is empty.
+pub fn with_failure_policy(yaml: String, policy: &str) -> String {
+    if policy.is_empty() {
+        return yaml;
+    }
+    yaml.replace(
+        "fail_open: false\n",
+        &format!("fail_open: false\n                failure_policy: {policy}\n"),
+    )
 }
 
 fn yaml_string(s: &str) -> String {
@@ -476,6 +530,21 @@ pub async fn start_host(
         .await
         .expect("host starts");
     (host, dir)
+}
+
+/// Options with one worker (the rest default), as Envoy runs with `--concurrency 1`.
+pub fn one_worker() -> keyrealm_host::HostOptions {
+    keyrealm_host::HostOptions {
+        workers: Some(1),
+        ..Default::default()
+    }
+}
+
+/// Real Envoy and keyrealm-host (in-process, one worker) on the same `yaml`.
+pub async fn start_both(yaml: &str) -> (Envoy, keyrealm_host::RunningHost, tempfile::TempDir) {
+    let envoy = start_envoy(yaml, &[]).await;
+    let (host, dir) = start_host(yaml, one_worker()).await;
+    (envoy, host, dir)
 }
 
 /// A keyrealm-host process (killed on drop).

@@ -149,35 +149,35 @@ fn edit_with_pair(
     })())
 }
 
-/// `proxy_replace_header_map_value`: replaces every value of the name (or adds it).
-fn replace_header_map_value(
-    mut caller: Caller<'_, HostState>,
-    map_type: i32,
-    key: i32,
-    key_size: i32,
-    value: i32,
-    value_size: i32,
-) -> wasmtime::Result<i32> {
-    let pair = ((key, key_size), (value, value_size));
-    edit_with_pair(&mut caller, map_type, pair.0, pair.1, |map, name, value| {
-        replace_value(map, name, value)
-    })
+/// Defines the host function `$name(map_type, key, key_size, value, value_size)`, which applies
+/// `$edit` to the map with the name and value the guest passes (see [`edit_with_pair`]).
+macro_rules! pair_edit {
+    ($(#[$doc:meta])* $name:ident, $edit:expr) => {
+        $(#[$doc])*
+        fn $name(
+            mut caller: Caller<'_, HostState>,
+            map_type: i32,
+            key: i32,
+            key_size: i32,
+            value: i32,
+            value_size: i32,
+        ) -> wasmtime::Result<i32> {
+            edit_with_pair(&mut caller, map_type, (key, key_size), (value, value_size), $edit)
+        }
+    };
 }
 
-/// `proxy_add_header_map_value`: adds a value (names are kept lower case).
-fn add_header_map_value(
-    mut caller: Caller<'_, HostState>,
-    map_type: i32,
-    key: i32,
-    key_size: i32,
-    value: i32,
-    value_size: i32,
-) -> wasmtime::Result<i32> {
-    let pair = ((key, key_size), (value, value_size));
-    edit_with_pair(&mut caller, map_type, pair.0, pair.1, |map, name, value| {
-        map.push((name.to_ascii_lowercase(), value))
-    })
-}
+pair_edit!(
+    /// `proxy_replace_header_map_value`: replaces every value of the name (or adds it).
+    replace_header_map_value,
+    replace_value
+);
+
+pair_edit!(
+    /// `proxy_add_header_map_value`: adds a value (names are kept lower case).
+    add_header_map_value,
+    |map, name, value| map.push((name.to_ascii_lowercase(), value))
+);
 
 /// `proxy_get_header_map_size`: the bytes of a map's names and values (Envoy's `byteSize`);
 /// `BadArgument` for a map that is not available.
