@@ -7,7 +7,8 @@ use maud::{html, Markup};
 use serde_json::{json, Map, Value};
 
 use super::{
-    call, done, failed, ids, integer, list as list_of, realm_choices, FormData, Page, Posted,
+    call, delete_then, done, failed, ids, integer, list as list_of, realm_choices, FormData, Page,
+    Posted,
 };
 use crate::console::client::Problem;
 use crate::console::session::Signed;
@@ -204,9 +205,8 @@ async fn save(
 pub async fn create(
     State(console): State<Console>,
     Path(realm): Path<String>,
-    posted: Posted,
+    Posted { signed, form }: Posted,
 ) -> Page {
-    let Posted { signed, form } = posted;
     let [realm] = ids([&realm])?;
     save(&console, &signed, &realm, None, &form).await
 }
@@ -401,9 +401,8 @@ pub async fn edit_form(
 pub async fn update(
     State(console): State<Console>,
     Path((realm, consumer)): Path<(String, String)>,
-    posted: Posted,
+    Posted { signed, form }: Posted,
 ) -> Page {
-    let Posted { signed, form } = posted;
     let [realm, consumer] = ids([&realm, &consumer])?;
     save(&console, &signed, &realm, Some(&consumer), &form).await
 }
@@ -411,9 +410,8 @@ pub async fn update(
 pub async fn move_consumer(
     State(console): State<Console>,
     Path((realm, consumer)): Path<(String, String)>,
-    posted: Posted,
+    Posted { signed, form }: Posted,
 ) -> Page {
-    let Posted { signed, form } = posted;
     let [realm, consumer] = ids([&realm, &consumer])?;
     let target = form.get("target_realm_id");
     let path = format!("/v1/realms/{realm}/consumers/{consumer}/move");
@@ -445,23 +443,22 @@ pub async fn delete(
 ) -> Page {
     let [realm, consumer] = ids([&realm, &consumer])?;
     let path = format!("/v1/realms/{realm}/consumers/{consumer}");
-    call(&console, &signed, Method::DELETE, &path, None)
-        .await
-        .map_err(|problem| failed(&console, &signed, problem))?;
-    Ok(done(
+    let to = format!("/console/realms/{realm}");
+    Ok(delete_then(
         &console,
         &signed,
-        &format!("/console/realms/{realm}"),
+        &path,
+        &to,
         "Consumer deleted with its keys.",
-    ))
+    )
+    .await)
 }
 
 pub async fn create_key(
     State(console): State<Console>,
     Path((realm, consumer)): Path<(String, String)>,
-    posted: Posted,
+    Posted { signed, form }: Posted,
 ) -> Page {
-    let Posted { signed, form } = posted;
     let [realm, consumer] = ids([&realm, &consumer])?;
     let kind = form.get("type");
     let secret = form.get("secret");
@@ -520,13 +517,6 @@ pub async fn revoke_key(
 ) -> Page {
     let [realm, consumer, key] = ids([&realm, &consumer, &key])?;
     let path = format!("/v1/realms/{realm}/consumers/{consumer}/keys/{key}");
-    call(&console, &signed, Method::DELETE, &path, None)
-        .await
-        .map_err(|problem| failed(&console, &signed, problem))?;
-    Ok(done(
-        &console,
-        &signed,
-        &format!("/console/realms/{realm}/consumers/{consumer}"),
-        format!("Key {key} revoked."),
-    ))
+    let to = format!("/console/realms/{realm}/consumers/{consumer}");
+    Ok(delete_then(&console, &signed, &path, &to, format!("Key {key} revoked.")).await)
 }

@@ -6,7 +6,7 @@ use axum::response::Response;
 use maud::html;
 use serde_json::{json, Value};
 
-use super::{call, done, failed, ids, Page, Posted};
+use super::{call, delete_then, done, failed, ids, Page, Posted};
 use crate::console::client::Problem;
 use crate::console::session::Signed;
 use crate::console::views::{self, Errors, Section};
@@ -202,9 +202,8 @@ async fn render_show(
 pub async fn create_token(
     State(console): State<Console>,
     Path(cp): Path<String>,
-    posted: Posted,
+    Posted { signed, form }: Posted,
 ) -> Page {
-    let Posted { signed, form } = posted;
     let [cp] = ids([&cp])?;
     let name = form.get("name").trim();
     let body = if name.is_empty() {
@@ -248,15 +247,8 @@ pub async fn revoke_token(
 ) -> Page {
     let [cp, token] = ids([&cp, &token])?;
     let path = format!("/v2/control-planes/{cp}/data-plane-tokens/{token}");
-    call(&console, &signed, Method::DELETE, &path, None)
-        .await
-        .map_err(|problem| failed(&console, &signed, problem))?;
-    Ok(done(
-        &console,
-        &signed,
-        &format!("/console/control-planes/{cp}"),
-        "Data-plane token revoked.",
-    ))
+    let to = format!("/console/control-planes/{cp}");
+    Ok(delete_then(&console, &signed, &path, &to, "Data-plane token revoked.").await)
 }
 
 pub async fn delete(
@@ -266,13 +258,6 @@ pub async fn delete(
 ) -> Page {
     let [cp] = ids([&cp])?;
     let path = format!("/v2/control-planes/{cp}");
-    call(&console, &signed, Method::DELETE, &path, None)
-        .await
-        .map_err(|problem| failed(&console, &signed, problem))?;
-    Ok(done(
-        &console,
-        &signed,
-        "/console/control-planes",
-        "Control plane deleted.",
-    ))
+    let to = "/console/control-planes";
+    Ok(delete_then(&console, &signed, &path, to, "Control plane deleted.").await)
 }

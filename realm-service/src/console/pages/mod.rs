@@ -114,6 +114,20 @@ pub async fn call(
         .await
 }
 
+/// A DELETE in the API, then a notice and a redirect to `to`; a refusal is an error page.
+pub async fn delete_then(
+    console: &Console,
+    signed: &Signed,
+    path: &str,
+    to: &str,
+    notice: impl Into<String>,
+) -> Response {
+    match call(console, signed, Method::DELETE, path, None).await {
+        Ok(_) => done(console, signed, to, notice),
+        Err(problem) => failed(console, signed, problem),
+    }
+}
+
 /// A path segment that must be an id (so nothing else can be spliced into an API path).
 pub fn id(segment: &str) -> Result<Uuid, Response> {
     Uuid::parse_str(segment).map_err(|_| {

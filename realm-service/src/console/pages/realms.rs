@@ -317,9 +317,8 @@ pub async fn edit_form(
 pub async fn update(
     State(console): State<Console>,
     Path(realm): Path<String>,
-    posted: Posted,
+    Posted { signed, form }: Posted,
 ) -> Page {
-    let Posted { signed, form } = posted;
     let [realm] = ids([&realm])?;
     let values = RealmValues::from_form(&form);
     let path = format!("/v1/realms/{realm}");
@@ -505,9 +504,8 @@ pub async fn show(
 pub async fn delete(
     State(console): State<Console>,
     Path(realm): Path<String>,
-    posted: Posted,
+    Posted { signed, form }: Posted,
 ) -> Page {
-    let Posted { signed, form } = posted;
     let [realm] = ids([&realm])?;
     let force = form.get("force") == "true";
     let path = format!("/v1/realms/{realm}?force={force}");
