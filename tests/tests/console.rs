@@ -596,7 +596,7 @@ async fn forms_and_security(realm: &RealmService, b: &Browser) -> anyhow::Result
     ensure!(!c.has("#secret").await?, "a token was shown after an error");
 
     // Keys: a legacy key without a secret and a ttl of 0; then a legacy secret taken in the realm.
-    let consumer_page = format!("{base}/console/realms/{prod}/consumers/{}", ariel.id);
+    let consumer_page = format!("/console/realms/{prod}/consumers/{}", ariel.id);
     c.open(&consumer_page).await?;
     c.click("input[name=type][value=legacy]").await?;
     c.fill_and_submit(&[("#f-ttl", "0")], "/keys").await?;
