@@ -15,6 +15,7 @@
 //! - [`fixtures`]: shared set-ups (a control plane, its data-plane token and a realm; Kong's
 //!   key-auth consumers);
 //! - [`browser`]: headless Chromium driven through chromedriver (WebDriver), for the console;
+//! - [`console`]: the console's steps (sign in, fill and submit a form, read its errors) in it;
 //! - [`client`], [`checks`], [`hang`]: request helpers, an expectation collector, broken realm services.
 //!
 //! Needs `ENVOY_BIN` (see `scripts/install-envoy.sh`) and the built filter; either missing is a
@@ -23,6 +24,7 @@
 pub mod browser;
 pub mod checks;
 pub mod client;
+pub mod console;
 pub mod echo;
 pub mod fixtures;
 pub mod gateway;

@@ -50,6 +50,15 @@ impl Problem {
         }
         self
     }
+
+    /// A 409 (which names no field) as an error for `field`; any other problem as it is.
+    pub fn conflict_on(self, field: &str) -> Problem {
+        if self.status == StatusCode::CONFLICT {
+            self.on_field(field)
+        } else {
+            self
+        }
+    }
 }
 
 impl Api {

@@ -72,6 +72,18 @@ pub fn page(title: &str, section: Section, signed: &Signed, body: Markup) -> Res
     Html(markup.into_string()).into_response()
 }
 
+/// A signed-in page answered with `status` (a form shown again with the API's errors, a secret
+/// just created).
+pub fn page_with_status(
+    status: StatusCode,
+    title: &str,
+    section: Section,
+    signed: &Signed,
+    body: Markup,
+) -> Response {
+    (status, page(title, section, signed, body)).into_response()
+}
+
 /// A page outside a session (sign-in, errors).
 pub fn bare(title: &str, body: Markup) -> Markup {
     html! {
@@ -230,15 +242,32 @@ pub fn field(
 ) -> Markup {
     let error = errors.get(name);
     html! {
-        div class={ "field" @if error.is_some() { " invalid" } } {
+        div class=(field_class(errors, name)) {
             label for=(format!("f-{name}")) { (label) }
             input id=(format!("f-{name}")) type=(kind) name=(name) value=(value)
                 autocomplete="off" spellcheck="false"
                 aria-invalid=[error.map(|_| "true")];
-            @if let Some(error) = error {
-                div.error id=(format!("error-{name}")) { (error) }
-            }
+            (field_error(errors, name))
             @if !hint.is_empty() { div.hint { (hint) } }
+        }
+    }
+}
+
+/// The class of the element around form field `name`: `field`, plus `invalid` when the API
+/// named it.
+pub fn field_class(errors: &Errors, name: &str) -> &'static str {
+    if errors.get(name).is_some() {
+        "field invalid"
+    } else {
+        "field"
+    }
+}
+
+/// The API's error for form field `name` (`#error-<name>`), or nothing.
+pub fn field_error(errors: &Errors, name: &str) -> Markup {
+    html! {
+        @if let Some(error) = errors.get(name) {
+            div.error id=(format!("error-{name}")) { (error) }
         }
     }
 }

@@ -8,7 +8,7 @@ use axum::response::Response;
 use maud::{html, Markup};
 use serde_json::{json, Value};
 
-use super::{failed, id, realm_choices, FormData};
+use super::{failed, id, realm_choices, Posted};
 use crate::console::session::Signed;
 use crate::console::views::{self, Errors, Section};
 use crate::console::Console;
@@ -36,14 +36,14 @@ fn render(
                 (errors.banner())
                 form method="post" action="/console/check-key" autocomplete="off" {
                     (views::csrf(signed))
-                    div class={ "field" @if errors.get("realm").is_some() { " invalid" } } {
+                    div class=(views::field_class(errors, "realm")) {
                         label for="f-realm" { "Realm" }
                         select #f-realm name="realm" {
                             @for (rid, name) in realms {
                                 option value=(rid) selected[rid == realm] { (name) " — " (rid) }
                             }
                         }
-                        @if let Some(e) = errors.get("realm") { div.error #error-realm { (e) } }
+                        (views::field_error(errors, "realm"))
                     }
                     (views::field("Key", "secret", "password", "", "", errors))
                     button.button.primary type="submit" { "Check" }
@@ -55,10 +55,8 @@ fn render(
     views::page("Check a key", Section::CheckKey, signed, body)
 }
 
-pub async fn submit(State(console): State<Console>, signed: Signed, form: FormData) -> Response {
-    if let Err(refused) = signed.check_csrf(form.csrf()) {
-        return refused;
-    }
+pub async fn submit(State(console): State<Console>, posted: Posted) -> Response {
+    let Posted { signed, form } = posted;
     let realms = match realm_choices(&console, &signed).await {
         Ok(r) => r,
         Err(problem) => return failed(&console, &signed, problem),

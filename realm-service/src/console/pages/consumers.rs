@@ -2,11 +2,14 @@
 
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use maud::{html, Markup};
 use serde_json::{json, Map, Value};
 
-use super::{done, failed, id, integer, list as list_of, realm_choices, FormData};
+use super::{
+    call, delete_then, done, failed, ids, integer, list as list_of, realm_choices, FormData, Page,
+    Posted,
+};
 use crate::console::client::Problem;
 use crate::console::session::Signed;
 use crate::console::views::{self, Errors, Section};
@@ -86,15 +89,6 @@ fn consumer_form(
     }
 }
 
-fn ids(realm: &str, consumer: Option<&str>) -> Result<(String, String), Response> {
-    let realm = id(realm)?.to_string();
-    let consumer = match consumer {
-        Some(c) => id(c)?.to_string(),
-        None => String::new(),
-    };
-    Ok((realm, consumer))
-}
-
 async fn realm_name(console: &Console, signed: &Signed, realm: &str) -> Result<String, Problem> {
     let r = console
         .api()
@@ -107,100 +101,114 @@ pub async fn new_form(
     State(console): State<Console>,
     signed: Signed,
     Path(realm): Path<String>,
-) -> Response {
-    let (realm, _) = match ids(&realm, None) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    match realm_name(&console, &signed, &realm).await {
-        Ok(name) => render_new(
-            &signed,
-            &realm,
-            &name,
-            &ConsumerValues::default(),
-            &Errors::none(),
-            StatusCode::OK,
-        ),
-        Err(problem) => failed(&console, &signed, problem),
-    }
+) -> Page {
+    let [realm] = ids([&realm])?;
+    let name = realm_name(&console, &signed, &realm)
+        .await
+        .map_err(|problem| failed(&console, &signed, problem))?;
+    let values = ConsumerValues::default();
+    Ok(render_form(
+        &signed,
+        &realm,
+        &name,
+        None,
+        &values,
+        &Errors::none(),
+        StatusCode::OK,
+    ))
 }
 
-fn render_new(
+/// The new-consumer form of `realm`, or the edit form of `consumer`.
+fn render_form(
     signed: &Signed,
     realm: &str,
     realm_name: &str,
+    consumer: Option<&str>,
     values: &ConsumerValues,
     errors: &Errors,
     status: StatusCode,
 ) -> Response {
-    let body = html! {
-        (views::heading(&[("Realms", "/console/realms".to_string()), (realm_name, format!("/console/realms/{realm}"))], "New consumer", html! {}))
-        section.card.form-card { (consumer_form(signed, &format!("/console/realms/{realm}/consumers/new"), "Create consumer", values, errors)) }
+    let mut crumbs = vec![
+        ("Realms", "/console/realms".to_string()),
+        (realm_name, format!("/console/realms/{realm}")),
+    ];
+    let (title, action, submit) = match consumer {
+        None => (
+            "New consumer",
+            format!("/console/realms/{realm}/consumers/new"),
+            "Create consumer",
+        ),
+        Some(consumer) => {
+            let page = format!("/console/realms/{realm}/consumers/{consumer}");
+            crumbs.push((values.username.as_str(), page.clone()));
+            ("Edit consumer", format!("{page}/edit"), "Save changes")
+        }
     };
-    (
-        status,
-        views::page("New consumer", Section::Realms, signed, body),
-    )
-        .into_response()
+    let body = html! {
+        (views::heading(&crumbs, title, html! {}))
+        section.card.form-card { (consumer_form(signed, &action, submit, values, errors)) }
+    };
+    views::page_with_status(status, title, Section::Realms, signed, body)
+}
+
+/// The consumer form posted: a new consumer of `realm`, or `consumer` edited. Saved, it redirects
+/// to the consumer's page; refused, the form is shown again with the API's errors at its fields.
+async fn save(
+    console: &Console,
+    signed: &Signed,
+    realm: &str,
+    consumer: Option<&str>,
+    form: &FormData,
+) -> Page {
+    let values = ConsumerValues::from_form(form);
+    let (method, path) = match consumer {
+        None => (Method::POST, format!("/v1/realms/{realm}/consumers")),
+        Some(c) => (Method::PATCH, format!("/v1/realms/{realm}/consumers/{c}")),
+    };
+    let body = values.body(consumer.is_some());
+    match call(console, signed, method, &path, Some(&body)).await {
+        Ok(c) => {
+            let username = views::text(&c, "username");
+            let (id, notice) = match consumer {
+                None => (
+                    views::text(&c, "id"),
+                    format!("Consumer {username} created."),
+                ),
+                Some(id) => (id, format!("Consumer {username} saved.")),
+            };
+            let to = format!("/console/realms/{realm}/consumers/{id}");
+            Ok(done(console, signed, &to, notice))
+        }
+        Err(problem) if problem.is_unauthorized() || problem.status == StatusCode::NOT_FOUND => {
+            Err(failed(console, signed, problem))
+        }
+        Err(problem) => {
+            // A 409 names no field: it is about the username.
+            let problem = problem.conflict_on("username");
+            let name = realm_name(console, signed, realm)
+                .await
+                .map_err(|p| failed(console, signed, p))?;
+            let errors = Errors::from_problem(&problem, CONSUMER_FIELDS);
+            Ok(render_form(
+                signed,
+                realm,
+                &name,
+                consumer,
+                &values,
+                &errors,
+                problem.status,
+            ))
+        }
+    }
 }
 
 pub async fn create(
     State(console): State<Console>,
-    signed: Signed,
     Path(realm): Path<String>,
-    form: FormData,
-) -> Response {
-    if let Err(refused) = signed.check_csrf(form.csrf()) {
-        return refused;
-    }
-    let (realm, _) = match ids(&realm, None) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let values = ConsumerValues::from_form(&form);
-    match console
-        .api()
-        .call(
-            Some(&signed.token),
-            Method::POST,
-            &format!("/v1/realms/{realm}/consumers"),
-            Some(&values.body(false)),
-        )
-        .await
-    {
-        Ok(c) => done(
-            &console,
-            &signed,
-            &format!(
-                "/console/realms/{realm}/consumers/{}",
-                views::text(&c, "id")
-            ),
-            format!("Consumer {} created.", views::text(&c, "username")),
-        ),
-        Err(problem) if problem.is_unauthorized() || problem.status == StatusCode::NOT_FOUND => {
-            failed(&console, &signed, problem)
-        }
-        Err(problem) => {
-            // A 409 names no field: it is about the username.
-            let problem = if problem.status == StatusCode::CONFLICT {
-                problem.on_field("username")
-            } else {
-                problem
-            };
-            let name = match realm_name(&console, &signed, &realm).await {
-                Ok(n) => n,
-                Err(p) => return failed(&console, &signed, p),
-            };
-            render_new(
-                &signed,
-                &realm,
-                &name,
-                &values,
-                &Errors::from_problem(&problem, CONSUMER_FIELDS),
-                problem.status,
-            )
-        }
-    }
+    Posted { signed, form }: Posted,
+) -> Page {
+    let [realm] = ids([&realm])?;
+    save(&console, &signed, &realm, None, &form).await
 }
 
 /// The consumer page's forms and their state after a submit.
@@ -220,7 +228,7 @@ async fn render_show(
     consumer: &str,
     state: ShowState<'_>,
     status: StatusCode,
-) -> Response {
+) -> Page {
     let api = console.api();
     let loaded: Result<_, Problem> = async {
         let r = api
@@ -243,10 +251,7 @@ async fn render_show(
         Ok((r, c, keys, realms))
     }
     .await;
-    let (r, c, keys, realms) = match loaded {
-        Ok(x) => x,
-        Err(problem) => return failed(console, signed, problem),
-    };
+    let (r, c, keys, realms) = loaded.map_err(|problem| failed(console, signed, problem))?;
     let realm_name = views::text(&r, "name");
     let username = views::text(&c, "username");
     let now = crate::clock::rfc3339(crate::clock::now());
@@ -312,7 +317,7 @@ async fn render_show(
                         legend { "Type" }
                         label.check { input type="radio" name="type" value="new" checked[key_type != "legacy"]; " New — the service generates a strong key (" code { "krk_…" } ")" }
                         label.check { input type="radio" name="type" value="legacy" checked[key_type == "legacy"]; " Legacy — bring an existing secret" }
-                        @if let Some(e) = state.key_errors.get("type") { div.error #error-type { (e) } }
+                        (views::field_error(&state.key_errors, "type"))
                     }
                     (views::field("Legacy secret", "secret", "password", key_secret, "Only for legacy keys; 1-1024 characters, unique in the realm.", &state.key_errors))
                     div.row {
@@ -329,51 +334,44 @@ async fn render_show(
             (state.move_errors.banner())
             form.inline-form method="post" action=(format!("{base}/move")) {
                 (views::csrf(signed))
-                div class={ "field" @if state.move_errors.get("target_realm_id").is_some() { " invalid" } } {
+                div class=(views::field_class(&state.move_errors, "target_realm_id")) {
                     label for="f-target" { "Target realm" }
                     select #f-target name="target_realm_id" {
                         @for (rid, name) in realms.iter().filter(|(rid, _)| rid != realm) {
                             option value=(rid) selected[rid == state.move_target] { (name) " — " (rid) }
                         }
                     }
-                    @if let Some(e) = state.move_errors.get("target_realm_id") { div.error #error-target_realm_id { (e) } }
+                    (views::field_error(&state.move_errors, "target_realm_id"))
                 }
                 button.button type="submit" disabled[realms.len() < 2] { "Move consumer" }
             }
         }
     };
-    (status, views::page(username, Section::Realms, signed, body)).into_response()
+    Ok(views::page_with_status(
+        status,
+        username,
+        Section::Realms,
+        signed,
+        body,
+    ))
 }
 
 pub async fn show(
     State(console): State<Console>,
     signed: Signed,
     Path((realm, consumer)): Path<(String, String)>,
-) -> Response {
-    let (realm, consumer) = match ids(&realm, Some(&consumer)) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    render_show(
-        &console,
-        &signed,
-        &realm,
-        &consumer,
-        ShowState::default(),
-        StatusCode::OK,
-    )
-    .await
+) -> Page {
+    let [realm, consumer] = ids([&realm, &consumer])?;
+    let state = ShowState::default();
+    render_show(&console, &signed, &realm, &consumer, state, StatusCode::OK).await
 }
 
 pub async fn edit_form(
     State(console): State<Console>,
     signed: Signed,
     Path((realm, consumer)): Path<(String, String)>,
-) -> Response {
-    let (realm, consumer) = match ids(&realm, Some(&consumer)) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+) -> Page {
+    let [realm, consumer] = ids([&realm, &consumer])?;
     let loaded: Result<_, Problem> = async {
         let name = realm_name(&console, &signed, &realm).await?;
         let c = console
@@ -386,128 +384,46 @@ pub async fn edit_form(
         Ok((name, c))
     }
     .await;
-    match loaded {
-        Ok((name, c)) => render_edit(
-            &signed,
-            &realm,
-            &name,
-            &consumer,
-            &ConsumerValues::from_consumer(&c),
-            &Errors::none(),
-            StatusCode::OK,
-        ),
-        Err(problem) => failed(&console, &signed, problem),
-    }
-}
-
-fn render_edit(
-    signed: &Signed,
-    realm: &str,
-    realm_name: &str,
-    consumer: &str,
-    values: &ConsumerValues,
-    errors: &Errors,
-    status: StatusCode,
-) -> Response {
-    let body = html! {
-        (views::heading(&[("Realms", "/console/realms".to_string()), (realm_name, format!("/console/realms/{realm}")),
-            (values.username.as_str(), format!("/console/realms/{realm}/consumers/{consumer}"))], "Edit consumer", html! {}))
-        section.card.form-card { (consumer_form(signed, &format!("/console/realms/{realm}/consumers/{consumer}/edit"), "Save changes", values, errors)) }
-    };
-    (
-        status,
-        views::page("Edit consumer", Section::Realms, signed, body),
-    )
-        .into_response()
+    let (name, c) = loaded.map_err(|problem| failed(&console, &signed, problem))?;
+    let values = ConsumerValues::from_consumer(&c);
+    let errors = Errors::none();
+    Ok(render_form(
+        &signed,
+        &realm,
+        &name,
+        Some(&consumer),
+        &values,
+        &errors,
+        StatusCode::OK,
+    ))
 }
 
 pub async fn update(
     State(console): State<Console>,
-    signed: Signed,
     Path((realm, consumer)): Path<(String, String)>,
-    form: FormData,
-) -> Response {
-    if let Err(refused) = signed.check_csrf(form.csrf()) {
-        return refused;
-    }
-    let (realm, consumer) = match ids(&realm, Some(&consumer)) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let values = ConsumerValues::from_form(&form);
-    match console
-        .api()
-        .call(
-            Some(&signed.token),
-            Method::PATCH,
-            &format!("/v1/realms/{realm}/consumers/{consumer}"),
-            Some(&values.body(true)),
-        )
-        .await
-    {
-        Ok(c) => done(
-            &console,
-            &signed,
-            &format!("/console/realms/{realm}/consumers/{consumer}"),
-            format!("Consumer {} saved.", views::text(&c, "username")),
-        ),
-        Err(problem) if problem.is_unauthorized() || problem.status == StatusCode::NOT_FOUND => {
-            failed(&console, &signed, problem)
-        }
-        Err(problem) => {
-            let problem = if problem.status == StatusCode::CONFLICT {
-                problem.on_field("username")
-            } else {
-                problem
-            };
-            let name = match realm_name(&console, &signed, &realm).await {
-                Ok(n) => n,
-                Err(p) => return failed(&console, &signed, p),
-            };
-            render_edit(
-                &signed,
-                &realm,
-                &name,
-                &consumer,
-                &values,
-                &Errors::from_problem(&problem, CONSUMER_FIELDS),
-                problem.status,
-            )
-        }
-    }
+    Posted { signed, form }: Posted,
+) -> Page {
+    let [realm, consumer] = ids([&realm, &consumer])?;
+    save(&console, &signed, &realm, Some(&consumer), &form).await
 }
 
 pub async fn move_consumer(
     State(console): State<Console>,
-    signed: Signed,
     Path((realm, consumer)): Path<(String, String)>,
-    form: FormData,
-) -> Response {
-    if let Err(refused) = signed.check_csrf(form.csrf()) {
-        return refused;
-    }
-    let (realm, consumer) = match ids(&realm, Some(&consumer)) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+    Posted { signed, form }: Posted,
+) -> Page {
+    let [realm, consumer] = ids([&realm, &consumer])?;
     let target = form.get("target_realm_id");
-    match console
-        .api()
-        .call(
-            Some(&signed.token),
-            Method::POST,
-            &format!("/v1/realms/{realm}/consumers/{consumer}/move"),
-            Some(&json!({ "target_realm_id": target })),
-        )
-        .await
-    {
-        Ok(_) => done(
+    let path = format!("/v1/realms/{realm}/consumers/{consumer}/move");
+    let body = json!({ "target_realm_id": target });
+    match call(&console, &signed, Method::POST, &path, Some(&body)).await {
+        Ok(_) => Ok(done(
             &console,
             &signed,
             &format!("/console/realms/{target}/consumers/{consumer}"),
             "Consumer moved with its keys.",
-        ),
-        Err(problem) if problem.is_unauthorized() => failed(&console, &signed, problem),
+        )),
+        Err(problem) if problem.is_unauthorized() => Err(failed(&console, &signed, problem)),
         Err(problem) => {
             let problem = problem.on_field("target_realm_id");
             let state = ShowState {
@@ -522,50 +438,28 @@ pub async fn move_consumer(
 
 pub async fn delete(
     State(console): State<Console>,
-    signed: Signed,
     Path((realm, consumer)): Path<(String, String)>,
-    form: FormData,
-) -> Response {
-    if let Err(refused) = signed.check_csrf(form.csrf()) {
-        return refused;
-    }
-    let (realm, consumer) = match ids(&realm, Some(&consumer)) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    match console
-        .api()
-        .call(
-            Some(&signed.token),
-            Method::DELETE,
-            &format!("/v1/realms/{realm}/consumers/{consumer}"),
-            None,
-        )
-        .await
-    {
-        Ok(_) => done(
-            &console,
-            &signed,
-            &format!("/console/realms/{realm}"),
-            "Consumer deleted with its keys.",
-        ),
-        Err(problem) => failed(&console, &signed, problem),
-    }
+    Posted { signed, .. }: Posted,
+) -> Page {
+    let [realm, consumer] = ids([&realm, &consumer])?;
+    let path = format!("/v1/realms/{realm}/consumers/{consumer}");
+    let to = format!("/console/realms/{realm}");
+    Ok(delete_then(
+        &console,
+        &signed,
+        &path,
+        &to,
+        "Consumer deleted with its keys.",
+    )
+    .await)
 }
 
 pub async fn create_key(
     State(console): State<Console>,
-    signed: Signed,
     Path((realm, consumer)): Path<(String, String)>,
-    form: FormData,
-) -> Response {
-    if let Err(refused) = signed.check_csrf(form.csrf()) {
-        return refused;
-    }
-    let (realm, consumer) = match ids(&realm, Some(&consumer)) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+    Posted { signed, form }: Posted,
+) -> Page {
+    let [realm, consumer] = ids([&realm, &consumer])?;
     let kind = form.get("type");
     let secret = form.get("secret");
     let ttl = form.get("ttl");
@@ -581,15 +475,15 @@ pub async fn create_key(
         body.insert("ttl".into(), integer(ttl));
     }
     body.insert("tags".into(), list_of(tags));
-    match console
-        .api()
-        .call(
-            Some(&signed.token),
-            Method::POST,
-            &format!("/v1/realms/{realm}/consumers/{consumer}/keys"),
-            Some(&Value::Object(body)),
-        )
-        .await
+    let path = format!("/v1/realms/{realm}/consumers/{consumer}/keys");
+    match call(
+        &console,
+        &signed,
+        Method::POST,
+        &path,
+        Some(&Value::Object(body)),
+    )
+    .await
     {
         // Shown in this answer only (never redirected: the secret must not be in a URL).
         Ok(created) => {
@@ -597,25 +491,14 @@ pub async fn create_key(
                 created_key: Some(&created),
                 ..ShowState::default()
             };
-            render_show(
-                &console,
-                &signed,
-                &realm,
-                &consumer,
-                state,
-                StatusCode::CREATED,
-            )
-            .await
+            let status = StatusCode::CREATED;
+            render_show(&console, &signed, &realm, &consumer, state, status).await
         }
         Err(problem) if problem.is_unauthorized() || problem.status == StatusCode::NOT_FOUND => {
-            failed(&console, &signed, problem)
+            Err(failed(&console, &signed, problem))
         }
         Err(problem) => {
-            let problem = if problem.status == StatusCode::CONFLICT {
-                problem.on_field("secret")
-            } else {
-                problem
-            };
+            let problem = problem.conflict_on("secret");
             let state = ShowState {
                 // A legacy secret that was refused is kept so it can be corrected.
                 key_values: Some((kind, secret, ttl, tags)),
@@ -629,37 +512,11 @@ pub async fn create_key(
 
 pub async fn revoke_key(
     State(console): State<Console>,
-    signed: Signed,
     Path((realm, consumer, key)): Path<(String, String, String)>,
-    form: FormData,
-) -> Response {
-    if let Err(refused) = signed.check_csrf(form.csrf()) {
-        return refused;
-    }
-    let (realm, consumer) = match ids(&realm, Some(&consumer)) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let key = match id(&key) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    match console
-        .api()
-        .call(
-            Some(&signed.token),
-            Method::DELETE,
-            &format!("/v1/realms/{realm}/consumers/{consumer}/keys/{key}"),
-            None,
-        )
-        .await
-    {
-        Ok(_) => done(
-            &console,
-            &signed,
-            &format!("/console/realms/{realm}/consumers/{consumer}"),
-            format!("Key {key} revoked."),
-        ),
-        Err(problem) => failed(&console, &signed, problem),
-    }
+    Posted { signed, .. }: Posted,
+) -> Page {
+    let [realm, consumer, key] = ids([&realm, &consumer, &key])?;
+    let path = format!("/v1/realms/{realm}/consumers/{consumer}/keys/{key}");
+    let to = format!("/console/realms/{realm}/consumers/{consumer}");
+    Ok(delete_then(&console, &signed, &path, &to, format!("Key {key} revoked.")).await)
 }

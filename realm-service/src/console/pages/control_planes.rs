@@ -2,11 +2,11 @@
 
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use maud::html;
 use serde_json::{json, Value};
 
-use super::{done, failed, id, FormData};
+use super::{call, delete_then, done, failed, ids, Page, Posted};
 use crate::console::client::Problem;
 use crate::console::session::Signed;
 use crate::console::views::{self, Errors, Section};
@@ -65,27 +65,27 @@ async fn render_list(
             }
         }
     };
-    (
+    views::page_with_status(
         status,
-        views::page("Control planes", Section::ControlPlanes, signed, body),
+        "Control planes",
+        Section::ControlPlanes,
+        signed,
+        body,
     )
-        .into_response()
 }
 
-pub async fn create(State(console): State<Console>, signed: Signed, form: FormData) -> Response {
-    if let Err(refused) = signed.check_csrf(form.csrf()) {
-        return refused;
-    }
+pub async fn create(State(console): State<Console>, posted: Posted) -> Response {
+    let Posted { signed, form } = posted;
     let name = form.get("name");
-    match console
-        .api()
-        .call(
-            Some(&signed.token),
-            Method::POST,
-            "/v2/control-planes",
-            Some(&json!({ "name": name })),
-        )
-        .await
+    let body = json!({ "name": name });
+    match call(
+        &console,
+        &signed,
+        Method::POST,
+        "/v2/control-planes",
+        Some(&body),
+    )
+    .await
     {
         Ok(cp) => done(
             &console,
@@ -107,16 +107,9 @@ pub async fn create(State(console): State<Console>, signed: Signed, form: FormDa
     }
 }
 
-pub async fn show(
-    State(console): State<Console>,
-    signed: Signed,
-    Path(cp): Path<String>,
-) -> Response {
-    let cp = match id(&cp) {
-        Ok(cp) => cp.to_string(),
-        Err(r) => return r,
-    };
-    render_show(
+pub async fn show(State(console): State<Console>, signed: Signed, Path(cp): Path<String>) -> Page {
+    let [cp] = ids([&cp])?;
+    Ok(render_show(
         &console,
         &signed,
         &cp,
@@ -125,7 +118,7 @@ pub async fn show(
         &Errors::none(),
         StatusCode::OK,
     )
-    .await
+    .await)
 }
 
 async fn render_show(
@@ -203,131 +196,68 @@ async fn render_show(
             }
         }
     };
-    (
-        status,
-        views::page(cp_name, Section::ControlPlanes, signed, body),
-    )
-        .into_response()
+    views::page_with_status(status, cp_name, Section::ControlPlanes, signed, body)
 }
 
 pub async fn create_token(
     State(console): State<Console>,
-    signed: Signed,
     Path(cp): Path<String>,
-    form: FormData,
-) -> Response {
-    if let Err(refused) = signed.check_csrf(form.csrf()) {
-        return refused;
-    }
-    let cp = match id(&cp) {
-        Ok(cp) => cp.to_string(),
-        Err(r) => return r,
-    };
+    Posted { signed, form }: Posted,
+) -> Page {
+    let [cp] = ids([&cp])?;
     let name = form.get("name").trim();
     let body = if name.is_empty() {
         json!({})
     } else {
         json!({ "name": name })
     };
-    match console
-        .api()
-        .call(
-            Some(&signed.token),
-            Method::POST,
-            &format!("/v2/control-planes/{cp}/data-plane-tokens"),
-            Some(&body),
-        )
-        .await
-    {
-        // Rendered here, not redirected: the token must never travel in a URL.
-        Ok(created) => {
-            render_show(
-                &console,
-                &signed,
-                &cp,
-                Some(&created),
-                "",
-                &Errors::none(),
-                StatusCode::CREATED,
-            )
-            .await
-        }
-        Err(problem) if problem.is_unauthorized() || problem.status == StatusCode::NOT_FOUND => {
-            failed(&console, &signed, problem)
-        }
-        Err(problem) => {
-            render_show(
-                &console,
-                &signed,
-                &cp,
+    let path = format!("/v2/control-planes/{cp}/data-plane-tokens");
+    let (created, name, errors, status) =
+        match call(&console, &signed, Method::POST, &path, Some(&body)).await {
+            // Rendered here, not redirected: the token must never travel in a URL.
+            Ok(created) => (Some(created), "", Errors::none(), StatusCode::CREATED),
+            Err(problem)
+                if problem.is_unauthorized() || problem.status == StatusCode::NOT_FOUND =>
+            {
+                return Err(failed(&console, &signed, problem));
+            }
+            Err(problem) => (
                 None,
                 name,
-                &Errors::from_problem(&problem, &["name"]),
+                Errors::from_problem(&problem, &["name"]),
                 problem.status,
-            )
-            .await
-        }
-    }
-}
-
-async fn delete_call(console: &Console, signed: &Signed, path: &str) -> Result<(), Problem> {
-    console
-        .api()
-        .call(Some(&signed.token), Method::DELETE, path, None)
-        .await
-        .map(|_| ())
+            ),
+        };
+    Ok(render_show(
+        &console,
+        &signed,
+        &cp,
+        created.as_ref(),
+        name,
+        &errors,
+        status,
+    )
+    .await)
 }
 
 pub async fn revoke_token(
     State(console): State<Console>,
-    signed: Signed,
     Path((cp, token)): Path<(String, String)>,
-    form: FormData,
-) -> Response {
-    if let Err(refused) = signed.check_csrf(form.csrf()) {
-        return refused;
-    }
-    let (cp, token) = match (id(&cp), id(&token)) {
-        (Ok(c), Ok(t)) => (c, t),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
-    match delete_call(
-        &console,
-        &signed,
-        &format!("/v2/control-planes/{cp}/data-plane-tokens/{token}"),
-    )
-    .await
-    {
-        Ok(()) => done(
-            &console,
-            &signed,
-            &format!("/console/control-planes/{cp}"),
-            "Data-plane token revoked.",
-        ),
-        Err(problem) => failed(&console, &signed, problem),
-    }
+    Posted { signed, .. }: Posted,
+) -> Page {
+    let [cp, token] = ids([&cp, &token])?;
+    let path = format!("/v2/control-planes/{cp}/data-plane-tokens/{token}");
+    let to = format!("/console/control-planes/{cp}");
+    Ok(delete_then(&console, &signed, &path, &to, "Data-plane token revoked.").await)
 }
 
 pub async fn delete(
     State(console): State<Console>,
-    signed: Signed,
     Path(cp): Path<String>,
-    form: FormData,
-) -> Response {
-    if let Err(refused) = signed.check_csrf(form.csrf()) {
-        return refused;
-    }
-    let cp = match id(&cp) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    match delete_call(&console, &signed, &format!("/v2/control-planes/{cp}")).await {
-        Ok(()) => done(
-            &console,
-            &signed,
-            "/console/control-planes",
-            "Control plane deleted.",
-        ),
-        Err(problem) => failed(&console, &signed, problem),
-    }
+    Posted { signed, .. }: Posted,
+) -> Page {
+    let [cp] = ids([&cp])?;
+    let path = format!("/v2/control-planes/{cp}");
+    let to = "/console/control-planes";
+    Ok(delete_then(&console, &signed, &path, to, "Control plane deleted.").await)
 }

@@ -8,8 +8,8 @@ pub mod realms;
 pub mod sign_in;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::Value;
 use uuid::Uuid;
@@ -64,6 +64,67 @@ impl FormData {
 
     pub fn has(&self, name: &str) -> bool {
         self.0.iter().any(|(k, _)| k == name)
+    }
+}
+
+/// What a page handler answers. `Err` is an answer too (the 404 page for a bad id, the CSRF
+/// refusal, an error page), so that `?` ends a handler early.
+pub type Page = Result<Response, Response>;
+
+/// A form posted from a signed-in session with a matching CSRF token: the session and the form.
+/// Its checks run in this order: the session (else the sign-in page), then the CSRF token (else
+/// the 403 page).
+pub struct Posted {
+    pub signed: Signed,
+    pub form: FormData,
+}
+
+impl FromRequest<Console> for Posted {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, console: &Console) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let signed = Signed::from_request_parts(&mut parts, console).await?;
+        let form = FormData::from_request(Request::from_parts(parts, body), console).await?;
+        signed.check_csrf(form.csrf())?;
+        Ok(Posted { signed, form })
+    }
+}
+
+/// Path segments that must all be ids, checked in order (else the 404 page of the first bad one).
+pub fn ids<const N: usize>(segments: [&str; N]) -> Result<[String; N], Response> {
+    let mut checked: [String; N] = std::array::from_fn(|_| String::new());
+    for (slot, segment) in checked.iter_mut().zip(segments) {
+        *slot = id(segment)?.to_string();
+    }
+    Ok(checked)
+}
+
+/// One API call with the session's token.
+pub async fn call(
+    console: &Console,
+    signed: &Signed,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, Problem> {
+    console
+        .api()
+        .call(Some(&signed.token), method, path, body)
+        .await
+}
+
+/// A DELETE in the API, then a notice and a redirect to `to`; a refusal is an error page.
+pub async fn delete_then(
+    console: &Console,
+    signed: &Signed,
+    path: &str,
+    to: &str,
+    notice: impl Into<String>,
+) -> Response {
+    match call(console, signed, Method::DELETE, path, None).await {
+        Ok(_) => done(console, signed, to, notice),
+        Err(problem) => failed(console, signed, problem),
     }
 }
 

@@ -2,12 +2,12 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use maud::{html, Markup};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{done, encode, failed, id, integer, list as list_of, FormData};
+use super::{call, done, encode, failed, ids, integer, list as list_of, FormData, Page, Posted};
 use crate::console::client::Problem;
 use crate::console::session::Signed;
 use crate::console::views::{self, Errors, Section};
@@ -30,12 +30,6 @@ pub async fn list(State(console): State<Console>, signed: Signed) -> Response {
         Ok(x) => x,
         Err(problem) => return failed(&console, &signed, problem),
     };
-    let cp_name = |cp_id: &str| {
-        cps.iter()
-            .find(|c| views::text(c, "id") == cp_id)
-            .map(|c| views::text(c, "name").to_string())
-            .unwrap_or_else(|| cp_id.to_string())
-    };
     let body = html! {
         (views::heading(&[], "Realms", html! { a.button.primary href="/console/realms/new" { "New realm" } }))
         p.muted { "A realm holds centrally-managed consumers and their keys. Gateways of the control planes a realm allows look keys up in it." }
@@ -55,7 +49,7 @@ pub async fn list(State(console): State<Console>, signed: Signed) -> Response {
                                     } @else {
                                         @let allowed = views::strings(r, "allowed_control_planes");
                                         @if allowed.is_empty() { span.muted { "none" } }
-                                        @for cp in &allowed { span.tag { (cp_name(cp)) } }
+                                        @for cp in &allowed { span.tag { (cp_name(&cps, cp)) } }
                                     }
                                 }
                                 td { (r.get("ttl").and_then(Value::as_i64).unwrap_or(0)) " / " (r.get("negative_ttl").and_then(Value::as_i64).unwrap_or(0)) " min" }
@@ -144,6 +138,14 @@ const REALM_FIELDS: &[&str] = &[
     "consumer_groups",
 ];
 
+/// A control plane's name (its id when it is not among `cps`).
+fn cp_name(cps: &[Value], cp_id: &str) -> String {
+    cps.iter()
+        .find(|c| views::text(c, "id") == cp_id)
+        .map(|c| views::text(c, "name").to_string())
+        .unwrap_or_else(|| cp_id.to_string())
+}
+
 async fn control_planes(console: &Console, signed: &Signed) -> Result<Vec<Value>, Problem> {
     Ok(console
         .api()
@@ -160,13 +162,12 @@ fn realm_form(
     cps: &[Value],
     errors: &Errors,
 ) -> Markup {
-    let cp_error = errors.get("allowed_control_planes");
     html! {
         (errors.banner())
         form.realm-form method="post" action=(action) {
             (views::csrf(signed))
             (views::field("Name", "name", "text", &values.name, "1-255 characters, e.g. prod.", errors))
-            fieldset class={ "field" @if cp_error.is_some() { " invalid" } } {
+            fieldset class=(views::field_class(errors, "allowed_control_planes")) {
                 legend { "Control planes allowed to look keys up" }
                 label.check {
                     input type="checkbox" name="allow_all_control_planes" value="true" checked[values.allow_all];
@@ -182,86 +183,108 @@ fn realm_form(
                         " " (views::text(cp, "name")) " " code.id { (cp_id) }
                     }
                 }
-                @if let Some(e) = cp_error { div.error #error-allowed_control_planes { (e) } }
+                (views::field_error(errors, "allowed_control_planes"))
             }
             div.row {
                 (views::field("TTL (minutes)", "ttl", "text", &values.ttl, "How long gateways may cache a found key; 5-525600, default 10.", errors))
                 (views::field("Negative TTL (minutes)", "negative_ttl", "text", &values.negative_ttl, "How long gateways may cache a miss; 5-525600, default 10.", errors))
             }
             (views::field("Consumer groups", "consumer_groups", "text", &values.groups, "Comma-separated; every consumer of the realm is in these groups.", errors))
-            @if let Some(e) = errors.get("allow_all_control_planes") { div.error #error-allow_all_control_planes { (e) } }
+            (views::field_error(errors, "allow_all_control_planes"))
             div.form-actions { button.button.primary type="submit" { (submit) } }
         }
     }
 }
 
-pub async fn new_form(State(console): State<Console>, signed: Signed) -> Response {
-    let cps = match control_planes(&console, &signed).await {
-        Ok(c) => c,
-        Err(problem) => return failed(&console, &signed, problem),
-    };
-    render_new(
+pub async fn new_form(State(console): State<Console>, signed: Signed) -> Page {
+    let cps = control_planes(&console, &signed)
+        .await
+        .map_err(|problem| failed(&console, &signed, problem))?;
+    let values = RealmValues::default();
+    Ok(render_form(
         &signed,
-        &RealmValues::default(),
+        None,
+        &values,
         &cps,
         &Errors::none(),
         StatusCode::OK,
-    )
+    ))
 }
 
-fn render_new(
+/// The new-realm form, or the edit form of `realm`.
+fn render_form(
     signed: &Signed,
+    realm: Option<&str>,
     values: &RealmValues,
     cps: &[Value],
     errors: &Errors,
     status: StatusCode,
 ) -> Response {
-    let body = html! {
-        (views::heading(&[("Realms", "/console/realms".to_string())], "New realm", html! {}))
-        section.card.form-card { (realm_form(signed, "/console/realms/new", "Create realm", values, cps, errors)) }
+    let mut crumbs = vec![("Realms", "/console/realms".to_string())];
+    let (title, action, submit) = match realm {
+        None => (
+            "New realm",
+            "/console/realms/new".to_string(),
+            "Create realm",
+        ),
+        Some(realm) => {
+            crumbs.push((values.name.as_str(), format!("/console/realms/{realm}")));
+            (
+                "Edit realm",
+                format!("/console/realms/{realm}/edit"),
+                "Save changes",
+            )
+        }
     };
-    (
-        status,
-        views::page("New realm", Section::Realms, signed, body),
-    )
-        .into_response()
+    let body = html! {
+        (views::heading(&crumbs, title, html! {}))
+        section.card.form-card { (realm_form(signed, &action, submit, values, cps, errors)) }
+    };
+    views::page_with_status(status, title, Section::Realms, signed, body)
 }
 
-pub async fn create(State(console): State<Console>, signed: Signed, form: FormData) -> Response {
-    if let Err(refused) = signed.check_csrf(form.csrf()) {
-        return refused;
-    }
-    let values = RealmValues::from_form(&form);
-    match console
-        .api()
-        .call(
-            Some(&signed.token),
-            Method::POST,
-            "/v1/realms",
-            Some(&values.body()),
-        )
+/// The form of `realm` (or the new one) shown again with the API's `problem` at its fields.
+async fn form_again(
+    console: &Console,
+    signed: &Signed,
+    realm: Option<&str>,
+    values: &RealmValues,
+    problem: &Problem,
+) -> Page {
+    let cps = control_planes(console, signed)
         .await
+        .map_err(|problem| failed(console, signed, problem))?;
+    let errors = Errors::from_problem(problem, REALM_FIELDS);
+    Ok(render_form(
+        signed,
+        realm,
+        values,
+        &cps,
+        &errors,
+        problem.status,
+    ))
+}
+
+pub async fn create(State(console): State<Console>, posted: Posted) -> Page {
+    let Posted { signed, form } = posted;
+    let values = RealmValues::from_form(&form);
+    match call(
+        &console,
+        &signed,
+        Method::POST,
+        "/v1/realms",
+        Some(&values.body()),
+    )
+    .await
     {
-        Ok(realm) => done(
+        Ok(realm) => Ok(done(
             &console,
             &signed,
             &format!("/console/realms/{}", views::text(&realm, "id")),
             format!("Realm {} created.", views::text(&realm, "name")),
-        ),
-        Err(problem) if problem.is_unauthorized() => failed(&console, &signed, problem),
-        Err(problem) => {
-            let cps = match control_planes(&console, &signed).await {
-                Ok(c) => c,
-                Err(problem) => return failed(&console, &signed, problem),
-            };
-            render_new(
-                &signed,
-                &values,
-                &cps,
-                &Errors::from_problem(&problem, REALM_FIELDS),
-                problem.status,
-            )
-        }
+        )),
+        Err(problem) if problem.is_unauthorized() => Err(failed(&console, &signed, problem)),
+        Err(problem) => form_again(&console, &signed, None, &values, &problem).await,
     }
 }
 
@@ -269,11 +292,8 @@ pub async fn edit_form(
     State(console): State<Console>,
     signed: Signed,
     Path(realm): Path<String>,
-) -> Response {
-    let realm = match id(&realm) {
-        Ok(r) => r.to_string(),
-        Err(r) => return r,
-    };
+) -> Page {
+    let [realm] = ids([&realm])?;
     let loaded: Result<_, Problem> = async {
         let r = console
             .api()
@@ -282,85 +302,45 @@ pub async fn edit_form(
         Ok((r, control_planes(&console, &signed).await?))
     }
     .await;
-    match loaded {
-        Ok((r, cps)) => render_edit(
-            &signed,
-            &realm,
-            &RealmValues::from_realm(&r),
-            &cps,
-            &Errors::none(),
-            StatusCode::OK,
-        ),
-        Err(problem) => failed(&console, &signed, problem),
-    }
-}
-
-fn render_edit(
-    signed: &Signed,
-    realm: &str,
-    values: &RealmValues,
-    cps: &[Value],
-    errors: &Errors,
-    status: StatusCode,
-) -> Response {
-    let body = html! {
-        (views::heading(&[("Realms", "/console/realms".to_string()), (values.name.as_str(), format!("/console/realms/{realm}"))], "Edit realm", html! {}))
-        section.card.form-card { (realm_form(signed, &format!("/console/realms/{realm}/edit"), "Save changes", values, cps, errors)) }
-    };
-    (
-        status,
-        views::page("Edit realm", Section::Realms, signed, body),
-    )
-        .into_response()
+    let (r, cps) = loaded.map_err(|problem| failed(&console, &signed, problem))?;
+    let values = RealmValues::from_realm(&r);
+    Ok(render_form(
+        &signed,
+        Some(&realm),
+        &values,
+        &cps,
+        &Errors::none(),
+        StatusCode::OK,
+    ))
 }
 
 pub async fn update(
     State(console): State<Console>,
-    signed: Signed,
     Path(realm): Path<String>,
-    form: FormData,
-) -> Response {
-    if let Err(refused) = signed.check_csrf(form.csrf()) {
-        return refused;
-    }
-    let realm = match id(&realm) {
-        Ok(r) => r.to_string(),
-        Err(r) => return r,
-    };
+    Posted { signed, form }: Posted,
+) -> Page {
+    let [realm] = ids([&realm])?;
     let values = RealmValues::from_form(&form);
-    match console
-        .api()
-        .call(
-            Some(&signed.token),
-            Method::PATCH,
-            &format!("/v1/realms/{realm}"),
-            Some(&values.body()),
-        )
-        .await
+    let path = format!("/v1/realms/{realm}");
+    match call(
+        &console,
+        &signed,
+        Method::PATCH,
+        &path,
+        Some(&values.body()),
+    )
+    .await
     {
-        Ok(r) => done(
+        Ok(r) => Ok(done(
             &console,
             &signed,
             &format!("/console/realms/{realm}"),
             format!("Realm {} saved.", views::text(&r, "name")),
-        ),
+        )),
         Err(problem) if problem.is_unauthorized() || problem.status == StatusCode::NOT_FOUND => {
-            failed(&console, &signed, problem)
+            Err(failed(&console, &signed, problem))
         }
-        Err(problem) => {
-            let cps = match control_planes(&console, &signed).await {
-                Ok(c) => c,
-                Err(problem) => return failed(&console, &signed, problem),
-            };
-            render_edit(
-                &signed,
-                &realm,
-                &values,
-                &cps,
-                &Errors::from_problem(&problem, REALM_FIELDS),
-                problem.status,
-            )
-        }
+        Err(problem) => form_again(&console, &signed, Some(&realm), &values, &problem).await,
     }
 }
 
@@ -388,11 +368,8 @@ pub async fn show(
     signed: Signed,
     Path(realm): Path<String>,
     Query(query): Query<ConsumerQuery>,
-) -> Response {
-    let realm = match id(&realm) {
-        Ok(r) => r.to_string(),
-        Err(r) => return r,
-    };
+) -> Page {
+    let [realm] = ids([&realm])?;
     let api = console.api();
     let q = query.q.as_deref().map(str::trim).unwrap_or("");
     let loaded: Result<_, Problem> = async {
@@ -455,17 +432,9 @@ pub async fn show(
         Ok((r, cps, consumers, prev, next))
     }
     .await;
-    let (r, cps, consumers, prev, next) = match loaded {
-        Ok(x) => x,
-        Err(problem) => return failed(&console, &signed, problem),
-    };
+    let (r, cps, consumers, prev, next) =
+        loaded.map_err(|problem| failed(&console, &signed, problem))?;
     let name = views::text(&r, "name");
-    let cp_name = |cp_id: &str| {
-        cps.iter()
-            .find(|c| views::text(c, "id") == cp_id)
-            .map(|c| views::text(c, "name").to_string())
-            .unwrap_or_else(|| cp_id.to_string())
-    };
     let body = html! {
         (views::heading(&[("Realms", "/console/realms".to_string())], name, html! {
             a.button href=(format!("/console/realms/{realm}/edit")) { "Edit" }
@@ -482,7 +451,7 @@ pub async fn show(
                     } @else {
                         @let allowed = views::strings(&r, "allowed_control_planes");
                         @if allowed.is_empty() { span.muted { "none: no gateway can look keys up yet" } }
-                        @for cp in &allowed { a.tag href=(format!("/console/control-planes/{cp}")) { (cp_name(cp)) } }
+                        @for cp in &allowed { a.tag href=(format!("/console/control-planes/{cp}")) { (cp_name(&cps, cp)) } }
                     }
                 }
                 dt { "TTL" } dd { (r.get("ttl").and_then(Value::as_i64).unwrap_or(0)) " min (found), " (r.get("negative_ttl").and_then(Value::as_i64).unwrap_or(0)) " min (not found)" }
@@ -529,35 +498,24 @@ pub async fn show(
             }
         }
     };
-    views::page(name, Section::Realms, &signed, body)
+    Ok(views::page(name, Section::Realms, &signed, body))
 }
 
 pub async fn delete(
     State(console): State<Console>,
-    signed: Signed,
     Path(realm): Path<String>,
-    form: FormData,
-) -> Response {
-    if let Err(refused) = signed.check_csrf(form.csrf()) {
-        return refused;
-    }
-    let realm = match id(&realm) {
-        Ok(r) => r.to_string(),
-        Err(r) => return r,
-    };
+    Posted { signed, form }: Posted,
+) -> Page {
+    let [realm] = ids([&realm])?;
     let force = form.get("force") == "true";
-    let api = console.api();
     let path = format!("/v1/realms/{realm}?force={force}");
-    match api
-        .call(Some(&signed.token), Method::DELETE, &path, None)
-        .await
-    {
-        Ok(_) => done(&console, &signed, "/console/realms", "Realm deleted."),
+    match call(&console, &signed, Method::DELETE, &path, None).await {
+        Ok(_) => Ok(done(&console, &signed, "/console/realms", "Realm deleted.")),
         // Not empty: ask explicitly, saying what goes with it.
         Err(problem) if !force && problem.fields.contains_key("force") => {
-            confirm_delete(&console, &signed, &realm).await
+            Ok(confirm_delete(&console, &signed, &realm).await)
         }
-        Err(problem) => failed(&console, &signed, problem),
+        Err(problem) => Err(failed(&console, &signed, problem)),
     }
 }
 
@@ -609,9 +567,5 @@ async fn confirm_delete(console: &Console, signed: &Signed, realm: &str) -> Resp
             }
         }
     };
-    (
-        StatusCode::OK,
-        views::page("Delete realm?", Section::Realms, signed, body),
-    )
-        .into_response()
+    views::page("Delete realm?", Section::Realms, signed, body)
 }

@@ -6,9 +6,9 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
 
-use super::FormData;
+use super::{FormData, Posted};
 use crate::console::session::{
-    self, cookie, csrf_matches, set_cookie, Signed, COOKIE, LIFETIME, SIGN_IN_COOKIE,
+    self, cookie, csrf_matches, set_cookie, COOKIE, LIFETIME, SIGN_IN_COOKIE,
 };
 use crate::console::views::{self, Errors};
 use crate::console::Console;
@@ -110,10 +110,7 @@ pub async fn submit(
     response
 }
 
-pub async fn sign_out(State(console): State<Console>, signed: Signed, form: FormData) -> Response {
-    if let Err(refused) = signed.check_csrf(form.csrf()) {
-        return refused;
-    }
+pub async fn sign_out(State(console): State<Console>, Posted { signed, .. }: Posted) -> Response {
     console.sessions().end(&signed.id);
     (
         [(
