@@ -24,7 +24,7 @@ OUT="${OUT:-/tmp/keyrealm-bench-host.txt}"
 IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-1000}"
 ulimit -n 65536 2>/dev/null || true
 
-cargo build --release -p keyrealm-host --example bench_upstream >&2
+cargo build --release -p keyrealm-host --bins --example bench_upstream >&2
 scripts/build-wasm.sh >&2   # the stripped module, as the tests load it
 HOST_BIN="$TARGET/release/keyrealm-host"
 UPSTREAM_BIN="$TARGET/release/examples/bench_upstream"
@@ -108,7 +108,7 @@ wait_ready() { # ADMIN_PORT
     if curl -fs "http://127.0.0.1:$1/ready" >/dev/null 2>&1; then return 0; fi
     sleep 0.1
   done
-  echo "gateway did not become ready" >&2; return 1
+  echo "gateway did not become ready" >&2; tail -n 20 "$WORK"/*.log >&2 2>/dev/null; return 1
 }
 
 # held_rss PORT PID -> RSS (KiB) of PID while IDLE_CONNECTIONS connections, each after one
