@@ -13,6 +13,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, Row, Transaction, TransactionBehavior};
@@ -258,8 +259,8 @@ fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<Connection>
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    set_wal_mode(&conn)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Reads through a memory map: a look-up in a large database touches pages without a
@@ -270,6 +271,29 @@ fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<Connection>
     }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// How long a connection waits for another one's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Switches the file to WAL. Two processes converting a new file at once both hold a shared lock
+/// and both want the exclusive one: SQLite answers one of them `SQLITE_BUSY` at once, without its
+/// busy handler (waiting would deadlock), so the loser waits here and tries again; by then the
+/// file is in WAL and the pragma only reads it.
+fn set_wal_mode(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
 }
 
 enum MigrateError {
