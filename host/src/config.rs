@@ -134,10 +134,9 @@ pub struct WasmFilterConfig {
     pub allow_on_headers_stop_iteration: bool,
     /// `config.failure_policy` (Envoy's `FailurePolicy`).
     pub failure_policy: FailurePolicy,
-    /// `config.reload_config.backoff.base_interval` (Envoy's default: 1 s).
+    /// `config.reload_config.backoff.base_interval` (Envoy's default: 1 s). As in Envoy 1.40,
+    /// `max_interval` is accepted (and checked) but plays no part in the reload timing.
     pub reload_base_interval: Duration,
-    /// `config.reload_config.backoff.max_interval` (Envoy's default: 10 x the base interval).
-    pub reload_max_interval: Duration,
 }
 
 /// What a filter's failure (a trap, a call past its time budget) does, as Envoy's
@@ -151,8 +150,8 @@ pub enum FailurePolicy {
     FailClosed,
     /// Requests pass the failed filter as if it were not configured.
     FailOpen,
-    /// The instance is re-created, with a jittered exponential back-off between attempts;
-    /// requests that find no instance get 503.
+    /// The instance is re-created, at least a jittered `[base, 1.5 x base)` after the last
+    /// load; requests that find no instance get 503.
     FailReload,
 }
 
@@ -581,7 +580,6 @@ fn parse_wasm(
         },
     };
     let mut reload_base_interval = Duration::from_secs(1);
-    let mut reload_max_interval = None;
     if let Some(rc) = c.opt("reload_config") {
         let rc = rc.map()?;
         rc.allow(&["backoff"])?;
@@ -598,11 +596,9 @@ fn parse_wasm(
                 if max < reload_base_interval {
                     return Err(m.err("max_interval must be at least base_interval"));
                 }
-                reload_max_interval = Some(max);
             }
         }
     }
-    let reload_max_interval = reload_max_interval.unwrap_or(reload_base_interval * 10);
     let allow_on_headers_stop_iteration = c
         .opt("allow_on_headers_stop_iteration")
         .map(|n| n.bool())
@@ -690,7 +686,6 @@ fn parse_wasm(
         allow_on_headers_stop_iteration,
         failure_policy,
         reload_base_interval,
-        reload_max_interval,
     })
 }
 

@@ -5,11 +5,12 @@
 //! A guest call that traps or runs past its budget marks the instance failed. The request it
 //! was serving, and the requests paused on it, fail as Envoy fails them (503 `wasm_fail_stream`,
 //! or pass with `fail_open`). With `failure_policy: FAIL_RELOAD`, a new instance is then started
-//! off the request path (on the runtime's blocking pool), with Envoy's timing: after a jittered
-//! exponential back-off (`reload_config.backoff`, 1 s base, 10 s maximum by default: the first
-//! wait uniform in [0, 1 s), then [0, 3 s), [0, 7 s), ...); an instance that ran longer than the
-//! maximum interval starts the back-off over. Requests that arrive while an instance is starting wait for it (up to the
-//! start budget); requests that arrive during a back-off fail at once. Without `FAIL_RELOAD`
+//! off the request path (on the runtime's blocking pool), with Envoy 1.40's timing (its
+//! `JitteredLowerBoundBackOffStrategy`): a new load starts once a jittered interval, uniform in
+//! `[base, 1.5 x base)` (`reload_config.backoff.base_interval`, 1 s by default), has passed since
+//! the last load or load attempt; an instance that served longer than that is re-created at
+//! once. Requests that arrive while an instance is starting wait for it (up to the start
+//! budget); requests that arrive during a back-off fail at once. Without `FAIL_RELOAD`
 //! (`FAIL_CLOSED`, `FAIL_OPEN`, or no policy: Envoy's default), a failed instance is not
 //! re-created, as in Envoy: every later request gets 503, or passes with `fail_open`.
 //!
@@ -58,10 +59,9 @@ pub struct FilterSlot {
     /// Woken when a new instance is ready (or failed to start).
     started: Notify,
     phase: Cell<Phase>,
-    /// Re-creations since the back-off last started over.
-    attempts: Cell<u32>,
-    /// When the current instance started.
-    started_at: Cell<Instant>,
+    /// When the last load (or load attempt) of an instance began: the reload interval counts
+    /// from here, as Envoy's `last_load`.
+    last_load: Cell<Instant>,
     ctx: Rc<WorkerCtx>,
     tick_epoch: Cell<u64>,
     /// Where shared queues this instance registered announce new items (context id, queue id).
@@ -79,6 +79,7 @@ pub struct ContextHandle {
 impl FilterSlot {
     /// Starts the plugin's instance on this worker (on the calling thread: this is start-up).
     pub fn start(plugin: Arc<Plugin>, ctx: Rc<WorkerCtx>) -> Result<Rc<Self>, VmError> {
+        let last_load = Instant::now();
         let vm = VmInstance::start(plugin.clone(), &plugin.pre)?;
         let (queue_ready, mut announcements) = tokio::sync::mpsc::unbounded_channel();
         let filter = Rc::new(FilterSlot {
@@ -89,8 +90,7 @@ impl FilterSlot {
             }),
             started: Notify::new(),
             phase: Cell::new(Phase::Running),
-            attempts: Cell::new(0),
-            started_at: Cell::new(Instant::now()),
+            last_load: Cell::new(last_load),
             ctx,
             tick_epoch: Cell::new(0),
             queue_ready,
@@ -178,22 +178,14 @@ impl FilterSlot {
             self.phase.set(Phase::Failed);
             return;
         }
-        let config = &self.plugin.config;
-        // An instance that served longer than the longest back-off starts it over.
-        if self.started_at.get().elapsed() > config.reload_max_interval {
-            self.attempts.set(0);
-        }
         self.schedule_start();
     }
 
-    /// Starts a new instance after the back-off the attempts so far call for.
+    /// Starts a new instance once the reload interval has passed since the last load.
     fn schedule_start(self: &Rc<Self>) {
-        let attempts = self.attempts.get();
-        self.attempts.set(attempts.saturating_add(1));
-        let delay = backoff(
-            attempts,
-            self.plugin.config.reload_base_interval,
-            self.plugin.config.reload_max_interval,
+        let delay = reload_delay(
+            reload_interval(self.plugin.config.reload_base_interval),
+            self.last_load.get().elapsed(),
         );
         let at = tokio::time::Instant::now() + delay;
         self.phase.set(if delay.is_zero() {
@@ -205,6 +197,7 @@ impl FilterSlot {
         tokio::task::spawn_local(async move {
             tokio::time::sleep_until(at).await;
             me.phase.set(Phase::Starting);
+            me.last_load.set(Instant::now());
             let plugin = me.plugin.clone();
             // Compiling is done; instantiating and `on_configure` still take a while: on the
             // blocking pool, so the worker keeps serving meanwhile.
@@ -216,7 +209,6 @@ impl FilterSlot {
                 Ok(Ok(vm)) => {
                     metrics.vm_replacements.fetch_add(1, Ordering::Relaxed);
                     me.slot.borrow_mut().vm = Some(vm);
-                    me.started_at.set(Instant::now());
                     me.phase.set(Phase::Running);
                     me.after_call();
                 }
@@ -400,17 +392,19 @@ impl FilterSlot {
     }
 }
 
-/// The wait before re-creation attempt `attempt` (0-based), as Envoy's jittered exponential
-/// back-off: uniform in `[0, (2^(attempt+1) - 1) * base)`, at most `max`.
-fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
-    let multiplier = (1u64 << (attempt + 1).min(30)) - 1;
-    let ceiling = base
-        .checked_mul(u32::try_from(multiplier).unwrap_or(u32::MAX))
-        .unwrap_or(max);
+/// The interval between two loads, as Envoy 1.40's `JitteredLowerBoundBackOffStrategy`:
+/// uniform in `[base, 1.5 x base)`, drawn anew for each reload.
+fn reload_interval(base: Duration) -> Duration {
     let mut random = [0u8; 4];
+    // Without randomness the interval is its lower bound, still inside Envoy's range.
     let _ = getrandom::fill(&mut random);
     let fraction = f64::from(u32::from_le_bytes(random)) / (f64::from(u32::MAX) + 1.0);
-    ceiling.mul_f64(fraction).min(max)
+    base + base.mul_f64(fraction / 2.0)
+}
+
+/// How long to wait before the next load: what is left of `interval` since the last one.
+fn reload_delay(interval: Duration, since_last_load: Duration) -> Duration {
+    interval.saturating_sub(since_last_load)
 }
 
 impl ContextHandle {
@@ -436,21 +430,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_is_envoys_jittered_exponential() {
-        let (base, max) = (Duration::from_secs(1), Duration::from_secs(10));
-        let (mut first_max, mut third_max) = (Duration::ZERO, Duration::ZERO);
-        for _ in 0..200 {
-            let first = backoff(0, base, max);
-            assert!(first < base, "{first:?}");
-            first_max = first_max.max(first);
-            let third = backoff(2, base, max);
-            assert!(third < base * 7, "{third:?}");
-            third_max = third_max.max(third);
-            assert!(backoff(30, base, max) <= max);
+    fn the_reload_interval_is_envoys_jittered_lower_bound() {
+        let base = Duration::from_secs(1);
+        let (mut low, mut high) = (base * 2, Duration::ZERO);
+        for _ in 0..400 {
+            let interval = reload_interval(base);
+            assert!(interval >= base && interval < base * 3 / 2, "{interval:?}");
+            low = low.min(interval);
+            high = high.max(interval);
         }
         assert!(
-            first_max > base / 2 && third_max > base * 3,
-            "jittered over the range"
+            low < base * 11 / 10 && high > base * 14 / 10,
+            "jittered over the range: {low:?}..{high:?}"
+        );
+    }
+
+    #[test]
+    fn the_reload_waits_only_for_what_is_left_since_the_last_load() {
+        let interval = Duration::from_millis(1200);
+        assert_eq!(
+            reload_delay(interval, Duration::from_millis(200)),
+            Duration::from_secs(1)
+        );
+        // An instance that served longer than the interval is re-created at once.
+        assert_eq!(
+            reload_delay(interval, Duration::from_secs(30)),
+            Duration::ZERO
         );
     }
 }

@@ -454,8 +454,8 @@ fn write_module(dir: &std::path::Path, wat: &str) -> std::path::PathBuf {
 
 /// Through the proxy, as Envoy: a request that makes the guest trap or spin gets 503; without a
 /// failure policy the filter stays failed (every later request 503, or passes with
-/// `fail_open`); with `FAIL_RELOAD` the instance is re-created off the request path after
-/// Envoy's jittered back-off, during which requests get 503.
+/// `fail_open`); with `FAIL_RELOAD` the instance is re-created off the request path once
+/// Envoy's jittered interval since the last load has passed; meanwhile requests get 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_instances_answer_503_stay_failed_or_are_reloaded_with_back_off() {
     let upstream = common::spawn_echo().await;
@@ -502,25 +502,34 @@ async fn failing_instances_answer_503_stay_failed_or_are_reloaded_with_back_off(
             }
             _ => {
                 assert_eq!(trapped.status, 503, "{trapped:?}");
-                // Re-created after Envoy's jittered back-off: within 1 s, then within 3 s.
+                // Re-created as Envoy 1.40 does: once a jittered [1 s, 1.5 s) has passed since
+                // the last load (the first instance was loaded when the host started).
                 let served_again = |limit: Duration| async move {
                     let started = Instant::now();
                     loop {
                         let r = common::http(addr, "GET", "/e", &[], "").await;
                         if r.status == 200 {
-                            return;
+                            return Instant::now();
                         }
                         assert_eq!(r.status, 503, "{r:?}");
                         assert!(started.elapsed() < limit, "not re-created in {limit:?}");
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 };
-                if after.status != 200 {
-                    served_again(Duration::from_millis(1500)).await;
-                }
+                let second_loaded = if after.status == 200 {
+                    Instant::now()
+                } else {
+                    served_again(Duration::from_secs(2)).await
+                };
                 let spun = common::http(addr, "GET", "/c", &[("x-loop", "1")], "").await;
                 assert_eq!(spun.status, 503, "{spun:?}");
-                served_again(Duration::from_millis(3500)).await;
+                let third_loaded = served_again(Duration::from_secs(2)).await;
+                let between = third_loaded - second_loaded;
+                assert!(
+                    between >= Duration::from_millis(900),
+                    "the third instance came {between:?} after the second: not before the \
+                     1 s base interval since the last load"
+                );
                 let s = stats(&host).await;
                 assert!(s.contains("keyrealm_host_vm_failures_total 2"), "{s}");
                 assert!(s.contains("keyrealm_host_vm_replacements_total 2"), "{s}");
