@@ -36,9 +36,8 @@ CONCURRENCY="${CONCURRENCY:-1}"
 ROUNDS="${ROUNDS:-3}"
 VARIANTS="${VARIANTS:-a b c d e f}"
 OUT="${OUT:-bench/envoy/results.md}"
-WRK="${WRK:-wrk}"
+WRK="${WRK:-$(scripts/install-wrk.sh)}"
 ENVOY_BIN="${ENVOY_BIN:-$(scripts/install-envoy.sh)}"
-command -v "$WRK" >/dev/null || { echo "wrk not found (apt-get install wrk)" >&2; exit 1; }
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   scripts/build-wasm.sh >&2   # the stripped module, as the tests load it

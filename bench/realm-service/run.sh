@@ -16,7 +16,7 @@ CONNECTIONS="${CONNECTIONS:-32}"
 ROUNDS="${ROUNDS:-5}"
 KEYS="${KEYS-1000,1000000}"
 LOOKUPS="${LOOKUPS:-2000}"
-command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)" >&2; exit 1; }
+scripts/install-wrk.sh >/dev/null
 
 cargo build --quiet --release -p realm-service --bin realm-service --example bare_201 --example lookup_latency
 BIN="$CARGO_TARGET_DIR/release"
