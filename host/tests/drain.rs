@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -43,17 +43,8 @@ async fn drains_on(signal: &str) {
         "the request in flight finished: {reply:?}"
     );
     assert!(reply.echoed().is_some(), "{reply:?}");
-    let started = Instant::now();
-    let exit = loop {
-        if let Some(s) = host.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "did not exit after draining"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exit = common::wait_exit(&mut host.child, Duration::from_secs(10))
+        .expect("did not exit after draining");
     assert!(exit.success(), "exit status {exit}");
     let log = std::fs::read_to_string(&log_path).expect("log");
     assert!(log.contains("abi-test-filter lifecycle: log"), "{log}");
