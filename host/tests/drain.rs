@@ -12,12 +12,28 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn drains_on(signal: &str) {
+/// The configuration both gateways serve here: the abi-test-filter recording its lifecycle in
+/// front of the echo, whose `/slow` answers after 3 s (the route waits for it).
+async fn slow_route_yaml() -> String {
     let upstream = common::spawn_echo().await;
     let wasm = common::abi_test_filter_wasm();
     let spec = common::FilterSpec::abi_test("drained", &wasm, r#"{"record_lifecycle": true}"#);
-    // The echo's /slow answers after 3 s; the route must wait for it.
-    let yaml = common::envoy_yaml(upstream, &[spec], &[]).replace("timeout: 2s", "timeout: 10s");
+    common::envoy_yaml(upstream, &[spec], &[]).replace("timeout: 2s", "timeout: 10s")
+}
+
+/// Sends `signal` (`-TERM`, `-INT`) to process `pid` with the shell's own `kill` (no procps
+/// needed).
+fn send_signal(signal: &str, pid: u32) {
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill {signal} {pid}"))
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} {pid}: {status}");
+}
+
+async fn drains_on(signal: &str) {
+    let yaml = slow_route_yaml().await;
     let log_dir = tempfile::tempdir().expect("tempdir");
     let log_path = log_dir.path().join("host.log");
     let log_arg = log_path.display().to_string();
@@ -25,13 +41,7 @@ async fn drains_on(signal: &str) {
     let addr = host.addr;
     let slow = tokio::spawn(async move { common::http(addr, "GET", "/slow", &[], "").await });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // The shell's own `kill` (no procps needed).
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("kill {signal} {}", host.child.id()))
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    send_signal(signal, host.child.id());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
@@ -82,20 +92,12 @@ async fn raw_slow_request(addr: std::net::SocketAddr) -> Vec<u8> {
 /// where keyrealm-host (above) finishes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_on_sigterm_leaves_the_request_in_flight_unanswered() {
-    let upstream = common::spawn_echo().await;
-    let wasm = common::abi_test_filter_wasm();
-    let spec = common::FilterSpec::abi_test("drained", &wasm, r#"{"record_lifecycle": true}"#);
-    let yaml = common::envoy_yaml(upstream, &[spec], &[]).replace("timeout: 2s", "timeout: 10s");
+    let yaml = slow_route_yaml().await;
     let mut envoy = common::start_envoy(&yaml, &[]).await;
     let addr = envoy.listener;
     let slow = tokio::spawn(raw_slow_request(addr));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("kill -TERM {}", envoy.pid()))
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    send_signal("-TERM", envoy.pid());
     let answer = slow.await.expect("task");
     assert!(
         !answer.starts_with(b"HTTP/1.1 200"),
